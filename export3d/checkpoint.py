@@ -1,0 +1,113 @@
+"""Checkpoints: one safetensors file whose metadata carries the JSON config.
+
+Metadata keys: ``export3d_config`` (the :class:`ModelConfig` as JSON), ``export3d_version``,
+``expression_code`` (the expression-code version the weights were trained on), ``torch``.
+Loading checks keys and shapes and names the first mismatch in one sentence; nothing is ever
+unpickled (a pickle / ``torch.save`` file is refused by its first bytes).
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .config import EXPRESSION_CODE_VERSION, ModelConfig
+from .model import Export3D
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+def save_checkpoint(model: Export3D, path: str | Path, extra: dict[str, str] | None = None,
+                    expression_code: str = EXPRESSION_CODE_VERSION) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "export3d_config": json.dumps(model.config.to_dict()),
+        "export3d_version": __version__,
+        "expression_code": expression_code,
+        "torch": torch.__version__,
+        **(extra or {}),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    return path
+
+
+def read_header(path: str | Path) -> dict:
+    """The safetensors header (tensor table + ``__metadata__``), checked to be safetensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise CheckpointError(
+                f"{path} is a pickle/torch.save file, which is never loaded (it can run code); "
+                "convert it to safetensors with export3d's save_checkpoint")
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is not a safetensors checkpoint (file too short)")
+        (size,) = struct.unpack("<Q", head)
+        if size > 100_000_000:
+            raise CheckpointError(f"{path} is not a safetensors checkpoint (bad header size)")
+        raw = f.read(size)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is not a safetensors checkpoint (unreadable header)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors checkpoint (unreadable header)")
+    return header
+
+
+def read_config(path: str | Path) -> tuple[ModelConfig, dict]:
+    meta = read_header(path).get("__metadata__") or {}
+    if "export3d_config" not in meta:
+        raise CheckpointError(f"{path} has no export3d config in its metadata; "
+                              "it was not written by export3d")
+    try:
+        config = ModelConfig.from_dict(json.loads(meta["export3d_config"]))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} has an invalid export3d config: {exc}") from None
+    return config, meta
+
+
+def load_checkpoint(path: str | Path, render_impl: str = "auto",
+                    expression_code: str = EXPRESSION_CODE_VERSION,
+                    map_location: str = "cpu") -> Export3D:
+    """Build the model the checkpoint describes and load its weights, strictly."""
+    from safetensors.torch import load_file
+
+    config, meta = read_config(path)
+    code = meta.get("expression_code")
+    if code != expression_code:
+        raise CheckpointError(
+            f"{path} was trained on expression code {code!r} but this extractor produces "
+            f"{expression_code!r}; retrain or use a matching checkpoint")
+    model = Export3D(config, render_impl)
+    load_weights(model, load_file(str(path), device=map_location), source=str(path))
+    return model.eval()
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    for name in expected:
+        if name not in tensors:
+            raise CheckpointError(f"{source} lacks weight {name!r}: it is for another model")
+    for name, tensor in tensors.items():
+        if name not in expected:
+            raise CheckpointError(f"{source} has unexpected weight {name!r}: it is for another "
+                                  "model")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(
+                f"{source}: weight {name!r} has shape {tuple(tensor.shape)} but the model "
+                f"expects {tuple(expected[name].shape)}")
+    model.load_state_dict(tensors, strict=True)

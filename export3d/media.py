@@ -1,0 +1,118 @@
+"""Images in and videos out, with one-sentence errors for bad input.
+
+``load_image(path) -> uint8 RGB [H, W, 3]``; ``to_model_input(rgb, size) -> [1, 3, size, size]``
+in [-1, 1]; ``VideoWriter`` writes BGR frames to .mp4 (mp4v), .avi (MJPG) or .mkv (FFV1).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class MediaError(ValueError):
+    """Bad user media; the message says what is wrong and what to do."""
+
+
+def default_portrait() -> Path:
+    """scikit-image's astronaut (Eileen Collins, public domain), shipped inside its wheel."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise MediaError("no default portrait: install scikit-image or pass --source PHOTO")
+    path = Path(spec.submodule_search_locations[0], "data", "astronaut.png")
+    if not path.is_file():
+        raise MediaError(f"scikit-image's astronaut.png is missing at {path}; pass --source PHOTO")
+    return path
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"source image {path} does not exist")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None:
+        raise MediaError(f"{path} is not a readable image (corrupt, empty or not an image file); "
+                         "use a JPEG or PNG photo")
+    if min(bgr.shape[:2]) < 32:
+        raise MediaError(f"{path} is {bgr.shape[1]}x{bgr.shape[0]} pixels, too small for a portrait")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Largest centred square, resized to ``size`` (area filter when shrinking). The tracking
+    stage replaces this with the EG3D-aligned crop when a face model is available."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = rgb[top: top + side, left: left + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+    return cv2.resize(square, (size, size), interpolation=interp)
+
+
+def to_model_input(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 RGB ``[H, W, 3]`` -> float ``[1, 3, H, W]`` in [-1, 1]."""
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div(127.5).sub(1.0).unsqueeze(0)
+
+
+def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
+    """``[3, H, W]`` in [-1, 1] -> uint8 ``[H, W, 3]``."""
+    x = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte()
+    return x.permute(1, 2, 0).cpu().numpy()
+
+
+def depth_to_rgb(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
+    """``[1, h, w]`` depth -> uint8 RGB colour map (near = bright), on a fixed [near, far] scale
+    so frames of one video are comparable."""
+    import cv2
+
+    d = depth.detach().float().squeeze(0).cpu().numpy()
+    scaled = np.clip((far - d) / (far - near), 0, 1)
+    bgr = cv2.applyColorMap((scaled * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+_FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
+
+
+class VideoWriter:
+    """RGB frames to a video file; the container picks the codec (see ``_FOURCC``)."""
+
+    def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
+        import cv2
+
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in _FOURCC:
+            raise MediaError(f"cannot write {self.path.name}: use a .mp4, .avi or .mkv file name")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*_FOURCC[suffix]),
+                                       fps, size)
+        if not self._writer.isOpened():
+            raise MediaError(f"OpenCV cannot write {self.path} with codec {_FOURCC[suffix]}")
+        self.size = size
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        import cv2
+
+        if (rgb.shape[1], rgb.shape[0]) != self.size:
+            raise ValueError(f"frame is {rgb.shape[1]}x{rgb.shape[0]}, video is "
+                             f"{self.size[0]}x{self.size[1]}")
+        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        self.frames += 1
+
+    def close(self) -> None:
+        self._writer.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
