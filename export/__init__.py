@@ -1,0 +1,1 @@
+"""PyTorch -> ONNX: stage graphs, the custom-op node, simplification, parity checks."""

@@ -1,0 +1,1 @@
+"""The live app: capture, tracking, the double-buffered generator, sinks."""

@@ -1,0 +1,32 @@
+"""Shared test settings. GPU- and TensorRT-only tests skip by *called* predicates."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    skip_trt = pytest.mark.skip(reason="needs TensorRT, which cannot be installed here")
+    has_gpu = cuda_available()
+    has_trt = tensorrt_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(skip_trt)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

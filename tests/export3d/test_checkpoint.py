@@ -1,0 +1,89 @@
+"""Checkpoints: round trip, mismatches named in one sentence, pickles refused."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from export3d import EXPRESSION_CODE_VERSION, get_config
+from export3d.camera import orbit_path
+from export3d.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from export3d.model import build_model
+
+
+def test_round_trip_reproduces_outputs(tmp_path):
+    model = build_model(get_config("tiny"), seed=5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    model.generator.triplane_ema.normal_()
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.config
+    image, expr, cam = torch.rand(1, 3, 64, 64) * 2 - 1, torch.randn(1, 64), orbit_path("yaw", 1)
+    with torch.no_grad():
+        a, b = model(image, expr, cam), loaded(image, expr, cam)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _write(path, tensors, config, code=EXPRESSION_CODE_VERSION):
+    save_file(tensors, str(path), metadata={"export3d_config": json.dumps(config.to_dict()),
+                                            "expression_code": code})
+    return path
+
+
+def test_shape_mismatch_is_named(tmp_path):
+    tiny = get_config("tiny")
+    other = build_model(tiny.replace(clebs_basis=12)).state_dict()
+    path = _write(tmp_path / "bad.safetensors", other, tiny)
+    with pytest.raises(CheckpointError, match=r"clebs\.basis_weight.*\(64, 12\).*\(64, 10\)"):
+        load_checkpoint(path)
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path):
+    tiny = get_config("tiny")
+    state = dict(build_model(tiny).state_dict())
+    del state["superres.block1.torgb.bias"]
+    with pytest.raises(CheckpointError, match="lacks weight 'superres.block1.torgb.bias'"):
+        load_checkpoint(_write(tmp_path / "a.safetensors", state, tiny))
+    state = dict(build_model(tiny).state_dict())
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="unexpected weight 'extra.weight'"):
+        load_checkpoint(_write(tmp_path / "b.safetensors", state, tiny))
+
+
+def test_expression_code_mismatch_is_refused(tmp_path):
+    tiny = get_config("tiny")
+    path = _write(tmp_path / "c.safetensors", build_model(tiny).state_dict(), tiny, code="3dmm-bfm")
+    with pytest.raises(CheckpointError, match="expression code '3dmm-bfm'"):
+        load_checkpoint(path)
+
+
+def test_pickle_files_are_never_loaded(tmp_path):
+    model = build_model(get_config("tiny"))
+    torch_file = tmp_path / "model.pt"
+    torch.save(model.state_dict(), torch_file)
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(torch_file)
+    raw = tmp_path / "raw.safetensors"
+    raw.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(raw)
+
+
+def test_corrupt_and_foreign_files(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(CheckpointError, match="unreadable header"):
+        load_checkpoint(junk)
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not written by export3d"):
+        load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors")
