@@ -22,12 +22,29 @@ class CLeBS(nn.Module):
         layers.append(nn.Linear(width, basis))
         self.mlp = nn.Sequential(*layers)
         self.basis_weight = nn.Parameter(torch.randn(dim, basis))
+        # Filled by freeze_basis() for inference: QR once instead of every frame (a QR on CUDA
+        # also synchronises with the host, which CUDA graphs cannot capture).
+        self.register_buffer("frozen_basis", torch.empty(0), persistent=False)
+
+    def freeze_basis(self) -> None:
+        """Compute the basis once and reuse it until :meth:`unfreeze_basis` (inference)."""
+        with torch.no_grad():
+            self.frozen_basis = self._orthonormalise()
+
+    def unfreeze_basis(self) -> None:
+        self.frozen_basis = torch.empty(0, device=self.basis_weight.device)
 
     def basis(self) -> torch.Tensor:
-        """Orthonormal basis ``Q [d, n]`` (columns), recomputed from the learnable matrix.
+        """Orthonormal basis ``Q [d, n]`` (columns), recomputed from the learnable matrix
+        unless frozen.
 
         QR runs in float32 on the parameter's device; the column signs are fixed so that
         diag(R) >= 0, which makes Q a deterministic function of the parameter."""
+        if self.frozen_basis.numel():
+            return self.frozen_basis
+        return self._orthonormalise()
+
+    def _orthonormalise(self) -> torch.Tensor:
         q, r = torch.linalg.qr(self.basis_weight.float())
         signs = torch.sign(torch.diagonal(r))
         signs = torch.where(signs == 0, torch.ones_like(signs), signs)

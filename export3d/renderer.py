@@ -84,16 +84,19 @@ def composite(depths: torch.Tensor, sigma: torch.Tensor, feats: torch.Tensor):
     depth ``[B, R]``, opacity ``[B, R]``, interval weights ``[B, R, S - 1]``.
     For interval i = [t_i, t_{i+1}]: delta_i = t_{i+1} - t_i, sigma and features are the means
     of the two end samples, density = softplus(sigma_mid - 1), alpha_i = 1 - exp(-density delta_i),
-    T_i = prod_{j<i} (1 - alpha_j) (exclusive; no 1e-10 term), w_i = alpha_i T_i.
+    T_i = prod_{j<i} (1 - alpha_j) = exp(-sum_{j<i} density_j delta_j) (exclusive; computed as
+    the exponential of a cumulative sum, which exports to standard ONNX ops, unlike cumprod;
+    EG3D's 1e-10 term is dropped), w_i = alpha_i T_i.
     depth = sum(w t_mid) / sum(w); where sum(w) == 0 it is the last sample's depth; then clamped
     to [t_0, t_{S-1}]."""
     deltas = depths[..., 1:] - depths[..., :-1]
     sigma_mid = 0.5 * (sigma[..., 1:] + sigma[..., :-1])
     feats_mid = 0.5 * (feats[..., 1:, :] + feats[..., :-1, :])
     depth_mid = 0.5 * (depths[..., 1:] + depths[..., :-1])
-    alpha = 1.0 - torch.exp(-F.softplus(sigma_mid - 1.0) * deltas)
+    optical = F.softplus(sigma_mid - 1.0) * deltas  # density * delta per interval
+    alpha = 1.0 - torch.exp(-optical)
     ones = torch.ones_like(alpha[..., :1])
-    transmittance = torch.cumprod(torch.cat([ones, 1.0 - alpha[..., :-1]], dim=-1), dim=-1)
+    transmittance = torch.exp(-(torch.cumsum(optical, dim=-1) - optical))  # exclusive sum
     weights = alpha * transmittance
     opacity = weights.sum(-1)
     features = (weights.unsqueeze(-1) * feats_mid).sum(-2) * 2.0 - 1.0
@@ -276,5 +279,7 @@ class TriplaneRenderer(torch.nn.Module):
         features, depth, opacity = raymarch(
             triplane, self.decoder.weights(), origins, directions, self.settings,
             jitter=self.training, impl=impl or self.impl)
-        image = features.transpose(1, 2).reshape(b, -1, res, res)
+        # Features go on in the tri-plane's dtype (the SR runs in the model's precision);
+        # depth and opacity stay fp32.
+        image = features.transpose(1, 2).reshape(b, -1, res, res).to(triplane.dtype)
         return image, depth.reshape(b, 1, res, res), opacity.reshape(b, 1, res, res)

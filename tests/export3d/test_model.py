@@ -139,6 +139,13 @@ def test_clebs_basis_is_orthonormal_and_output_in_its_span():
     assert_close(out, clebs.coefficients(expr) @ q.t())
     # Coefficients are recovered by projecting onto the basis.
     assert_close(out @ q, clebs.coefficients(expr), atol=1e-5, rtol=1e-5)
+    clebs.freeze_basis()
+    assert torch.equal(clebs(expr), out)
+    with torch.no_grad():
+        clebs.basis_weight.add_(1.0)
+    assert torch.equal(clebs(expr), out)  # frozen: the parameter change is not seen
+    clebs.unfreeze_basis()
+    assert not torch.allclose(clebs(expr), out)
 
 
 def test_contrastive_loss_hand_computed():

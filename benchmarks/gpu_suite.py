@@ -1,0 +1,492 @@
+"""The one-shot GPU suite: check every GPU path against its reference and time every stage.
+
+``python -m benchmarks.gpu_suite [--out REPORT.json] [--budget-s 420] [--no-compile]``
+``python -m benchmarks.gpu_suite --dry-run``  (CPU, ``tiny`` sizes, the kernel under Triton's
+interpreter: proves the script runs end to end without a GPU; its timings mean nothing)
+
+Needs only PyTorch (>= 2.11), Triton and this repository: no mediapipe, TensorRT or network.
+Sections, each written to the JSON report as soon as it finishes (a crash or the time budget
+loses only what had not run yet):
+1. ``machine``: card, compute capability, SMs, memory, driver, CUDA, torch, Triton, Python.
+2. ``kernel_check``: the fused ray-march kernel against the PyTorch reference on random
+   tri-planes and cameras at paper512 sizes (128 x 128 rays x (48 + 48) samples, 3 x 32 x 256^2
+   planes), fp32/fp16/bf16 tri-planes, batch 1 and 2, plus a dense and an empty volume: max
+   abs error per output over every element (the count is written), bit-identical reruns.
+3. ``raymarch_timing``: reference vs kernel latency at those sizes, and the speed-up.
+4. ``model``: paper512 with the PyTorch backend, source cached: per-stage latency (generate,
+   render, super-resolve; encode_source once) and per-frame latency (p50/p95/p99), peak GPU
+   memory and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
+   + kernel, bf16 + channels_last, bf16 + CUDA graph, and bf16 + torch.compile.
+5. ``summary``: the targets (kernel >= 10x the reference; per-frame p50 <= 5 ms on an H100)
+   against the numbers measured.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+# Tolerances of the kernel against the reference (absolute), by output. Both compute in fp32
+# from the same (possibly fp16/bf16) tri-plane values; differences come from the order of
+# floating-point operations, transcendental implementations and, through the inverse CDF, tiny
+# shifts of importance samples, so they are well above fp32 rounding but far below what a
+# wrong index or a wrong formula produces (O(0.1) and more).
+KERNEL_TOLERANCE = {"features": 2e-3, "depth": 5e-3, "opacity": 2e-3}
+
+TARGET_SPEEDUP = 10.0
+TARGET_FRAME_P50_MS = 5.0
+
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+class Report:
+    """The JSON report, rewritten after every section."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = {"suite": "export3d gpu_suite", "version": 1,
+                           "started_utc": datetime.datetime.now(datetime.UTC).isoformat()}
+
+    def put(self, key: str, value) -> None:
+        self.data[key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        tmp.replace(self.path)
+
+
+def section(report: Report, key: str, fn, *args):
+    start = time.monotonic()
+    try:
+        value = fn(*args)
+    except Exception as exc:  # a failing section is recorded, the others still run
+        value = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    value["seconds"] = round(time.monotonic() - start, 2)
+    report.put(key, value)
+    print(f"[{key}] done in {value['seconds']} s" + (f": {value['error']}" if "error" in value
+                                                      else ""), flush=True)
+    return value
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+def time_cuda(fn, warmup: int, iters: int, torch) -> list[float]:
+    """Per-call milliseconds with CUDA events (on the CPU: perf_counter)."""
+    for _ in range(warmup):
+        fn()
+    if not torch.cuda.is_available():
+        out = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - start) * 1e3)
+        return out
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(iters)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in events]
+
+
+def stats(ms: list[float]) -> dict:
+    ordered = sorted(ms)
+
+    def pct(p):
+        return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+    return {"p50_ms": round(statistics.median(ordered), 4), "p95_ms": round(pct(95), 4),
+            "p99_ms": round(pct(99), 4), "min_ms": round(ordered[0], 4), "n": len(ordered)}
+
+
+# ----------------------------------------------------------------------------------- sections
+
+def machine_info(torch, device) -> dict:
+    info = {"python": sys.version.split()[0], "platform": platform.platform(),
+            "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
+            "device": str(device)}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
+                    sms=props.multi_processor_count,
+                    memory_gib=round(props.total_memory / 2**30, 1))
+        with contextlib.suppress(Exception):
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.max.sm,"
+                                  "power.limit", "--format=csv,noheader"], capture_output=True,
+                                 text=True, timeout=20)
+            info["nvidia_smi"] = out.stdout.strip()
+    return info
+
+
+def random_case(torch, config, batch: int, dtype, seed: int, density_bias: float = 0.0,
+                device="cpu"):
+    """Random tri-plane (features ~ N(0, 1), the scale a trained generator produces), the
+    decoder at its initialisation with an optional density bias, rays of orbit cameras."""
+    from export3d.camera import orbit_path, rays
+    from export3d.renderer import OSGDecoder
+
+    gen = torch.Generator().manual_seed(seed)
+    p, c = config.triplane_size, config.triplane_channels
+    triplane = torch.randn(batch, 3, c, p, p, generator=gen).to(device=device, dtype=dtype)
+    torch.manual_seed(seed)
+    decoder = OSGDecoder(c, config.decoder_hidden)
+    with torch.no_grad():
+        decoder.fc2.bias[0] += density_bias
+    decoder = decoder.to(device).weights()
+    cams = orbit_path("circle", 7)[torch.randint(0, 7, (batch,), generator=gen)]
+    origins, directions = rays(cams.to(device), config.render_size)
+    return triplane, decoder, origins, directions
+
+
+def kernel_check(torch, config, device, dtypes) -> dict:
+    from engines import raymarch as kernel
+    from export3d.renderer import RayMarchSettings, raymarch_reference
+
+    settings = RayMarchSettings(config.ray_near, config.ray_far, config.samples_coarse,
+                                config.samples_fine, config.box_warp, config.eg3d_plane_axes)
+    cases = []
+    plan = [(b, dt, 0.0, "random") for dt in dtypes for b in (1, 2)]
+    plan += [(1, torch.float32, 8.0, "dense"), (1, torch.float32, -40.0, "empty")]
+    ok = True
+    for i, (batch, dtype, bias, kind) in enumerate(plan):
+        tp, dec, o, d = random_case(torch, config, batch, dtype, 100 + i, bias, device)
+        with torch.no_grad():
+            ref = raymarch_reference(tp, dec, o, d, settings)
+            out = kernel.raymarch(tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, near=settings.near,
+                                  far=settings.far, samples_coarse=settings.samples_coarse,
+                                  samples_fine=settings.samples_fine, box_warp=settings.box_warp,
+                                  plane_axes=settings.plane_axes)
+            again = kernel.raymarch(tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, near=settings.near,
+                                    far=settings.far, samples_coarse=settings.samples_coarse,
+                                    samples_fine=settings.samples_fine,
+                                    box_warp=settings.box_warp, plane_axes=settings.plane_axes)
+        case = {"kind": kind, "batch": batch, "triplane_dtype": str(dtype).replace("torch.", ""),
+                "rays": int(o.shape[0] * o.shape[1]),
+                "deterministic": all(torch.equal(a, b) for a, b in zip(out, again))}
+        for name, a, r in zip(("features", "depth", "opacity"), out, ref):
+            err = (a.float() - r.float()).abs()
+            case[name] = {"max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()),
+                          "elements_checked": int(err.numel()),
+                          "finite": bool(torch.isfinite(a).all()),
+                          "within_tolerance": float(err.max()) <= KERNEL_TOLERANCE[name]}
+            ok &= case[name]["within_tolerance"] and case[name]["finite"]
+        case["mean_opacity_reference"] = float(ref[2].mean())
+        ok &= case["deterministic"]
+        cases.append(case)
+        print(f"  kernel vs reference {kind} b={batch} {case['triplane_dtype']}: "
+              + ", ".join(f"{n} {case[n]['max_abs_err']:.2e}" for n in ("features", "depth",
+                                                                        "opacity")), flush=True)
+    return {"tolerance_abs": KERNEL_TOLERANCE, "all_passed": ok, "cases": cases}
+
+
+def raymarch_timing(torch, config, device, warmup, iters) -> dict:
+    from engines import raymarch as kernel
+    from export3d.renderer import RayMarchSettings, raymarch_reference
+
+    settings = RayMarchSettings(config.ray_near, config.ray_far, config.samples_coarse,
+                                config.samples_fine, config.box_warp, config.eg3d_plane_axes)
+    out = {}
+    for dtype in (torch.float32, torch.float16):
+        tp, dec, o, d = random_case(torch, config, 1, dtype, 7, 0.0, device)
+        kw = dict(near=settings.near, far=settings.far, samples_coarse=settings.samples_coarse,
+                  samples_fine=settings.samples_fine, box_warp=settings.box_warp,
+                  plane_axes=settings.plane_axes)
+        with torch.no_grad():
+            ref = stats(time_cuda(lambda: raymarch_reference(tp, dec, o, d, settings),
+                                  warmup, iters, torch))
+            ker = stats(time_cuda(lambda: kernel.raymarch(tp, dec.w1, dec.b1, dec.w2, dec.b2, o,
+                                                          d, **kw), warmup, iters, torch))
+        name = str(dtype).replace("torch.", "")
+        out[name] = {"reference": ref, "kernel": ker,
+                     "speedup_p50": round(ref["p50_ms"] / ker["p50_ms"], 2)}
+        print(f"  raymarch {name}: reference {ref['p50_ms']:.3f} ms, kernel {ker['p50_ms']:.3f}"
+              f" ms, x{out[name]['speedup_p50']}", flush=True)
+    out["shape"] = {"rays": config.render_size ** 2, "samples": [config.samples_coarse,
+                                                                config.samples_fine],
+                    "triplane": [3, config.triplane_channels, config.triplane_size,
+                                 config.triplane_size]}
+    return out
+
+
+def model_variants(torch, device, dry_run: bool, compile_ok: bool):
+    """(name, dtype, renderer impl, channels_last, mode) in the order they run."""
+    kernel_impl = "kernel"
+    out = [("fp32-reference", torch.float32, "reference", False, "eager"),
+           ("fp32-kernel", torch.float32, kernel_impl, False, "eager"),
+           ("fp16-kernel", torch.float16, kernel_impl, False, "eager"),
+           ("bf16-kernel", torch.bfloat16, kernel_impl, False, "eager"),
+           ("bf16-kernel-channels_last", torch.bfloat16, kernel_impl, True, "eager")]
+    if device.type == "cuda":
+        out.append(("bf16-kernel-cudagraph", torch.bfloat16, kernel_impl, False, "cudagraph"))
+        out.append(("fp16-kernel-cudagraph", torch.float16, kernel_impl, False, "cudagraph"))
+        if compile_ok:
+            out.append(("bf16-kernel-compile", torch.bfloat16, kernel_impl, False, "compile"))
+    return out
+
+
+def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, compile_ok,
+                 report: Report) -> dict:
+    from export3d.camera import orbit_path
+    from export3d.model import build_model
+
+    results = {"preset": config.preset, "batch": 1, "variants": {}}
+    base = build_model(config, seed=0)
+    base.clebs.freeze_basis()
+    for name, dtype, impl, channels_last, mode in model_variants(torch, device, dry_run,
+                                                                 compile_ok):
+        if budget.left() < (150 if mode == "compile" else 20):
+            results["variants"][name] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
+            continue
+        print(f"  model {name} ...", flush=True)
+        try:
+            results["variants"][name] = run_variant(torch, base, config, device, dtype, impl,
+                                                    channels_last, mode, warmup, iters)
+        except Exception as exc:
+            results["variants"][name] = {"error": f"{type(exc).__name__}: {exc}",
+                                         "traceback": traceback.format_exc(limit=6)}
+        v = results["variants"][name]
+        if "frame" in v:
+            print(f"    per frame p50 {v['frame']['p50_ms']:.3f} ms ({v['fps']:.1f} fps), peak "
+                  f"{v.get('peak_memory_mib', 0):.0f} MiB", flush=True)
+        elif "error" in v:
+            print(f"    {v['error']}", flush=True)
+        report.put("model", results)  # partial results survive a crash
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters):
+    import copy
+
+    from export3d.camera import orbit_path
+
+    model = copy.deepcopy(base).to(device=device, dtype=dtype)
+    model.renderer.impl = impl
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    image = (torch.rand(1, 3, config.image_size, config.image_size, device=device) * 2 - 1)
+    image = image.to(dtype).contiguous(memory_format=memory_format)
+    expr = torch.randn(1, config.expr_dim, device=device, dtype=dtype)
+    camera = orbit_path("circle", 5)[2:3].to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    out: dict = {"dtype": str(dtype).replace("torch.", ""), "renderer": impl,
+                 "channels_last": channels_last, "mode": mode}
+    with torch.inference_mode():
+        encode = stats(time_cuda(lambda: model.encode_source(image), 1, max(3, iters // 10),
+                                 torch))
+        source = model.encode_source(image)
+        out["encode_source_once"] = encode
+
+        def frame():
+            return model.synthesize(source, expr, camera)["image"]
+
+        if mode == "eager":
+            out["stages"] = stage_timing(torch, model, source, expr, camera, warmup, iters)
+            step = frame
+        elif mode == "cudagraph":
+            step = cuda_graph(torch, frame, warmup)
+        else:
+            start = time.monotonic()
+            compiled = torch.compile(frame)
+            compiled()
+            torch.cuda.synchronize()
+            out["compile_seconds"] = round(time.monotonic() - start, 1)
+            step = cuda_graph(torch, compiled, warmup)
+        frame_ms = time_cuda(step, warmup, iters, torch)
+        result = step()
+        out["finite"] = bool(torch.isfinite(result.float()).all())
+    out["frame"] = stats(frame_ms)
+    out["fps"] = round(1e3 / out["frame"]["p50_ms"], 1)
+    if cuda:
+        out["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def stage_timing(torch, model, source, expr, camera, warmup, iters) -> dict:
+    """Per-stage milliseconds from events recorded between stages in one stream (no host
+    synchronisation between stages, so the sum is the frame)."""
+    def run():
+        triplane = model.generate(source, expr)
+        features = model.render(triplane, camera)[0]
+        return model.superresolve(features)
+
+    names = ("generate", "render", "superresolve")
+    for _ in range(warmup):
+        run()
+    if not torch.cuda.is_available():
+        times = {n: [] for n in names}
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            triplane = model.generate(source, expr)
+            t1 = time.perf_counter()
+            features = model.render(triplane, camera)[0]
+            t2 = time.perf_counter()
+            model.superresolve(features)
+            t3 = time.perf_counter()
+            for n, a, b in zip(names, (t0, t1, t2), (t1, t2, t3)):
+                times[n].append((b - a) * 1e3)
+        return {n: stats(v) for n, v in times.items()}
+    records = []
+    for _ in range(iters):
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
+        ev[0].record()
+        triplane = model.generate(source, expr)
+        ev[1].record()
+        features = model.render(triplane, camera)[0]
+        ev[2].record()
+        model.superresolve(features)
+        ev[3].record()
+        records.append(ev)
+    torch.cuda.synchronize()
+    return {n: stats([r[i].elapsed_time(r[i + 1]) for r in records]) for i, n in enumerate(names)}
+
+
+def cuda_graph(torch, fn, warmup):
+    """Capture ``fn`` (static inputs) into a CUDA graph; returns a replay thunk."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(max(3, warmup)):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn()
+
+    def replay():
+        graph.replay()
+        return static_out
+
+    return replay
+
+
+def summary(data: dict, device) -> dict:
+    out = {}
+    timing = data.get("raymarch_timing", {})
+    if "float32" in timing:
+        out["kernel_speedup_fp32"] = timing["float32"]["speedup_p50"]
+        out["kernel_speedup_target"] = TARGET_SPEEDUP
+        out["kernel_speedup_met"] = timing["float32"]["speedup_p50"] >= TARGET_SPEEDUP
+    variants = data.get("model", {}).get("variants", {})
+    timed = {k: v for k, v in variants.items() if "frame" in v and v.get("finite", False)}
+    if timed:
+        best = min(timed, key=lambda k: timed[k]["frame"]["p50_ms"])
+        out["best_variant"] = best
+        out["best_frame_p50_ms"] = timed[best]["frame"]["p50_ms"]
+        out["best_fps"] = timed[best]["fps"]
+        out["frame_target_p50_ms"] = TARGET_FRAME_P50_MS
+        out["frame_target_met"] = timed[best]["frame"]["p50_ms"] <= TARGET_FRAME_P50_MS
+        out["frame_target_note"] = "the target is stated for one H100; compare on that card"
+    out["kernel_check_passed"] = data.get("kernel_check", {}).get("all_passed")
+    return out
+
+
+def print_table(data: dict) -> None:
+    print("\nvariant                        frame p50   p95      fps   generate  render  SR   "
+          "peak MiB")
+    for name, v in data.get("model", {}).get("variants", {}).items():
+        if "frame" not in v:
+            print(f"{name:<30} {v.get('skipped') or v.get('error', '')[:60]}")
+            continue
+        st = v.get("stages", {})
+        cells = [f"{st[n]['p50_ms']:8.3f}" if n in st else "       -" for n in
+                 ("generate", "render", "superresolve")]
+        print(f"{name:<30} {v['frame']['p50_ms']:9.3f} {v['frame']['p95_ms']:8.3f} "
+              f"{v['fps']:7.1f} {' '.join(cells)} {v.get('peak_memory_mib', 0):9.0f}")
+    s = data.get("summary", {})
+    print(f"\nsummary: {json.dumps({k: v for k, v in s.items() if k != 'seconds'})}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="report path (default: benchmarks/results/"
+                        "gpu_suite-<card>-<date>.json, or a temporary file in --dry-run)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, Triton's "
+                        "interpreter: checks that the suite runs, measures nothing useful")
+    parser.add_argument("--budget-s", type=float, default=420.0,
+                        help="stop starting new work after this many seconds (default 420)")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--iters", type=int, default=50)
+    args = parser.parse_args(argv)
+
+    if args.dry_run:
+        # The interpreter must be chosen before Triton compiles anything.
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    from export3d import get_config
+
+    budget = Budget(args.budget_s)
+    if args.dry_run:
+        device = torch.device("cpu")
+        config = get_config("tiny")
+        warmup, iters = 1, 3
+        dtypes = (torch.float32, torch.float16)
+    else:
+        if not torch.cuda.is_available():
+            print("gpu_suite: error: no CUDA device; run with --dry-run to check the script on "
+                  "a CPU", file=sys.stderr)
+            return 2
+        device = torch.device("cuda")
+        config = get_config("paper512")
+        warmup, iters = 10, args.iters
+        dtypes = (torch.float32, torch.float16, torch.bfloat16)
+        torch.backends.cudnn.benchmark = True
+    if args.out:
+        path = Path(args.out)
+    elif args.dry_run:
+        path = Path(os.environ.get("TMPDIR", "/tmp")) / "gpu_suite_dry_run.json"
+    else:
+        card = torch.cuda.get_device_name().replace(" ", "_").replace("/", "_")
+        path = Path("benchmarks/results") / f"gpu_suite-{card}-{datetime.date.today()}.json"
+    report = Report(path)
+    report.put("mode", "dry-run (CPU, tiny, Triton interpreter)" if args.dry_run else "gpu")
+    report.put("machine", machine_info(torch, device))
+    print(json.dumps(report.data["machine"]), flush=True)
+    # The kernel check compares fp32 math with fp32 math: keep TF32 out of the reference.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    section(report, "kernel_check", kernel_check, torch, config, device, dtypes)
+    section(report, "raymarch_timing", raymarch_timing, torch, config, device, warmup, iters)
+    # The model runs as a user would run it: TF32 allowed for fp32 matmuls and convolutions.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    section(report, "model", model_timing, torch, config, device, warmup, iters, budget,
+            args.dry_run, not args.no_compile and not args.dry_run, report)
+    report.put("summary", summary(report.data, device))
+    report.put("finished_utc", datetime.datetime.now(datetime.UTC).isoformat())
+    print_table(report.data)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
