@@ -15,10 +15,11 @@ import torch
 
 from . import __version__
 from .config import EXPRESSION_CODE_VERSION, ModelConfig
+from .errors import UserError
 from .model import Export3D
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
 
-class MediaError(ValueError):
+
+class MediaError(UserError):
     """Bad user media; the message says what is wrong and what to do."""
 
 

@@ -121,6 +121,46 @@ def render_video(source: str | Path | None, out: str | Path, driving: Driving,
     return Path(out)
 
 
+def _run(args) -> None:
+    if args.frames < 1:
+        raise MediaError("--frames must be at least 1")
+    if args.driving:
+        driving = load_driving(args.driving)
+    else:
+        driving = orbit_driving(args.orbit, args.frames, fps=args.fps)
+    out = render_video(args.source, args.out, driving, checkpoint=args.checkpoint,
+                       preset=args.preset, device=args.device, impl=args.impl,
+                       batch=args.batch, progress=not args.quiet)
+    print(f"wrote {out} ({len(driving)} frames: rendered frame | depth)")
+
+
+def register(subparsers) -> None:
+    """Add ``export3d render`` to the CLI."""
+    from .config import PRESETS
+
+    p = subparsers.add_parser("render", help="render a video of a portrait driven by a file or "
+                              "a camera orbit")
+    p.add_argument("--source", help="source portrait (JPEG/PNG); default: scikit-image's "
+                   "astronaut")
+    drive = p.add_mutually_exclusive_group()
+    drive.add_argument("--driving", help="driving file (.npz or .json with expr [T,64] and "
+                       "camera [T,25])")
+    drive.add_argument("--orbit", choices=cam.ORBITS, default="circle",
+                       help="named camera orbit with a neutral expression (default: circle)")
+    p.add_argument("--frames", type=int, default=48, help="frames of an orbit (default 48)")
+    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--checkpoint", help="weights (.safetensors); without it they are random")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
+                   help="model preset when no checkpoint is given (default: tiny)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--impl", choices=("auto", "reference", "kernel"), default="auto",
+                   help="ray marcher: the fused kernel on CUDA (auto) or the reference")
+    p.add_argument("--batch", type=int, default=1, help="frames per forward pass")
+    p.add_argument("--out", default="export3d_render.mp4", help=".mp4, .avi or .mkv")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run)
+
+
 def _repeat(source, n: int):
     if source.high.shape[0] == n:
         return source
