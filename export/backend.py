@@ -1,0 +1,105 @@
+"""The backend protocol: one source encoded once, then frame after frame.
+
+Every backend (``torch``, ``onnxruntime``; ``tensorrt`` lives in ``engines``) is constructed
+once, then:
+- ``encode_source(image)``: ``image [1, 3, H, W]`` float in [-1, 1] (numpy or torch), once per
+  source photo; the backend keeps the source features;
+- ``frame(expr, camera) -> dict``: ``expr [1, 64]`` (or ``[64]``), ``camera [1, 25]`` (or
+  ``[25]``) -> ``{"image": [1, 3, H, W], "image_raw": [1, 3, r, r], "depth": [1, 1, r, r]}``
+  numpy arrays (images in [-1, 1], depth in world units). The arrays may be buffers the
+  backend reuses: they are valid until the next ``frame`` call; copy to keep them;
+- ``close()``. Backends are also context managers.
+:func:`open_backend` picks one by name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from export3d.errors import UserError
+
+FRAME_KEYS = ("image", "image_raw", "depth")
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+
+    def encode_source(self, image) -> None: ...
+
+    def frame(self, expr, camera) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+class BackendError(UserError):
+    """A backend that cannot be opened or used as asked."""
+
+
+class _ContextMixin:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class TorchBackend(_ContextMixin):
+    """The PyTorch reference behind the protocol: ``Export3D`` on ``device`` in ``dtype``
+    (float16 keeps the ray march in float32, as the model itself does)."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 impl: str | None = None):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.impl = impl
+        self.model = model.eval().to(self.device, dtype)
+        if dtype != torch.float32:
+            self.model.renderer.float()
+        self.model.clebs.freeze_basis()
+        self._source = None
+
+    def encode_source(self, image) -> None:
+        image = torch.as_tensor(np.asarray(image)).to(self.device, self.dtype)
+        with torch.inference_mode():
+            self._source = self.model.encode_source(image)
+
+    def frame(self, expr, camera) -> dict[str, np.ndarray]:
+        if self._source is None:
+            raise BackendError("call encode_source(image) before frame()")
+        expr = torch.as_tensor(np.asarray(expr, dtype=np.float32)).reshape(1, -1)
+        camera = torch.as_tensor(np.asarray(camera, dtype=np.float32)).reshape(1, 25)
+        with torch.inference_mode():
+            out = self.model.synthesize(self._source, expr.to(self.device, self.dtype),
+                                        camera.to(self.device), impl=self.impl)
+        return {k: out[k].float().cpu().numpy() for k in FRAME_KEYS}
+
+    def close(self) -> None:
+        self._source = None
+
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def open_backend(name: str, *, model=None, graphs: str | Path | None = None,
+                 providers=("cpu",), device: str = "cpu", **kwargs) -> Backend:
+    """``open_backend("torch", model=m)`` or ``open_backend("onnxruntime", graphs=DIR,
+    providers=("cuda", "cpu"))``."""
+    if name == "torch":
+        if model is None:
+            raise BackendError("the torch backend needs a model (export3d.model.build_model or "
+                               "export3d.checkpoint.load_checkpoint)")
+        return TorchBackend(model, device=device, **kwargs)
+    if name == "onnxruntime":
+        if graphs is None:
+            raise BackendError("the onnxruntime backend needs the folder that 'export3d export "
+                               "onnx' wrote")
+        from .ort_backend import OrtBackend
+
+        return OrtBackend(graphs, providers=providers, **kwargs)
+    raise BackendError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
