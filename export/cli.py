@@ -1,0 +1,75 @@
+"""``export3d export onnx``: write the ONNX graphs and their manifest.
+
+    export3d export onnx --preset tiny --out graphs/
+    export3d export onnx --checkpoint model.safetensors --variant plugin --fp16 --out graphs/
+    export3d export onnx --preset tiny --out graphs/ --verify --provider cpu
+
+Registered through the ``export3d.commands`` entry point (``export = "export.cli:register"``).
+Bad input (a checkpoint for another preset, an unwritable folder, an unknown provider) ends
+with one sentence and exit status 2; a failed export leaves no graph behind.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def register(subparsers) -> None:
+    from export3d.config import PRESETS
+
+    from .graphs import VARIANTS
+    from .onnx_export import DEFAULT_OPSET
+
+    p = subparsers.add_parser("export", help="export deployable graphs (ONNX)")
+    sub = p.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
+    o = sub.add_parser("onnx", help="write source_encoder.onnx, frame_generator.onnx and "
+                       "manifest.json")
+    o.add_argument("--preset", choices=sorted(PRESETS),
+                   help="model preset (default: the checkpoint's; without a checkpoint: tiny)")
+    o.add_argument("--checkpoint", help="weights (.safetensors); without it they are random")
+    o.add_argument("--variant", choices=VARIANTS, default="portable",
+                   help="portable: standard ONNX ops only, any ONNX Runtime provider; plugin: "
+                   "the ray marcher as one custom node for the TensorRT plugin")
+    o.add_argument("--fp16", action="store_true", help="float16 graphs (the ray march stays "
+                   "float32)")
+    o.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset (default {DEFAULT_OPSET})")
+    o.add_argument("--no-simplify", dest="simplify", action="store_false",
+                   help="skip onnxsim/onnxslim")
+    o.add_argument("--verify", action="store_true", help="run the graphs in ONNX Runtime and "
+                   "compare with PyTorch")
+    o.add_argument("--provider", default="cpu", help="ONNX Runtime execution provider(s) for "
+                   "--verify, comma-separated (cpu, cuda, directml, coreml, ...)")
+    o.add_argument("--out", required=True, help="folder to write into")
+    o.add_argument("--quiet", action="store_true", help="no progress display")
+    o.set_defaults(run=run_onnx)
+
+
+def run_onnx(args) -> None:
+    from .onnx_export import export_onnx, load_model
+
+    providers = None
+    if args.verify:  # resolve before the export: an unknown provider fails fast
+        from .ort_backend import resolve_providers
+
+        providers = resolve_providers(args.provider)
+    preset = args.preset or (None if args.checkpoint else "tiny")
+    if args.checkpoint is None:
+        print("WARNING: no --checkpoint given: the exported graphs carry RANDOM weights.",
+              file=sys.stderr)
+    model = load_model(preset, args.checkpoint)
+    result = export_onnx(model, args.out, variant=args.variant,
+                         precision="fp16" if args.fp16 else "fp32", opset=args.opset,
+                         simplify=args.simplify, preset=model.config.preset,
+                         checkpoint=args.checkpoint, progress=not args.quiet)
+    m = result.manifest
+    for stage, entry in m["graphs"].items():
+        print(f"wrote {result.out_dir / entry['file']} ({entry['bytes'] / 1e6:.1f} MB, "
+              f"{entry['nodes']} nodes, {entry['simplifier']})")
+    print(f"wrote {result.out_dir / 'manifest.json'} ({m['variant']}, {m['precision']}, opset "
+          f"{m['opset']}, {m['export_seconds']['total']:.1f} s)")
+    if args.verify:
+        from .parity import compare_backends
+
+        errors = compare_backends(model, result.out_dir, providers=providers)
+        print("verify (max abs error vs PyTorch): " + ", ".join(
+            f"{k} {v:.2e}" for k, v in errors.items()))
