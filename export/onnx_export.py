@@ -82,7 +82,8 @@ def _register_symbolics(opset: int) -> None:
 
 
 def trace(module: torch.nn.Module, args: tuple, input_names, output_names,
-          opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+          opset: int = DEFAULT_OPSET, custom_opsets: dict[str, int] | None = None
+          ) -> onnx.ModelProto:
     """One module -> an ONNX model with static shapes and the given I/O names."""
     _register_symbolics(opset)
     buffer = io.BytesIO()
@@ -90,7 +91,7 @@ def trace(module: torch.nn.Module, args: tuple, input_names, output_names,
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
         torch.onnx.export(module, args, buffer, input_names=list(input_names),
                           output_names=list(output_names), opset_version=opset, dynamo=False,
-                          do_constant_folding=True)
+                          do_constant_folding=True, custom_opsets=custom_opsets or {})
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -108,6 +109,12 @@ def build_graphs(model, variant: str = "portable", precision: str = "fp32",
                           f"opset {MIN_OPSET} or newer")
     step = progress or (lambda _: None)
     config = model.config
+    custom_opsets = {}
+    if variant == "plugin":
+        from .plugin import contract_summary
+
+        summary = contract_summary()  # fails early, and clearly, without the engines contract
+        custom_opsets = {summary["domain"]: summary["version"]}
     graphs, tools, seconds = {}, {}, {}
     with export_ready(model, precision) as ready:
         example = example_inputs(config, precision)
@@ -124,7 +131,8 @@ def build_graphs(model, variant: str = "portable", precision: str = "fp32",
         for stage, (module, args, names_in, names_out) in jobs.items():
             step(f"{stage}: trace")
             t = time.perf_counter()
-            graph = trace(module, args, names_in, names_out, opset)
+            graph = trace(module, args, names_in, names_out, opset,
+                          custom_opsets if stage == "frame_generator" else None)
             seconds[f"{stage}.trace"] = time.perf_counter() - t
             tools[stage] = "none"
             if simplify:

@@ -77,11 +77,21 @@ class OrtBackend(_ContextMixin):
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # fp16 graphs make ORT warn about every Cast it inserts
         variant = self.manifest.get("variant", "portable")
-        if custom_ops or (custom_ops is None and variant == "plugin"):
+        serve_plugin = custom_ops or (custom_ops is None and variant == "plugin")
+        if serve_plugin:
             from .plugin_ort import session_options_with_plugin
 
             session_options_with_plugin(options)
-        path = lambda stage: str(self.directory / self.manifest["graphs"][stage]["file"])  # noqa: E731
+
+        def path(stage):
+            file = str(self.directory / self.manifest["graphs"][stage]["file"])
+            if not serve_plugin:
+                return file
+            import onnx
+
+            from .plugin_ort import servable
+
+            return servable(onnx.load(file)).SerializeToString()
         try:
             self.encoder = ort.InferenceSession(path("source_encoder"), options,
                                                 providers=self.providers)
