@@ -1,0 +1,187 @@
+"""Temporal smoothing and loss of tracking (tracking.md 4.7).
+
+:class:`OneEuro` is the 1-euro filter (Casiez, Roussel, Vogel, CHI 2012), vectorised over
+channels, with the sampling period taken from timestamps (seconds), never from an assumed fps:
+
+    alpha(f) = 1 / (1 + 1 / (2 pi f Te))
+    dx_hat   = alpha(f_d) (x - x_hat_prev) / Te + (1 - alpha(f_d)) dx_hat_prev
+    f        = f_min + beta |dx_hat|
+    x_hat    = alpha(f) x + (1 - alpha(f)) x_hat_prev
+
+:class:`RotationFilter` filters a unit quaternion (sign made continuous with the previous one,
+then renormalised). :class:`TrackSmoother` runs the expression ``[64]``, rotation ``[3, 3]`` and
+crop box ``[3]`` (centre x, centre y, side, px) filters; when the face is lost it holds the last
+output for ``hold_s``, then eases the expression to 0 and the rotation to the reference over
+``ease_s``; the first frame after re-acquisition resets every filter to the new measurement.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class OneEuro:
+    def __init__(self, min_cutoff, beta, d_cutoff: float = 1.0):
+        self.min_cutoff = np.asarray(min_cutoff, np.float64)
+        self.beta = np.asarray(beta, np.float64)
+        self.d_cutoff = float(d_cutoff)
+        self.reset()
+
+    def reset(self) -> None:
+        self.x = None
+        self.dx = None
+        self.t = None
+
+    @staticmethod
+    def _alpha(cutoff, te):
+        return 1.0 / (1.0 + 1.0 / (2.0 * math.pi * cutoff * te))
+
+    def __call__(self, x, t: float) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        if self.x is None or t <= self.t:
+            if self.x is None:
+                self.x, self.dx = x.copy(), np.zeros_like(x)
+                self.t = t
+            return self.x.copy()
+        te = t - self.t
+        self.t = t
+        a_d = self._alpha(self.d_cutoff, te)
+        self.dx = a_d * (x - self.x) / te + (1.0 - a_d) * self.dx
+        cutoff = self.min_cutoff + self.beta * np.abs(self.dx)
+        a = self._alpha(cutoff, te)
+        self.x = a * x + (1.0 - a) * self.x
+        return self.x.copy()
+
+
+def quat_from_matrix(r: np.ndarray) -> np.ndarray:
+    """Rotation ``[3, 3]`` -> unit quaternion ``[w, x, y, z]`` (Shepperd's method)."""
+    tr = r[0, 0] + r[1, 1] + r[2, 2]
+    if tr > 0:
+        s = 2.0 * math.sqrt(tr + 1.0)
+        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
+    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2])
+        q = [(r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s]
+    elif r[1, 1] > r[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2])
+        q = [(r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s]
+    else:
+        s = 2.0 * math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1])
+        q = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s]
+    q = np.asarray(q)
+    return q / np.linalg.norm(q)
+
+
+def matrix_from_quat(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def slerp(q0: np.ndarray, q1: np.ndarray, w: float) -> np.ndarray:
+    if np.dot(q0, q1) < 0:
+        q1 = -q1
+    dot = min(1.0, float(np.dot(q0, q1)))
+    if dot > 0.9995:
+        q = q0 + w * (q1 - q0)
+        return q / np.linalg.norm(q)
+    theta = math.acos(dot)
+    return (math.sin((1 - w) * theta) * q0 + math.sin(w * theta) * q1) / math.sin(theta)
+
+
+class RotationFilter:
+    """One Euro on the quaternion of ``R``, with sign continuity; returns ``[3, 3]``."""
+
+    def __init__(self, min_cutoff: float, beta: float, d_cutoff: float = 1.0):
+        self.filter = OneEuro(min_cutoff, beta, d_cutoff)
+        self.prev = None
+
+    def reset(self) -> None:
+        self.filter.reset()
+        self.prev = None
+
+    def __call__(self, rotation: np.ndarray, t: float) -> np.ndarray:
+        q = quat_from_matrix(rotation)
+        if self.prev is not None and np.dot(q, self.prev) < 0:
+            q = -q  # q and -q are the same rotation; keep the path continuous
+        self.prev = q
+        return matrix_from_quat(self.filter(q, t))
+
+
+@dataclass(frozen=True)
+class SmoothingConfig:
+    enabled: bool = True
+    expr_min_cutoff: float = 1.0  # Hz, blendshape-like channels
+    expr_fast_min_cutoff: float = 2.0  # Hz: lids, mouth, jaw (blinks of 100-150 ms survive)
+    expr_beta: float = 1.0
+    rot_min_cutoff: float = 0.5
+    rot_beta: float = 0.5  # per rad/s
+    box_min_cutoff: float = 0.3
+    box_beta: float = 0.01
+    d_cutoff: float = 1.0
+    hold_s: float = 0.3
+    ease_s: float = 0.5
+
+
+def _fast_channels() -> np.ndarray:
+    from .expression import CHANNEL_NAMES
+
+    keys = ("eyeBlink", "jaw", "mouth", "eyelid", "Aperture", "Width", "lip")
+    return np.array([any(k in n for k in keys) for n in CHANNEL_NAMES])
+
+
+class TrackSmoother:
+    """Expression, rotation and crop-box smoothing plus hold / ease on loss."""
+
+    def __init__(self, config: SmoothingConfig = SmoothingConfig(), reference=None):
+        self.config = config
+        fast = _fast_channels()
+        cut = np.where(fast, config.expr_fast_min_cutoff, config.expr_min_cutoff)
+        self.expr = OneEuro(cut, config.expr_beta, config.d_cutoff)
+        self.rotation = RotationFilter(config.rot_min_cutoff, config.rot_beta, config.d_cutoff)
+        self.box = OneEuro(config.box_min_cutoff, config.box_beta, config.d_cutoff)
+        self.reference = np.eye(3) if reference is None else np.asarray(reference, np.float64)
+        self.last = None  # (expr, rotation, box) of the last output
+        self.lost_since = None
+
+    def reset(self) -> None:
+        self.expr.reset()
+        self.rotation.reset()
+        self.box.reset()
+        self.last = None
+        self.lost_since = None
+
+    def update(self, t: float, expr=None, rotation=None, box=None):
+        """A tracked frame (all three given) or a lost one (all ``None``) -> (expr ``[64]``,
+        rotation ``[3, 3]``, box ``[3]`` or ``None``, state) with state one of
+        ``"tracked"``, ``"held"``, ``"easing"``, ``"neutral"``, ``"none"``."""
+        if expr is not None:
+            if self.lost_since is not None:  # re-acquired: start from the new measurement
+                self.expr.reset()
+                self.rotation.reset()
+                self.box.reset()
+                self.lost_since = None
+            if self.config.enabled:
+                expr = self.expr(expr, t)
+                rotation = self.rotation(rotation, t)
+                box = self.box(box, t)
+            self.last = (np.asarray(expr, np.float64), np.asarray(rotation, np.float64),
+                         np.asarray(box, np.float64))
+            return self.last + ("tracked",)
+        if self.last is None:
+            return np.zeros(64), self.reference.copy(), None, "none"
+        if self.lost_since is None:
+            self.lost_since = t
+        lost = t - self.lost_since
+        if lost <= self.config.hold_s:
+            return self.last + ("held",)
+        w = min(1.0, (lost - self.config.hold_s) / max(self.config.ease_s, 1e-9))
+        # cosine ease: zero velocity at both ends, so the avatar does not snap
+        w = 0.5 - 0.5 * math.cos(math.pi * w)
+        e, r, b = self.last
+        q = slerp(quat_from_matrix(r), quat_from_matrix(self.reference), w)
+        return (1.0 - w) * e, matrix_from_quat(q), b, ("neutral" if w >= 1.0 else "easing")
