@@ -1,0 +1,36 @@
+"""The GPU suite runs end to end on a CPU (dry run) so it cannot rot between GPU loans."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
+    out = tmp_path / "suite.json"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["machine"]["device"] == "cpu"
+    check = report["kernel_check"]
+    assert "error" not in check, check.get("traceback")
+    assert check["all_passed"] is True
+    kinds = {c["kind"] for c in check["cases"]}
+    assert kinds == {"random", "dense", "empty"}
+    for case in check["cases"]:
+        assert case["features"]["elements_checked"] == case["rays"] * 8
+        assert case["deterministic"]
+    dense = next(c for c in check["cases"] if c["kind"] == "dense")
+    empty = next(c for c in check["cases"] if c["kind"] == "empty")
+    assert dense["mean_opacity_reference"] > 0.9 and empty["mean_opacity_reference"] < 1e-3
+    assert "float32" in report["raymarch_timing"]
+    variants = report["model"]["variants"]
+    assert set(variants) == {"fp32-reference", "fp32-kernel"}
+    for v in variants.values():
+        assert v["finite"] and v["frame"]["p50_ms"] > 0
+        assert set(v["stages"]) == {"generate", "render", "superresolve"}
+    assert report["summary"]["kernel_check_passed"] is True
+    assert "per frame" not in proc.stderr
