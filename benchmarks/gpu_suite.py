@@ -226,11 +226,46 @@ def raymarch_timing(torch, config, device, warmup, iters) -> dict:
                      "speedup_p50": round(ref["p50_ms"] / ker["p50_ms"], 2)}
         print(f"  raymarch {name}: reference {ref['p50_ms']:.3f} ms, kernel {ker['p50_ms']:.3f}"
               f" ms, x{out[name]['speedup_p50']}", flush=True)
+    if device.type == "cuda":
+        out["launch_sweep"] = launch_sweep(torch, config, device, settings, warmup, iters)
     out["shape"] = {"rays": config.render_size ** 2, "samples": [config.samples_coarse,
                                                                 config.samples_fine],
                     "triplane": [3, config.triplane_channels, config.triplane_size,
                                  config.triplane_size]}
     return out
+
+
+# (rays per program, warps, MLP dot precision): the kernel's launch shape decides how many
+# programs keep each SM busy; "tf32" shows what the full-fp32 MLP products cost.
+SWEEP = ((16, 4, "ieee"), (32, 4, "ieee"), (32, 8, "ieee"), (64, 8, "ieee"), (16, 2, "ieee"),
+         (32, 8, "tf32"))
+
+
+def launch_sweep(torch, config, device, settings, warmup, iters) -> list:
+    from engines.raymarch import op
+    from export3d.renderer import raymarch_reference
+
+    tp, dec, o, d = random_case(torch, config, 1, torch.float32, 7, 0.0, device)
+    args = (tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, settings.near, settings.far,
+            settings.samples_coarse, settings.samples_fine, settings.box_warp,
+            settings.plane_axes)
+    rows = []
+    with torch.no_grad():
+        ref = raymarch_reference(tp, dec, o, d, settings)
+        for block, warps, precision in SWEEP:
+            row = {"block_rays": block, "num_warps": warps, "dot_precision": precision}
+            try:
+                def call():
+                    return op.launch(*args, block_rays=block, num_warps=warps,
+                                     dot_precision=precision)
+                got = call()
+                row["max_abs_err_features"] = float((got[0] - ref[0]).abs().max())
+                row.update(stats(time_cuda(call, warmup, iters, torch)))
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            rows.append(row)
+            print(f"  sweep {row}", flush=True)
+    return rows
 
 
 def model_variants(torch, device, dry_run: bool, compile_ok: bool):
