@@ -1,0 +1,154 @@
+"""Ahead-of-time build of the ray-march kernel: PTX and cubin per GPU architecture, no GPU
+needed (Triton's compiler and the ptxas it ships).
+
+In: a :class:`KernelConfig` (the constexprs: C, Hd, F, Sc, Sf, tri-plane dtype, plane axes,
+rays per program, warps) and a list of compute capabilities. Out: per arch a :class:`Build`
+with the entry name, PTX text, cubin bytes, dynamic shared memory, warps, and the launch
+rule, which a TensorRT plugin embeds and launches with ``cuLaunchKernel``:
+    grid  = (ceil(B * R / block_rays), 1, 1), block = (32 * num_warps, 1, 1),
+    dynamic shared memory = ``shared`` bytes (opt in above 48 KB),
+    parameters = the runtime arguments in ``kernel.RUNTIME_ARGS`` order (pointers as u64,
+    ints as i32, floats as f32), then two trailing u64 pointers Triton appends (global and
+    profile scratch; both sizes are 0 here, pass null).
+near / far / box_warp are runtime arguments, not baked in.
+
+CLI: ``python -m engines.raymarch.aot --arch 90 --out DIR`` writes ``<name>.sm_90.ptx``,
+``<name>.sm_90.cubin`` and ``<name>.sm_90.json`` (launch parameters) for each arch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ARCHS = (75, 80, 86, 89, 90)
+DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Everything fixed at compile time. Defaults: the paper512 preset."""
+    channels: int = 32
+    hidden: int = 64
+    features: int = 32
+    samples_coarse: int = 48
+    samples_fine: int = 48
+    triplane_dtype: str = "float32"
+    plane_axes: tuple = (0, 1, 0, 2, 1, 2)
+    block_rays: int = 32
+    num_warps: int = 4
+    num_stages: int = 1
+
+    @classmethod
+    def tiny(cls, **overrides) -> "KernelConfig":
+        return cls(**{**dict(channels=8, hidden=16, features=8, samples_coarse=8,
+                             samples_fine=8), **overrides})
+
+
+@dataclass
+class Build:
+    arch: int
+    name: str
+    ptx: str = field(repr=False)
+    cubin: bytes = field(repr=False)
+    shared: int
+    num_warps: int
+    block_rays: int
+    config: KernelConfig
+
+    def launch_params(self) -> dict:
+        from . import kernel
+
+        return {
+            "kernel_name": self.name, "arch": f"sm_{self.arch}", "num_warps": self.num_warps,
+            "threads_per_block": 32 * self.num_warps, "shared_bytes": self.shared,
+            "block_rays": self.block_rays,
+            "grid": "(ceil(B * R / block_rays), 1, 1)",
+            "params": [{"name": n, "type": t.replace("*triplane",
+                                                      "*" + DTYPES[self.config.triplane_dtype])}
+                       for n, t in kernel.RUNTIME_ARGS]
+            + [{"name": "global_scratch", "type": "*i8", "value": "null"},
+               {"name": "profile_scratch", "type": "*i8", "value": "null"}],
+            "config": asdict(self.config),
+        }
+
+
+def signature(config: KernelConfig) -> tuple[dict, dict]:
+    """(signature, constexprs) for ``triton.compiler.ASTSource``."""
+    from . import kernel
+
+    if config.triplane_dtype not in DTYPES:
+        raise ValueError(f"triplane_dtype must be one of {', '.join(DTYPES)}, got "
+                         f"{config.triplane_dtype!r}.")
+    ptr = "*" + DTYPES[config.triplane_dtype]
+    consts = kernel.constexprs(config.channels, config.hidden, config.features,
+                               config.samples_coarse, config.samples_fine, config.plane_axes,
+                               config.block_rays)
+    sig = {name: (ptr if kind == "*triplane" else kind) for name, kind in kernel.RUNTIME_ARGS}
+    sig.update({name: "constexpr" for name in consts})
+    return sig, consts
+
+
+def compile_arch(config: KernelConfig, arch: int) -> Build:
+    """Compile for one compute capability (e.g. 90 for sm_90)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from . import kernel
+
+    sig, consts = signature(config)
+    source = triton.compiler.ASTSource(fn=kernel.raymarch_kernel, signature=sig,
+                                       constexprs=consts)
+    compiled = triton.compile(source, target=GPUTarget("cuda", int(arch), 32),
+                              options={"num_warps": config.num_warps,
+                                       "num_stages": config.num_stages})
+    meta = compiled.metadata
+    if meta.global_scratch_size or meta.profile_scratch_size:
+        raise RuntimeError("the kernel now needs Triton scratch memory; the plugin's launch "
+                           "rule (null scratch pointers) no longer holds.")
+    return Build(arch=int(arch), name=meta.name, ptx=compiled.asm["ptx"],
+                 cubin=bytes(compiled.asm["cubin"]), shared=int(meta.shared),
+                 num_warps=int(meta.num_warps), block_rays=config.block_rays, config=config)
+
+
+def compile_all(config: KernelConfig = KernelConfig(), archs=ARCHS) -> dict[int, Build]:
+    return {int(a): compile_arch(config, a) for a in archs}
+
+
+def write(build: Build, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{build.name}.sm_{build.arch}"
+    paths = [out / (stem + ".ptx"), out / (stem + ".cubin"), out / (stem + ".json")]
+    paths[0].write_text(build.ptx)
+    paths[1].write_bytes(build.cubin)
+    paths[2].write_text(json.dumps(build.launch_params(), indent=2) + "\n")
+    return paths
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engines.raymarch.aot",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, action="append", choices=ARCHS,
+                        help="compute capability, e.g. 90 (repeatable; default: all)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--preset", choices=("paper512", "tiny"), default="paper512")
+    parser.add_argument("--triplane-dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--eg3d-plane-axes", action="store_true",
+                        help="EG3D's (z, x) third plane instead of (y, z)")
+    parser.add_argument("--block-rays", type=int, default=32)
+    parser.add_argument("--num-warps", type=int, default=4)
+    args = parser.parse_args(argv)
+    axes = (0, 1, 0, 2, 2, 0) if args.eg3d_plane_axes else (0, 1, 0, 2, 1, 2)
+    kwargs = dict(triplane_dtype=args.triplane_dtype, plane_axes=axes,
+                  block_rays=args.block_rays, num_warps=args.num_warps)
+    config = KernelConfig.tiny(**kwargs) if args.preset == "tiny" else KernelConfig(**kwargs)
+    for arch in args.arch or ARCHS:
+        build = compile_arch(config, arch)
+        for path in write(build, args.out):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""The ray-march kernel as a torch op, ``export3d_engines::raymarch`` (name from the contract).
+
+In: triplane [B, 3, C, P, P] (fp32/fp16/bf16), w1 [C, Hd], b1 [Hd], w2 [Hd, 1 + F], b2 [1 + F],
+origins / directions [B, R, 3] fp32, settings as plain floats/ints, plane_axes as 6 ints.
+Out: features [B, R, F], depth [B, R], opacity [B, R], fp32, new tensors.
+
+Implementations: CUDA tensors launch the Triton kernel on the current stream of the inputs'
+device; CPU tensors run the same kernel in Triton's interpreter, but only when the process was
+started with ``TRITON_INTERPRET=1`` (the CPU tests), else a ValueError says to use the
+reference. The fake (meta) implementation returns empty tensors of the contract's shapes, so
+the op traces under FakeTensorMode / torch.compile. Registering imports no triton and compiles
+nothing; the kernel module is imported at the first real call.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import contract
+
+INTERPRETER_BLOCK_RAYS = 256
+TRIPLANE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def validate(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
+             samples_fine, box_warp, plane_axes) -> None:
+    """One-sentence ValueErrors for anything the kernel cannot take."""
+    tensors = {"triplane": triplane, "w1": w1, "b1": b1, "w2": w2, "b2": b2,
+               "origins": origins, "directions": directions}
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}.")
+    contract.output_shapes(*(tuple(t.shape) for t in tensors.values()))
+    if triplane.dtype not in TRIPLANE_DTYPES:
+        raise ValueError(f"triplane must be float32, float16 or bfloat16, got {triplane.dtype}.")
+    for name in ("w1", "b1", "w2", "b2"):
+        if not tensors[name].is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {tensors[name].dtype}.")
+    for name in ("origins", "directions"):
+        if tensors[name].dtype != torch.float32:
+            raise ValueError(f"{name} must be float32, got {tensors[name].dtype}.")
+    devices = {t.device for t in tensors.values()}
+    if len(devices) != 1:
+        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}.")
+    if int(samples_coarse) < 2:
+        raise ValueError(f"samples_coarse must be >= 2, got {samples_coarse}.")
+    if int(samples_fine) < 0:
+        raise ValueError(f"samples_fine must be >= 0, got {samples_fine}.")
+    if not float(box_warp) > 0:
+        raise ValueError(f"box_warp must be positive, got {box_warp}.")
+    if not float(far) > float(near):
+        raise ValueError(f"far ({far}) must be greater than near ({near}).")
+    contract.normalise_plane_axes(plane_axes)
+    n_rays = origins.shape[0] * origins.shape[1]
+    if n_rays >= 2 ** 31 or triplane.numel() // max(1, triplane.shape[0]) >= 2 ** 31:
+        raise ValueError("too many rays or too large a tri-plane for the kernel's 32-bit "
+                         "indexing; render in smaller batches.")
+
+
+def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
+           samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
+           channels_last=True, dot_precision="ieee"):
+    """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
+    ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
+    contiguous line of C values); the kernel takes any strides."""
+    from . import kernel
+
+    # The interpreter pays per program, not per ray: one big block keeps CPU tests fast.
+    interpreted = origins.device.type == "cpu"
+    block_rays = block_rays or (INTERPRETER_BLOCK_RAYS if interpreted
+                                else kernel.DEFAULT_BLOCK_RAYS)
+    num_warps = num_warps or kernel.DEFAULT_NUM_WARPS
+    b, r, _ = origins.shape
+    channels, hidden = w1.shape
+    features_n = w2.shape[1] - 1
+    device = origins.device
+    origins = origins.contiguous()
+    directions = directions.contiguous()
+    if channels_last and triplane.stride(2) != 1:
+        planes = triplane.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    else:
+        planes = triplane
+    features = torch.empty((b, r, features_n), device=device, dtype=torch.float32)
+    depth = torch.empty((b, r), device=device, dtype=torch.float32)
+    opacity = torch.empty((b, r), device=device, dtype=torch.float32)
+    n_rays = b * r
+    if n_rays == 0:
+        return features, depth, opacity
+    consts = kernel.constexprs(channels, hidden, features_n, samples_coarse, samples_fine,
+                               contract.plane_axes_flat(plane_axes), block_rays,
+                               dot_precision)
+    step = (float(far) - float(near)) / int(samples_coarse)
+    sb, sk, sc, sy, sx = planes.stride()
+    grid = kernel.grid(n_rays, block_rays)
+    kernel.raymarch_kernel[grid](
+        planes, w1, b1, w2, b2, origins, directions, features, depth, opacity,
+        n_rays, r, planes.shape[-1], sb, sk, sc, sy, sx,
+        w1.stride(0), w1.stride(1), b1.stride(0), w2.stride(0), w2.stride(1), b2.stride(0),
+        float(near), step, 2.0 / float(box_warp), **consts, num_warps=num_warps,
+        num_stages=kernel.DEFAULT_NUM_STAGES)
+    return features, depth, opacity
+
+
+@torch.library.custom_op(contract.TORCH_QUALNAME, mutates_args=())
+def raymarch_op(triplane: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                b2: torch.Tensor, origins: torch.Tensor, directions: torch.Tensor, near: float,
+                far: float, samples_coarse: int, samples_fine: int, box_warp: float,
+                plane_axes: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    validate(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
+             samples_fine, box_warp, plane_axes)
+    if triplane.device.type == "cuda":
+        with torch.cuda.device(triplane.device):  # Triton launches on this device's stream
+            return launch(triplane, w1, b1, w2, b2, origins, directions, near, far,
+                          samples_coarse, samples_fine, box_warp, plane_axes)
+    if triplane.device.type == "cpu" and interpreter_enabled():
+        return launch(triplane, w1, b1, w2, b2, origins, directions, near, far,
+                      samples_coarse, samples_fine, box_warp, plane_axes)
+    raise ValueError(f"the fused ray-march kernel runs on CUDA tensors (or on CPU under "
+                     f"TRITON_INTERPRET=1 for tests), got {triplane.device} tensors; use "
+                     "export3d.renderer.raymarch_reference instead.")
+
+
+@raymarch_op.register_fake
+def _raymarch_fake(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
+                   samples_fine, box_warp, plane_axes):
+    shapes = contract.output_shapes(triplane.shape, w1.shape, b1.shape, w2.shape, b2.shape,
+                                    origins.shape, directions.shape)
+    return tuple(origins.new_empty(shape, dtype=torch.float32) for shape in shapes)

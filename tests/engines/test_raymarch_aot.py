@@ -1,0 +1,72 @@
+"""Ahead-of-time build of the ray-march kernel, no GPU: PTX and cubin for every supported arch,
+for fp32 / fp16 / bf16 tri-planes, and the CLI's files."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+pytest.importorskip("triton")
+
+from engines.raymarch import aot  # noqa: E402
+
+ELF_MAGIC = b"\x7fELF"
+SHARED_LIMIT = {75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+
+
+def check_build(build: aot.Build, arch: int) -> None:
+    assert build.arch == arch
+    # Triton targets sm_90a (Hopper's arch-specific features) for compute capability 9.0.
+    suffix = "a?" if arch == 90 else ""
+    assert re.search(rf"^\.target sm_{arch}{suffix}$", build.ptx, re.M), build.ptx[:300]
+    assert re.search(rf"\.entry {re.escape(build.name)}\(", build.ptx)
+    assert build.cubin[:4] == ELF_MAGIC and len(build.cubin) > 1024
+    assert 0 < build.shared <= SHARED_LIMIT[arch]
+    assert build.num_warps == build.config.num_warps
+
+
+@pytest.fixture(scope="module")
+def paper512_fp32():
+    return aot.compile_all(aot.KernelConfig())
+
+
+@pytest.mark.parametrize("arch", aot.ARCHS)
+def test_paper512_fp32_every_arch(paper512_fp32, arch):
+    build = paper512_fp32[arch]
+    check_build(build, arch)
+    assert build.name == "raymarch_kernel"
+    params = build.launch_params()
+    names = [p["name"] for p in params["params"]]
+    assert names[:3] == ["triplane_ptr", "w1_ptr", "b1_ptr"]
+    assert names[-2:] == ["global_scratch", "profile_scratch"]
+    # One PTX .param per runtime argument plus Triton's two scratch pointers.
+    entry = re.search(r"\.entry \w+\((.*?)\)", build.ptx, re.S).group(1)
+    assert entry.count(".param") == len(names)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("arch", [75, 90])
+def test_half_triplanes(dtype, arch):
+    config = aot.KernelConfig.tiny(triplane_dtype=dtype, plane_axes=(0, 1, 0, 2, 2, 0))
+    build = aot.compile_arch(config, arch)
+    check_build(build, arch)
+    width = "b16"
+    assert f"ld.global.{width}" in build.ptx or "ld.global.v" in build.ptx
+
+
+def test_cli_writes_ptx_cubin_and_launch_json(tmp_path):
+    assert aot.main(["--arch", "86", "--preset", "tiny", "--out", str(tmp_path)]) == 0
+    stem = tmp_path / "raymarch_kernel.sm_86"
+    ptx = (tmp_path / (stem.name + ".ptx")).read_text()
+    cubin = (tmp_path / (stem.name + ".cubin")).read_bytes()
+    params = json.loads((tmp_path / (stem.name + ".json")).read_text())
+    assert ".target sm_86" in ptx and cubin[:4] == ELF_MAGIC
+    assert params["kernel_name"] == "raymarch_kernel" and params["arch"] == "sm_86"
+    assert params["threads_per_block"] == 32 * params["num_warps"]
+    assert params["config"]["samples_coarse"] == 8
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(ValueError, match="triplane_dtype"):
+        aot.signature(aot.KernelConfig(triplane_dtype="float64"))

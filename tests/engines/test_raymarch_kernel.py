@@ -1,0 +1,291 @@
+"""The fused ray-march kernel (engines.raymarch) against its specification,
+export3d.renderer.raymarch_reference: on CPU through Triton's interpreter, on CUDA when a GPU
+is present. Random tri-planes and decoders in realistic ranges, rays from real cameras, the
+tiny preset's sizes and an odd size (R not a multiple of the ray block), edge cases, fp16 and
+bf16 tri-planes, both plane layouts, the torch op, its fake implementation, determinism.
+
+TRITON_INTERPRET must be set before triton is first imported (triton.language's own jit'd
+helpers are decorated then), and an interpreted kernel must not leak into other test modules.
+So the interpreted tests run in a child pytest process started with TRITON_INTERPRET=1
+(test_interpreted_suite, which reports the child's output on failure); in the parent process
+they are skipped, and the CUDA test runs there, compiled.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from export3d.camera import orbit_path, rays
+from export3d.renderer import (PLANE_AXES, PLANE_AXES_EG3D, Decoder, RayMarchSettings,
+                               raymarch_reference)
+
+pytest.importorskip("triton")
+
+# (atol, rtol) by tri-plane dtype. All arithmetic is fp32 in both implementations and fp16 /
+# bf16 values convert to fp32 exactly, so the tolerances are the same: they cover summation
+# order (cumsum, the 4-tap blend, the MLP's dot) and a different log1p formula. The
+# reference's own float rounding of depth (~2.7) is 2.4e-7.
+TOLERANCE = {
+    torch.float32: (2e-5, 1e-4),
+    torch.float16: (2e-5, 1e-4),
+    torch.bfloat16: (2e-5, 1e-4),
+}
+# On a GPU, FMA contraction and the hardware exp/log add rounding of their own.
+GPU_TOLERANCE = (2e-4, 1e-3)
+
+
+CHILD_FLAG = "EXPORT3D_INTERPRETED_CHILD"
+IN_CHILD = os.environ.get(CHILD_FLAG) == "1" and os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not IN_CHILD, reason="runs in the interpreted child process "
+                                 "(test_interpreted_suite)")
+
+
+@pytest.mark.skipif(IN_CHILD, reason="this is the child")
+def test_interpreted_suite():
+    """Run this module's interpreted tests in a child process with TRITON_INTERPRET=1."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", CHILD_FLAG: "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root),
+                                                       os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(Path(__file__).resolve()), "-q",
+                           "-p", "no:cacheprovider", "--durations=5"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    print(proc.stdout[-4000:])
+    assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-4000:]
+    assert " passed" in proc.stdout
+
+
+def make_inputs(b=2, channels=8, hidden=16, plane=32, res=16, dtype=torch.float32, seed=0,
+                density_bias=0.0, device="cpu"):
+    """Tri-plane ~ N(0, 0.5^2), decoder with nn.Linear's init range, rays of an orbit."""
+    g = torch.Generator().manual_seed(seed)
+    triplane = (torch.randn(b, 3, channels, plane, plane, generator=g) * 0.5).to(dtype)
+
+    def uniform(*shape, fan_in):
+        return (torch.rand(*shape, generator=g) * 2 - 1) / fan_in ** 0.5
+
+    w1 = uniform(channels, hidden, fan_in=channels)
+    b1 = uniform(hidden, fan_in=channels)
+    w2 = uniform(hidden, 1 + channels, fan_in=hidden) * 4
+    b2 = uniform(1 + channels, fan_in=hidden)
+    b2[0] += density_bias
+    origins, directions = rays(orbit_path("circle", max(b, 2))[:b].float(), res)
+    tensors = [triplane, w1, b1, w2, b2, origins, directions]
+    return [t.to(device) for t in tensors]
+
+
+def settings_for(samples_coarse=8, samples_fine=8, plane_axes=PLANE_AXES, box_warp=1.0):
+    return RayMarchSettings(near=2.25, far=3.3, samples_coarse=samples_coarse,
+                            samples_fine=samples_fine, box_warp=box_warp,
+                            eg3d_plane_axes=plane_axes == PLANE_AXES_EG3D)
+
+
+def run_kernel(inputs, settings, **launch_kw):
+    from engines.raymarch import op
+
+    triplane, w1, b1, w2, b2, origins, directions = inputs
+    if launch_kw:
+        return op.launch(triplane, w1, b1, w2, b2, origins, directions, settings.near,
+                         settings.far, settings.samples_coarse, settings.samples_fine,
+                         settings.box_warp, settings.plane_axes, **launch_kw)
+    import engines.raymarch as kernel
+
+    return kernel.raymarch(triplane, w1, b1, w2, b2, origins, directions, near=settings.near,
+                           far=settings.far, samples_coarse=settings.samples_coarse,
+                           samples_fine=settings.samples_fine, box_warp=settings.box_warp,
+                           plane_axes=settings.plane_axes)
+
+
+def run_reference(inputs, settings):
+    triplane, w1, b1, w2, b2, origins, directions = inputs
+    return raymarch_reference(triplane, Decoder(w1, b1, w2, b2), origins, directions, settings)
+
+
+def assert_matches(actual, expected, tol):
+    atol, rtol = tol
+    for name, a, e in zip(("features", "depth", "opacity"), actual, expected):
+        assert a.shape == e.shape and a.dtype == torch.float32, name
+        torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@interpreted
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("plane_axes", [PLANE_AXES, PLANE_AXES_EG3D], ids=["xyz", "eg3d"])
+def test_tiny_preset_matches_reference(dtype, plane_axes):
+    inputs = make_inputs(dtype=dtype)
+    settings = settings_for(plane_axes=plane_axes)
+    expected = run_reference(inputs, settings)
+    # The random scene must be neither empty nor opaque, or the test proves little.
+    assert 0.05 < expected[2].mean() < 0.95
+    assert_matches(run_kernel(inputs, settings), expected, TOLERANCE[dtype])
+
+
+@interpreted
+def test_odd_size_several_programs_matches_reference():
+    # C=16, Hd=32, Sc=Sf=12, R=49: 4 programs of 16 rays, the last one masked.
+    inputs = make_inputs(b=1, channels=16, hidden=32, plane=24, res=7, seed=3)
+    settings = settings_for(samples_coarse=12, samples_fine=12, box_warp=0.9)
+    expected = run_reference(inputs, settings)
+    assert_matches(run_kernel(inputs, settings, block_rays=16), expected,
+                   TOLERANCE[torch.float32])
+    assert_matches(run_kernel(inputs, settings), expected, TOLERANCE[torch.float32])
+
+
+@interpreted
+def test_batch_one_and_unequal_sample_counts():
+    inputs = make_inputs(b=1, res=8, seed=5)
+    settings = settings_for(samples_coarse=10, samples_fine=6)
+    assert_matches(run_kernel(inputs, settings), run_reference(inputs, settings),
+                   TOLERANCE[torch.float32])
+
+
+@interpreted
+def test_coarse_only():
+    inputs = make_inputs(b=2, res=8, seed=6)
+    settings = settings_for(samples_coarse=9, samples_fine=0)
+    assert_matches(run_kernel(inputs, settings), run_reference(inputs, settings),
+                   TOLERANCE[torch.float32])
+
+
+@interpreted
+def test_empty_space():
+    inputs = make_inputs(b=1, res=8, density_bias=-1e4)
+    settings = settings_for()
+    features, depth, opacity = run_kernel(inputs, settings)
+    expected = run_reference(inputs, settings)
+    assert_matches((features, depth, opacity), expected, TOLERANCE[torch.float32])
+    assert torch.all(opacity == 0) and torch.all(features == -1)
+    # Zero total weight: depth is the last merged sample's depth.
+    assert torch.all(depth > 3.2) and torch.all(depth <= 3.3)
+
+
+@interpreted
+def test_dense_slab():
+    inputs = make_inputs(b=1, res=8, density_bias=1e3)
+    settings = settings_for()
+    features, depth, opacity = run_kernel(inputs, settings)
+    assert_matches((features, depth, opacity), run_reference(inputs, settings),
+                   TOLERANCE[torch.float32])
+    torch.testing.assert_close(opacity, torch.ones_like(opacity))
+    assert torch.all(depth < 2.4)
+
+
+@interpreted
+def test_rays_that_miss_the_box():
+    inputs = make_inputs(b=2, res=4)
+    origins = inputs[5].clone()
+    origins[0, :8] = torch.tensor([50.0, -40.0, 1e6])  # all taps outside every plane
+    origins[1, 3] = torch.tensor([1e30, 1e30, -1e30])  # would overflow a float->int cast
+    inputs[5] = origins
+    settings = settings_for()
+    actual = run_kernel(inputs, settings)
+    assert_matches(actual, run_reference(inputs, settings), TOLERANCE[torch.float32])
+    assert torch.isfinite(actual[0]).all() and torch.isfinite(actual[1]).all()
+
+
+@interpreted
+def test_any_triplane_strides_and_non_contiguous_weights():
+    triplane, w1, b1, w2, b2, origins, directions = make_inputs(b=1, res=6, seed=7)
+    w1_view = w1.t().contiguous().t()  # as OSGDecoder.weights(): fc1.weight.t()
+    w2_view = w2.t().contiguous().t()
+    inputs = [triplane, w1_view, b1, w2_view, b2, origins, directions]
+    settings = settings_for()
+    channels_last = run_kernel(inputs, settings, channels_last=True)
+    planar = run_kernel(inputs, settings, channels_last=False)
+    for a, b in zip(channels_last, planar):
+        assert torch.equal(a, b)  # the same values in the same order: bit-identical
+    assert_matches(channels_last, run_reference(inputs, settings), TOLERANCE[torch.float32])
+
+
+@interpreted
+def test_deterministic():
+    inputs = make_inputs(b=1, res=8, seed=8)
+    settings = settings_for()
+    first = run_kernel(inputs, settings)
+    second = run_kernel(inputs, settings)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@interpreted
+def test_fake_implementation_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import engines.raymarch as kernel
+
+    real = make_inputs(b=2, channels=8, hidden=16, plane=4, res=3)
+    with FakeTensorMode() as mode:
+        inputs = [mode.from_tensor(t) for t in real]
+        features, depth, opacity = kernel.raymarch(
+            *inputs, near=2.25, far=3.3, samples_coarse=48, samples_fine=48, box_warp=1.0,
+            plane_axes=PLANE_AXES)
+    assert features.shape == (2, 9, 8) and depth.shape == (2, 9) and opacity.shape == (2, 9)
+    assert features.dtype == depth.dtype == opacity.dtype == torch.float32
+
+
+@interpreted
+def test_opcheck():
+    from engines.raymarch import op
+
+    inputs = make_inputs(b=1, res=3, plane=8)
+    args = (*inputs, 2.25, 3.3, 4, 4, 1.0, [0, 1, 0, 2, 1, 2])
+    torch.library.opcheck(op.raymarch_op, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@interpreted
+def test_invalid_inputs_raise_one_sentence_errors():
+    import engines.raymarch as kernel
+
+    triplane, w1, b1, w2, b2, origins, directions = make_inputs(b=1, res=2, plane=4)
+    kw = dict(near=2.25, far=3.3, samples_coarse=4, samples_fine=4, box_warp=1.0,
+              plane_axes=PLANE_AXES)
+    with pytest.raises(ValueError, match="w1 must be"):
+        kernel.raymarch(triplane, w1[:-1], b1, w2, b2, origins, directions, **kw)
+    with pytest.raises(ValueError, match="origins must be float32"):
+        kernel.raymarch(triplane, w1, b1, w2, b2, origins.double(), directions, **kw)
+    with pytest.raises(ValueError, match="plane_axes"):
+        kernel.raymarch(triplane, w1, b1, w2, b2, origins, directions,
+                        **{**kw, "plane_axes": ((0, 1), (1, 2), (0, 2))})
+    with pytest.raises(ValueError, match="samples_coarse"):
+        kernel.raymarch(triplane, w1, b1, w2, b2, origins, directions,
+                        **{**kw, "samples_coarse": 1})
+    os.environ["TRITON_INTERPRET"] = "0"
+    try:
+        with pytest.raises(ValueError, match="runs on CUDA tensors"):
+            kernel.raymarch(triplane, w1, b1, w2, b2, origins, directions, **kw)
+    finally:
+        os.environ["TRITON_INTERPRET"] = "1"
+
+
+@interpreted
+def test_renderer_dispatch_reaches_the_kernel():
+    # export3d.renderer.raymarch(impl="kernel") goes through engines.raymarch.
+    from export3d.renderer import raymarch
+
+    inputs = make_inputs(b=1, res=4)
+    settings = settings_for()
+    decoder = Decoder(*inputs[1:5])
+    with torch.no_grad():
+        actual = raymarch(inputs[0], decoder, inputs[5], inputs[6], settings, impl="kernel")
+    assert_matches(actual, run_reference(inputs, settings), TOLERANCE[torch.float32])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or IN_CHILD, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_paper512_matches_reference(dtype):
+    inputs = make_inputs(b=2, channels=32, hidden=64, plane=256, res=64, dtype=dtype,
+                         device="cuda")
+    settings = settings_for(samples_coarse=48, samples_fine=48)
+    actual = run_kernel(inputs, settings)
+    again = run_kernel(inputs, settings)
+    expected = run_reference(inputs, settings)
+    assert_matches(actual, expected, GPU_TOLERANCE)
+    for a, b in zip(actual, again):
+        assert torch.equal(a, b)
