@@ -238,7 +238,7 @@ def raymarch_timing(torch, config, device, warmup, iters) -> dict:
 # (rays per program, warps, MLP dot precision): the kernel's launch shape decides how many
 # programs keep each SM busy; "tf32" shows what the full-fp32 MLP products cost.
 SWEEP = ((16, 4, "ieee"), (32, 4, "ieee"), (32, 8, "ieee"), (64, 8, "ieee"), (16, 2, "ieee"),
-         (32, 8, "tf32"))
+         (32, 8, "tf32"), (32, 4, "tf32"), (32, 4, "tf32x3"), (64, 4, "tf32x3"))
 
 
 def launch_sweep(torch, config, device, settings, warmup, iters) -> list:
@@ -477,6 +477,9 @@ def main(argv=None) -> int:
                         help="stop starting new work after this many seconds (default 420)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--kernel-only", action="store_true",
+                        help="only the kernel timing and launch sweep (each sweep row still "
+                        "records its error against the reference)")
     args = parser.parse_args(argv)
 
     if args.dry_run:
@@ -516,13 +519,15 @@ def main(argv=None) -> int:
     print(json.dumps(report.data["machine"]), flush=True)
     # The kernel check compares fp32 math with fp32 math: keep TF32 out of the reference.
     torch.backends.cuda.matmul.allow_tf32 = False
-    section(report, "kernel_check", kernel_check, torch, config, device, dtypes)
+    if not args.kernel_only:
+        section(report, "kernel_check", kernel_check, torch, config, device, dtypes)
     section(report, "raymarch_timing", raymarch_timing, torch, config, device, warmup, iters)
     # The model runs as a user would run it: TF32 allowed for fp32 matmuls and convolutions.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    section(report, "model", model_timing, torch, config, device, warmup, iters, budget,
-            args.dry_run, not args.no_compile and not args.dry_run, report)
+    if not args.kernel_only:
+        section(report, "model", model_timing, torch, config, device, warmup, iters, budget,
+                args.dry_run, not args.no_compile and not args.dry_run, report)
     report.put("summary", summary(report.data, device))
     report.put("finished_utc", datetime.datetime.now(datetime.UTC).isoformat())
     print_table(report.data)
