@@ -146,6 +146,7 @@ class TrackSmoother:
         self.box = OneEuro(config.box_min_cutoff, config.box_beta, config.d_cutoff)
         self.reference = np.eye(3) if reference is None else np.asarray(reference, np.float64)
         self.last = None  # (expr, rotation, box) of the last output
+        self.last_t = 0.0
         self.lost_since = None
 
     def reset(self) -> None:
@@ -171,11 +172,12 @@ class TrackSmoother:
                 box = self.box(box, t)
             self.last = (np.asarray(expr, np.float64), np.asarray(rotation, np.float64),
                          np.asarray(box, np.float64))
+            self.last_t = t
             return self.last + ("tracked",)
         if self.last is None:
             return np.zeros(64), self.reference.copy(), None, "none"
         if self.lost_since is None:
-            self.lost_since = t
+            self.lost_since = self.last_t  # the loss started after the last tracked frame
         lost = t - self.lost_since
         if lost <= self.config.hold_s:
             return self.last + ("held",)

@@ -1,0 +1,76 @@
+"""One Euro step and rest response, quaternion continuity, hold / ease / reset on loss."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from export3d.tracking.extractor import rotation_angle_deg
+from export3d.tracking.pose import rotation_matrix
+from export3d.tracking.smoothing import (OneEuro, RotationFilter, SmoothingConfig, TrackSmoother,
+                                         matrix_from_quat, quat_from_matrix)
+
+FPS = 30.0
+
+
+def test_one_euro_rest_suppresses_jitter():
+    rng = np.random.default_rng(0)
+    f = OneEuro(1.0, 0.0)
+    noisy = 0.5 + rng.normal(0, 0.05, 300)
+    out = np.array([f(x, i / FPS) for i, x in enumerate(noisy)])
+    # a first-order low-pass at 1 Hz, 30 fps: alpha = 0.173, noise variance x alpha/(2-alpha)
+    assert out[60:].std() < 0.35 * noisy[60:].std()
+    assert abs(out[60:].mean() - 0.5) < 0.01
+
+
+def test_one_euro_step_response():
+    step = [0.0] * 30 + [1.0] * 60
+    slow = OneEuro(1.0, 0.0)
+    out = np.array([slow(x, i / FPS) for i, x in enumerate(step)])
+    alpha = 1 / (1 + FPS / (2 * math.pi))
+    # beta = 0 is an exponential smoother: after n samples the residual is (1 - alpha)^n
+    np.testing.assert_allclose(out[30 + 9], 1 - (1 - alpha) ** 10, rtol=1e-9)
+    fast = OneEuro(1.0, 1.0)
+    out_fast = np.array([fast(x, i / FPS) for i, x in enumerate(step)])
+    assert out_fast[33] > out[33] + 0.1  # speed raises the cutoff: less lag on fast motion
+    assert out_fast[-1] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_one_euro_uses_timestamps():
+    a, b = OneEuro(1.0, 0.0), OneEuro(1.0, 0.0)
+    a(0.0, 0.0), b(0.0, 0.0)
+    assert b(1.0, 0.1) > a(1.0, 1 / FPS)  # a longer gap lets more of the new value through
+
+
+def test_quaternion_round_trip_and_sign_continuity():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        r = rotation_matrix(*rng.uniform(-3, 3, 3))
+        np.testing.assert_allclose(matrix_from_quat(quat_from_matrix(r)), r, atol=1e-9)
+    f = RotationFilter(0.5, 0.5)
+    yaw = np.radians(np.linspace(170, 190, 40))  # crosses the quaternion sign flip at 180 deg
+    outs = [f(rotation_matrix(0, 0, y), i / FPS) for i, y in enumerate(yaw)]
+    steps = [rotation_angle_deg(a, b) for a, b in zip(outs, outs[1:])]
+    assert max(steps) < 2.0
+
+
+def test_hold_then_ease_then_reset():
+    cfg = SmoothingConfig(hold_s=0.3, ease_s=0.5)
+    sm = TrackSmoother(cfg)
+    e = np.full(64, 0.8)
+    r = rotation_matrix(0.0, math.radians(20), 0.0)
+    for i in range(30):
+        sm.update(i / FPS, e, r, np.array([100.0, 100.0, 200.0]))
+    t0 = 30 / FPS
+    held = sm.update(t0 + 0.2)
+    assert held[3] == "held" and held[0][0] == pytest.approx(0.8, abs=0.02)
+    mid = sm.update(t0 + 0.55)
+    assert mid[3] == "easing" and 0.1 < mid[0][0] < 0.7
+    end = sm.update(t0 + 0.9)
+    assert end[3] == "neutral" and np.abs(end[0]).max() < 1e-9
+    assert rotation_angle_deg(end[1], np.eye(3)) < 1e-6
+    back = sm.update(t0 + 1.0, np.zeros(64), np.eye(3), np.array([10.0, 10.0, 50.0]))
+    assert back[3] == "tracked"
+    np.testing.assert_allclose(back[0], 0.0)  # reset: no drag from the pre-loss value
+    np.testing.assert_allclose(back[2], (10, 10, 50))
