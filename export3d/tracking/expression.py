@@ -144,6 +144,7 @@ class NeutralTracker:
         self._calib: list | None = None
         self._calib_start = 0.0
         self.calibrated = False
+        self.automatic = True  # False: keep the default neutral until calibrated or set
 
     def begin_calibration(self, seconds: float | None = None) -> None:
         """Start "look at the camera, relax": the next ``seconds`` of tracked frames set it."""
@@ -176,7 +177,7 @@ class NeutralTracker:
                 self._calib = None
                 self.calibrated = True
             return self.neutral
-        if self.calibrated:
+        if self.calibrated or not self.automatic:
             return self.neutral
         self._buffer.append((t, blendshapes, q))
         while self._buffer and t - self._buffer[0][0] > self.window_s:

