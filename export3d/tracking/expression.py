@@ -185,8 +185,12 @@ class NeutralTracker:
         if t - self._last_refresh >= self.refresh_s:
             self._last_refresh = t
             b = np.stack([x[1] for x in self._buffer])
-            qs = np.stack([x[2] for x in self._buffer])
-            self.neutral = robust_neutral(b, qs, self.fraction, source="auto")
+            k = max(1, int(round(self.fraction * len(b))))
+            calm = np.argsort(activity(b), kind="stable")[:k]
+            # stack only the calm frames' landmarks: same result as robust_neutral, less copying
+            qs = np.stack([self._buffer[i][2] for i in calm])
+            self.neutral = Neutral.from_landmarks(np.median(b[calm], axis=0),
+                                                  np.median(qs, axis=0), "auto")
         return self.neutral
 
 
