@@ -62,9 +62,20 @@ def validate(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_c
                          "indexing; render in smaller batches.")
 
 
+def default_dot_precision(device) -> str:
+    """The MLP products' precision: "tf32x3" (three TF32 tensor-core products, fp32-accurate)
+    where TF32 exists (sm_80 and newer), else "ieee" (fp32 FMAs). Measured on an H200 at
+    paper512 sizes (benchmarks/results/kernel_sweep-NVIDIA_H200-2026-11-28.json): 3.07 ms vs
+    3.39 ms at 32 rays x 4 warps, both 4.4e-6 from the reference; plain "tf32" is faster
+    (2.58 ms) but 9e-5 off, so it is not the default."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "tf32x3"
+    return "ieee"
+
+
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
-           channels_last=True, dot_precision="ieee"):
+           channels_last=True, dot_precision=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
     contiguous line of C values); the kernel takes any strides."""
@@ -75,6 +86,7 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     block_rays = block_rays or (INTERPRETER_BLOCK_RAYS if interpreted
                                 else kernel.DEFAULT_BLOCK_RAYS)
     num_warps = num_warps or kernel.DEFAULT_NUM_WARPS
+    dot_precision = dot_precision or default_dot_precision(origins.device)
     b, r, _ = origins.shape
     channels, hidden = w1.shape
     features_n = w2.shape[1] - 1
