@@ -96,8 +96,9 @@ def render_video(source: str | Path | None, out: str | Path, driving: Driving,
     model = model.to(device)
     config = model.config
 
-    rgb = load_image(source if source is not None else default_portrait())
-    image = to_model_input(center_crop(rgb, config.image_size)).to(device)
+    source_path = source if source is not None else default_portrait()
+    rgb = load_image(source_path)
+    image = to_model_input(source_crop(rgb, config.image_size, source_path)).to(device)
     size = config.image_size
     with torch.inference_mode():
         source_features = model.encode_source(image)  # once per photo
@@ -119,6 +120,30 @@ def render_video(source: str | Path | None, out: str | Path, driving: Driving,
                 bar.update(n)
             bar.close()
     return Path(out)
+
+
+def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
+    """The EG3D-aligned crop of the portrait (tracking.md 4.8) at ``size``; a centred crop, with
+    a note, where the face model has not been set up (``export3d assets``). A photo without a
+    detectable face is refused."""
+    from .assets import find_face_model
+    from .errors import UserError
+
+    try:
+        model_path = find_face_model()
+    except UserError as exc:
+        print(f"note: {exc}; using a centred crop of the source instead", file=sys.stderr)
+        return center_crop(rgb, size)
+    from .tracking.crop import aligned_crop, template_from_canonical
+    from .tracking.landmarker import Landmarker, LandmarkerConfig
+    from .tracking.pose import load_canonical_face
+
+    with Landmarker(LandmarkerConfig(mode="image", model_path=str(model_path))) as landmarker:
+        face = landmarker.detect(rgb)
+    if face is None:
+        raise MediaError(f"no face found in {name}; use a photo with one clearly visible face")
+    template = template_from_canonical(load_canonical_face(model_path).vertices)
+    return aligned_crop(rgb, face.landmarks, template, size)[0]
 
 
 def _run(args) -> None:

@@ -15,7 +15,8 @@ from export3d.camera import orbit_path
 from export3d.checkpoint import save_checkpoint
 from export3d.cli import main
 from export3d.config import get_config
-from export3d.media import center_crop, default_portrait, load_image, to_model_input, to_uint8_rgb
+from export3d.media import default_portrait, load_image, to_model_input, to_uint8_rgb
+from export3d.render import source_crop
 from export3d.model import build_model
 
 
@@ -49,7 +50,7 @@ def test_render_orbit_writes_frames_equal_to_the_model(tmp_path, capsys):
                  "--out", str(out), "--quiet"]) == 0
     frames = read_frames(out)
     assert len(frames) == 4 and frames[0].shape == (64, 128, 3)
-    image = to_model_input(center_crop(load_image(default_portrait()), 64))
+    image = to_model_input(source_crop(load_image(default_portrait()), 64, "astronaut"))
     with torch.no_grad():
         expected = model(image, torch.zeros(1, 64), orbit_path("yaw", 4)[1:2])["image"][0]
     np.testing.assert_array_equal(frames[1][:, :64], to_uint8_rgb(expected))
@@ -116,3 +117,20 @@ def test_console_script_runs_as_module(tmp_path):
                            str(out), "--quiet"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.exists() and "wrote" in proc.stdout
+
+
+def test_source_is_face_aligned_and_a_photo_without_a_face_is_refused(tmp_path, capsys):
+    from tracking_fixtures import media, model_path
+
+    model_path()  # the face model from 'export3d assets'
+    astronaut = load_image(default_portrait())
+    crop = source_crop(astronaut, 128, "astronaut")
+    assert crop.shape == (128, 128, 3)
+    assert "centred crop" not in capsys.readouterr().err
+    # The aligned crop centres the face: it is not the plain centred square.
+    plain = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)
+    assert np.abs(crop.astype(int) - plain.astype(int)).mean() > 10
+    landscape = media("free-mountain-vector-01.jpg")
+    assert main(["render", "--source", landscape, "--frames", "1", "--out",
+                 str(tmp_path / "x.mp4"), "--quiet"]) == 2
+    assert "no face found" in capsys.readouterr().err
