@@ -1,0 +1,98 @@
+"""Live pipeline configuration: one frozen dataclass per stage, composed into PipelineConfig.
+
+Precedence: defaults < YAML file (``load_config(path)``) < flags (``with_overrides``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export3d.errors import UserError
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    source: str = "synthetic"  # synthetic | file:PATH | images:DIR | webcam:N
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    realtime: bool = True  # file/images: play at their own pace (False: as fast as possible)
+    mjpg: bool = True
+    retries: int = 5  # webcam open / empty-frame retries, with back-off
+    backoff_s: float = 0.2
+    frames: int = 0  # stop after this many frames (0: until the source ends)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = True
+    relative_camera: bool = True  # use camera_relative (cross-identity) instead of camera
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    backend: str = "torch"
+    device: str = "cpu"
+    preset: str = "tiny"
+    checkpoint: str | None = None
+    graphs: str | None = None  # onnxruntime: folder written by 'export3d export onnx'
+    source: str | None = None  # source portrait; default export3d.media.default_portrait()
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    sink: str = "null"  # null | file:OUT | window | virtualcam | preview[:PORT]
+    fps: float = 30.0
+    hud: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    queue_size: int = 1  # latest frame wins between stages
+    join_timeout_s: float = 5.0
+
+
+def _replace(obj, values: dict, where: str):
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise UserError(f"unknown setting {where}{key}; known: {', '.join(fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"setting {where}{key} must be a mapping")
+            value = _replace(current, value, f"{where}{key}.")
+        changes[key] = value
+    return dataclasses.replace(obj, **changes)
+
+
+def with_overrides(config: PipelineConfig, overrides: dict) -> PipelineConfig:
+    """Nested dict ``{"capture": {"fps": 25}}``; ``None`` values are ignored (unset flags)."""
+    def prune(d):
+        return {k: prune(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+    return _replace(config, prune(overrides), "")
+
+
+def load_config(path: str | Path | None = None) -> PipelineConfig:
+    config = PipelineConfig()
+    if path is None:
+        return config
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of stage -> settings")
+    return with_overrides(config, data)
+
+
+def to_dict(config: PipelineConfig) -> dict:
+    return dataclasses.asdict(config)

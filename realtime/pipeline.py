@@ -1,0 +1,268 @@
+"""The live pipeline, wired in one place:
+
+    capture thread -> [latest-frame-wins queue] -> tracking thread -> [queue] ->
+    generator thread -> [queue] -> sink (the calling thread: OpenCV windows want it)
+
+Every packet carries the capture timestamp; each stage stamps its start and end, so the stats
+give per-stage latency, queue waits and glass-to-glass (capture -> sink written) p50/p95/p99,
+output fps and drops per queue. ``run()`` returns the stats; every thread is joined with a
+timeout on the way out, whatever ended the run (source end, ``frames``, quit, Ctrl-C, error).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .capture import open_capture
+from .config import PipelineConfig
+from .generator import Generator
+from .queues import CLOSED, LatestQueue
+from .sinks import open_sink
+from .tracking import Tracker
+
+STAGES = ("capture", "tracking", "generator", "sink")
+
+
+@dataclass
+class Packet:
+    index: int
+    t_capture: float
+    rgb: np.ndarray
+    driving: object = None  # capture's scripted driving, then tracking.Driving
+    output: np.ndarray | None = None
+    times: dict = field(default_factory=dict)  # stage -> (start, end) monotonic
+
+
+def percentiles(values) -> dict:
+    if not values:
+        return {"n": 0}
+    a = np.asarray(values) * 1000.0
+    return {"n": len(a), "p50_ms": float(np.percentile(a, 50)),
+            "p95_ms": float(np.percentile(a, 95)), "p99_ms": float(np.percentile(a, 99)),
+            "mean_ms": float(a.mean())}
+
+
+class Stats:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.stage = {s: [] for s in STAGES}
+        self.glass = []
+        self.indices = []
+        self.states: dict[str, int] = {}
+        self.t_first = None
+        self.t_last = None
+        self.last_state = "-"
+
+    def record(self, p: Packet) -> None:
+        now = p.times["sink"][1]
+        with self._lock:
+            for s, (a, b) in p.times.items():
+                self.stage[s].append(b - a)
+            self.glass.append(now - p.t_capture)
+            self.indices.append(p.index)
+            state = getattr(p.driving, "state", "-")
+            self.states[state] = self.states.get(state, 0) + 1
+            self.last_state = state
+            self.t_first = now if self.t_first is None else self.t_first
+            self.t_last = now
+
+    def fps(self) -> float:
+        with self._lock:
+            n = len(self.indices)
+            if n < 2 or self.t_last == self.t_first:
+                return 0.0
+            return (n - 1) / (self.t_last - self.t_first)
+
+    def recent_ms(self, stage: str, k: int = 30) -> float:
+        with self._lock:
+            v = self.stage[stage][-k:] if stage != "glass" else self.glass[-k:]
+            return float(np.median(v) * 1000) if v else 0.0
+
+    def summary(self, queues: dict) -> dict:
+        with self._lock:
+            out = {"frames": len(self.indices),
+                   "stages": {s: percentiles(v) for s, v in self.stage.items()},
+                   "glass_to_glass": percentiles(self.glass),
+                   "states": dict(self.states)}
+        out["fps"] = self.fps()
+        out["drops"] = {name: q.drops for name, q in queues.items()}
+        return out
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['frames']} frames, {s['fps']:.1f} fps, drops "
+             + ", ".join(f"{k}={v}" for k, v in s["drops"].items()),
+             f"{'stage':<16}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"]
+    rows = list(s["stages"].items()) + [("glass-to-glass", s["glass_to_glass"])]
+    for name, p in rows:
+        if p.get("n"):
+            lines.append(f"{name:<16}{p['p50_ms']:>9.1f}{p['p95_ms']:>9.1f}{p['p99_ms']:>9.1f}")
+    return "\n".join(lines)
+
+
+def draw_hud(rgb: np.ndarray, stats: Stats, driving) -> np.ndarray:
+    import cv2
+
+    out = rgb.copy()
+    state = getattr(driving, "state", "-")
+    lines = [f"{stats.fps():.1f} fps  g2g {stats.recent_ms('glass'):.0f} ms",
+             " ".join(f"{s[:3]} {stats.recent_ms(s):.0f}" for s in STAGES[1:3]),
+             {"held": "no face: holding", "easing": "no face: easing to neutral",
+              "none": "no face"}.get(state, state)]
+    scale = max(0.3, out.shape[0] / 600)
+    for i, text in enumerate(lines):
+        y = int((i + 1) * 16 * scale * 1.4)
+        cv2.putText(out, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3,
+                    cv2.LINE_AA)
+        cv2.putText(out, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+class Pipeline:
+    """Stages built once (``capture``, ``tracker``, ``generator``, ``sink`` may be injected
+    for tests), then :meth:`run`; :meth:`stop` from any thread."""
+
+    def __init__(self, config: PipelineConfig, *, capture=None, tracker=None, generator=None,
+                 sink=None):
+        self.config = config
+        self.stats = Stats()
+        lossless = not config.capture.realtime  # offline runs keep every frame
+        self.queues = {name: LatestQueue(config.queue_size, lossless=lossless)
+                       for name in ("tracking", "generator", "sink")}
+        self._stop = threading.Event()
+        self.hud = config.sink.hud
+        self.errors: list[BaseException] = []
+        self.capture = capture or open_capture(config.capture)
+        try:
+            self.tracker = tracker or Tracker(config.tracking)
+            self.generator = generator or Generator(config.generator)
+            self.sink = sink or open_sink(config.sink, stats=self.live_stats)
+        except BaseException:
+            self.capture.close()
+            raise
+
+    def live_stats(self) -> dict:
+        s = self.summary()
+        s["tracking_state"] = self.stats.last_state
+        return s
+
+    def summary(self) -> dict:
+        return self.stats.summary(self.queues)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for q in self.queues.values():
+            q.close()
+
+    # -- the stages' threads -------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        out = self.queues["tracking"]
+        limit = self.config.capture.frames
+        n = 0
+        while not self._stop.is_set() and (limit <= 0 or n < limit):
+            t0 = time.monotonic()
+            frame = self.capture.read()
+            if frame is None:
+                break
+            p = Packet(frame.index, frame.t_capture, frame.rgb, frame)
+            p.times["capture"] = (min(t0, frame.t_capture), frame.t_capture)
+            out.put(p)
+            n += 1
+        out.close()
+
+    def _stage_loop(self, name: str, inbox: LatestQueue, outbox: LatestQueue, fn) -> None:
+        while not self._stop.is_set():
+            p = inbox.get(timeout=0.1)
+            if p is None:
+                continue
+            if p is CLOSED:
+                break
+            t0 = time.monotonic()
+            fn(p)
+            p.times[name] = (t0, time.monotonic())
+            outbox.put(p)
+        outbox.close()
+
+    def _track(self, p: Packet) -> None:
+        p.driving = self.tracker.process(p.driving)
+
+    def _generate(self, p: Packet) -> None:
+        p.output = self.generator.frame(p.driving.expr, p.driving.camera)
+
+    def _guard(self, fn, *args):
+        def body():
+            try:
+                fn(*args)
+            except BaseException as exc:  # reported on the calling thread after the join
+                self.errors.append(exc)
+                self.stop()
+        return body
+
+    def run(self) -> dict:
+        q = self.queues
+        threads = [
+            threading.Thread(target=self._guard(self._capture_loop), name="capture"),
+            threading.Thread(target=self._guard(self._stage_loop, "tracking", q["tracking"],
+                                                q["generator"], self._track), name="tracking"),
+            threading.Thread(target=self._guard(self._stage_loop, "generator", q["generator"],
+                                                q["sink"], self._generate), name="generator"),
+        ]
+        for t in threads:
+            t.daemon = True
+            t.start()
+        try:
+            self._sink_loop()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+            self.hung = []
+            for t in threads:
+                t.join(timeout=self.config.join_timeout_s)
+                if t.is_alive():
+                    self.hung.append(t.name)
+            self.close()
+        if self.errors:
+            raise self.errors[0]
+        return self.summary()
+
+    def _sink_loop(self) -> None:
+        inbox = self.queues["sink"]
+        while not self._stop.is_set():
+            for cmd in self.sink.poll():
+                self.command(cmd)
+            p = inbox.get(timeout=0.1)
+            if p is None:
+                continue
+            if p is CLOSED:
+                break
+            t0 = time.monotonic()
+            frame = draw_hud(p.output, self.stats, p.driving) if self.hud else p.output
+            self.sink.write(frame)
+            p.times["sink"] = (t0, time.monotonic())
+            self.stats.record(p)
+
+    def command(self, cmd: str) -> None:
+        if cmd == "quit":
+            self.stop()
+        elif cmd == "hud":
+            self.hud = not self.hud
+        elif cmd == "calibrate":
+            self.tracker.calibrate()
+
+    def close(self) -> None:
+        for stage in (self.capture, self.tracker, self.generator, self.sink):
+            try:
+                stage.close()
+            except Exception as exc:  # keep closing the others
+                self.errors.append(exc)
+
+
+def write_json(summary: dict, path) -> None:
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)

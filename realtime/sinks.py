@@ -1,0 +1,282 @@
+"""Output sinks by name: ``null``, ``file:OUT``, ``window``, ``virtualcam``, ``preview[:PORT]``.
+
+Each sink: constructed once, ``write(rgb [H, W, 3] uint8)`` per frame, ``close()``. A sink may
+report user commands through ``poll() -> list[str]`` (``"quit"``, ``"calibrate"``, ``"hud"``)
+and shows live stats through ``stats`` (a callable returning a dict) when it has a page.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socketserver
+import threading
+import time
+
+import numpy as np
+
+from export3d.errors import UserError
+
+from .config import SinkConfig
+
+VIRTUALCAM_HELP = (
+    "no virtual camera driver found; on Linux run 'sudo modprobe v4l2loopback devices=1 "
+    "exclusive_caps=1' (package v4l2loopback-dkms), on Windows/macOS install OBS Studio and "
+    "start its Virtual Camera once; '--sink preview' or '--sink window' work without a driver")
+
+
+class SinkError(UserError):
+    """A sink that cannot be opened."""
+
+
+class NullSink:
+    def __init__(self):
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        self.frames += 1
+
+    def poll(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class FileSink:
+    """``.mp4`` (mp4v), ``.avi`` or ``.mkv`` (FFV1, lossless) via export3d.media.VideoWriter;
+    opened at the first frame's size."""
+
+    def __init__(self, path: str, fps: float):
+        self.path, self.fps = path, fps
+        self._writer = None
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self._writer is None:
+            from export3d.media import VideoWriter
+
+            self._writer = VideoWriter(self.path, self.fps, (rgb.shape[1], rgb.shape[0]))
+        self._writer.write(rgb)
+        self.frames += 1
+
+    def poll(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class WindowSink:
+    """An OpenCV window. Keys: q/Esc quit, c recalibrate neutral, h toggle the HUD."""
+
+    KEYS = {ord("q"): "quit", 27: "quit", ord("c"): "calibrate", ord("h"): "hud"}
+
+    def __init__(self, title: str = "export3d live"):
+        if os.name != "nt" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise SinkError("no display for '--sink window' (DISPLAY is not set); use "
+                            "'--sink preview' and open the printed address in a browser")
+        import cv2
+
+        self.cv2, self.title = cv2, title
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise SinkError(f"OpenCV cannot open a window ({exc.msg}); use '--sink preview'") \
+                from None
+        self._commands: list[str] = []
+
+    def write(self, rgb: np.ndarray) -> None:
+        self.cv2.imshow(self.title, self.cv2.cvtColor(rgb, self.cv2.COLOR_RGB2BGR))
+        key = self.cv2.waitKey(1) & 0xFF
+        if key in self.KEYS:
+            self._commands.append(self.KEYS[key])
+
+    def poll(self) -> list[str]:
+        out, self._commands = self._commands, []
+        return out
+
+    def close(self) -> None:
+        self.cv2.destroyWindow(self.title)
+
+
+class VirtualCamSink:
+    """pyvirtualcam, opened at the first frame's size (RGB)."""
+
+    def __init__(self, fps: float, backend: str | None = None):
+        try:
+            import pyvirtualcam  # noqa: F401
+        except ImportError:
+            raise SinkError("pyvirtualcam is not installed (pip install pyvirtualcam); "
+                            "'--sink preview' or '--sink window' work instead") from None
+        self.fps, self.backend = fps, backend
+        self.cam = None
+        self.frames = 0
+
+    def _open(self, width: int, height: int) -> None:
+        import pyvirtualcam
+
+        try:
+            self.cam = pyvirtualcam.Camera(width, height, self.fps, backend=self.backend,
+                                           fmt=pyvirtualcam.PixelFormat.RGB)
+        except (RuntimeError, KeyError) as exc:
+            raise SinkError(f"{VIRTUALCAM_HELP} ({exc})") from None
+
+    def write(self, rgb: np.ndarray) -> None:
+        if self.cam is None:
+            self._open(rgb.shape[1], rgb.shape[0])
+        self.cam.send(np.ascontiguousarray(rgb))
+        self.frames += 1
+
+    def poll(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        if self.cam is not None:
+            self.cam.close()
+            self.cam = None
+
+
+_PAGE = """<!doctype html><html><head><title>export3d live</title></head><body>
+<img src="/stream.mjpg" style="max-width:100%%"><pre id="s"></pre>
+<button onclick="fetch('/cmd/calibrate',{method:'POST'})">recalibrate neutral</button>
+<button onclick="fetch('/cmd/hud',{method:'POST'})">toggle HUD</button>
+<button onclick="fetch('/cmd/quit',{method:'POST'})">quit</button>
+<script>setInterval(async()=>{document.getElementById('s').textContent=
+JSON.stringify(await (await fetch('/stats.json')).json(),null,1)},1000)</script>
+</body></html>"""
+
+
+class PreviewSink:
+    """A localhost-only HTTP server: ``/`` page with stats and buttons, ``/stream.mjpg``
+    (multipart MJPEG), ``/frame.jpg``, ``/stats.json``, ``POST /cmd/{calibrate,hud,quit}``."""
+
+    def __init__(self, port: int = 8765, stats=None, quality: int = 80):
+        self.quality = quality
+        self.stats = stats or (lambda: {})
+        self._jpeg: bytes | None = None
+        self._cond = threading.Condition()
+        self._seq = 0
+        self._closed = False
+        self._commands: list[str] = []
+        self.frames = 0
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: bytes, ctype: str, code: int = 200):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                if self.path == "/":
+                    self._send((_PAGE % ()).encode(), "text/html; charset=utf-8")
+                elif self.path == "/stats.json":
+                    self._send(json.dumps(sink.stats()).encode(), "application/json")
+                elif self.path == "/frame.jpg":
+                    jpeg = sink.wait_frame(-1, 2.0)[1]
+                    if jpeg is None:
+                        self._send(b"no frame yet", "text/plain", 503)
+                    else:
+                        self._send(jpeg, "image/jpeg")
+                elif self.path == "/stream.mjpg":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                    self.end_headers()
+                    seq = -1
+                    try:
+                        while not sink._closed:
+                            seq, jpeg = sink.wait_frame(seq, 1.0)
+                            if jpeg is None:
+                                continue
+                            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                             b"Content-Length: %d\r\n\r\n" % len(jpeg))
+                            self.wfile.write(jpeg + b"\r\n")
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                else:
+                    self._send(b"not found", "text/plain", 404)
+
+            def do_POST(self):
+                cmd = self.path.rsplit("/", 1)[-1]
+                if self.path.startswith("/cmd/") and cmd in ("calibrate", "hud", "quit"):
+                    with sink._cond:
+                        sink._commands.append(cmd)
+                    self._send(b"ok", "text/plain")
+                else:
+                    self._send(b"not found", "text/plain", 404)
+
+        class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        try:
+            self.server = Server(("127.0.0.1", port), Handler)
+        except OSError as exc:
+            raise SinkError(f"cannot serve the preview on 127.0.0.1:{port} ({exc.strerror}); "
+                            "pick another port with --sink preview:PORT") from None
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, daemon=True,
+                                        name="preview-http")
+        self._thread.start()
+
+    def wait_frame(self, seen: int, timeout: float):
+        """(seq, jpeg) once a frame newer than ``seen`` exists (or the latest on timeout)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._seq > seen or self._closed, timeout)
+            return self._seq, self._jpeg if self._seq > seen else None
+
+    def write(self, rgb: np.ndarray) -> None:
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if ok:
+            with self._cond:
+                self._jpeg = buf.tobytes()
+                self._seq += 1
+                self._cond.notify_all()
+            self.frames += 1
+
+    def poll(self) -> list[str]:
+        with self._cond:
+            out, self._commands = self._commands, []
+        return out
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=2.0)
+
+
+def open_sink(config: SinkConfig, stats=None):
+    kind, _, arg = config.sink.partition(":")
+    if kind == "null":
+        return NullSink()
+    if kind == "file" and arg:
+        return FileSink(arg, config.fps)
+    if kind == "window":
+        return WindowSink()
+    if kind == "virtualcam":
+        return VirtualCamSink(config.fps, backend=arg or None)
+    if kind == "preview":
+        try:
+            port = int(arg) if arg else 8765
+        except ValueError:
+            raise SinkError(f"preview port must be a number, got {arg!r}") from None
+        return PreviewSink(port, stats=stats)
+    raise SinkError(f"unknown sink {config.sink!r}; use null, file:OUT, window, virtualcam or "
+                    "preview[:PORT]")

@@ -1,0 +1,133 @@
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from realtime.config import CaptureConfig, PipelineConfig, SinkConfig
+from realtime.pipeline import Pipeline, format_summary, write_json
+
+
+@pytest.fixture(scope="module")
+def face_video():
+    from export3d.assets import asset_path
+
+    return asset_path("single_face.mp4", fetch=True)
+
+
+def test_real_face_video_through_the_pipeline_to_a_file(face_video, tmp_path):
+    out = tmp_path / "live.mkv"
+    n = 12
+    cfg = PipelineConfig(capture=CaptureConfig(source=f"file:{face_video}", realtime=False,
+                                               frames=n),
+                         sink=SinkConfig(sink=f"file:{out}", fps=25))
+    pipe = Pipeline(cfg)
+    summary = pipe.run()
+    assert pipe.hung == []
+    assert summary["frames"] == n
+    assert pipe.stats.indices == list(range(n))  # in order, none dropped (offline run)
+    assert sum(summary["drops"].values()) == 0
+    for stage in ("capture", "tracking", "generator", "sink"):
+        assert summary["stages"][stage]["n"] == n
+    g = summary["glass_to_glass"]
+    assert 0 < g["p50_ms"] <= g["p95_ms"] <= g["p99_ms"]
+    assert summary["states"].get("tracked", 0) >= n // 2  # a face is really tracked
+    cap = cv2.VideoCapture(str(out))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == n
+    text = format_summary(summary)
+    assert "glass-to-glass" in text and "tracking" in text
+    write_json(summary, tmp_path / "s.json")
+    assert (tmp_path / "s.json").stat().st_size > 0
+
+
+class SlowSink:
+    def __init__(self, delay):
+        self.delay, self.frames = delay, 0
+
+    def write(self, rgb):
+        time.sleep(self.delay)
+        self.frames += 1
+
+    def poll(self):
+        return []
+
+    def close(self):
+        self.closed = True
+
+
+def test_synthetic_live_run_drops_late_frames_and_stops_cleanly():
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic", fps=200, frames=0,
+                                               width=64, height=48))
+    sink = SlowSink(0.03)
+    pipe = Pipeline(cfg, sink=sink)
+    before = threading.active_count()
+    timer = threading.Timer(1.5, pipe.stop)
+    timer.start()
+    t0 = time.monotonic()
+    summary = pipe.run()
+    assert time.monotonic() - t0 < 6.0
+    assert pipe.hung == [] and sink.closed
+    assert threading.active_count() <= before + 1  # only the (finished) timer may linger
+    assert summary["frames"] == sink.frames > 5
+    assert sum(summary["drops"].values()) > 0  # the camera outruns the sink: latest wins
+    assert summary["states"] == {"scripted": summary["frames"]}
+    idx = pipe.stats.indices
+    assert idx == sorted(idx)
+
+
+def test_quit_command_and_hud_toggle():
+    class CmdSink(SlowSink):
+        def __init__(self):
+            super().__init__(0.0)
+            self.pending = ["hud"]
+            self.shapes = []
+
+        def write(self, rgb):
+            super().write(rgb)
+            if self.frames == 3:
+                self.pending.append("quit")
+
+        def poll(self):
+            out, self.pending = self.pending, []
+            return out
+
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic", fps=50, frames=0,
+                                               width=64, height=48))
+    sink = CmdSink()
+    pipe = Pipeline(cfg, sink=sink)
+    pipe.run()
+    assert pipe.hud is False and pipe.hung == []
+    assert 3 <= sink.frames < 10
+
+
+def test_errors_in_a_stage_surface_and_nothing_hangs():
+    class Broken:
+        def process(self, frame):
+            raise RuntimeError("tracker broke")
+
+        def calibrate(self):
+            pass
+
+        def close(self):
+            pass
+
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic", fps=100, width=64,
+                                               height=48))
+    pipe = Pipeline(cfg, tracker=Broken(), sink=SlowSink(0))
+    with pytest.raises(RuntimeError, match="tracker broke"):
+        pipe.run()
+    assert pipe.hung == []
+
+
+def test_hud_draws_on_a_copy():
+    from realtime.pipeline import Stats, draw_hud
+    from realtime.tracking import Driving
+
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    out = draw_hud(rgb, Stats(), Driving(None, None, "held", False, 0.0))
+    assert rgb.max() == 0 and out.max() > 0

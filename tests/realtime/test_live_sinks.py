@@ -1,0 +1,101 @@
+import json
+import urllib.request
+
+import numpy as np
+import pytest
+
+from realtime.config import SinkConfig
+from realtime.sinks import (VIRTUALCAM_HELP, PreviewSink, SinkError, VirtualCamSink,
+                            WindowSink, open_sink)
+
+pyvirtualcam = pytest.importorskip("pyvirtualcam")
+
+
+class FakeCam:
+    instances = []
+
+    def __init__(self, *, width, height, fps, fourcc, device=None, **kw):
+        self.width, self.height, self.fps, self.fourcc = width, height, fps, fourcc
+        self.frames = []
+        FakeCam.instances.append(self)
+
+    def send(self, frame):
+        self.frames.append(np.array(frame, copy=True))
+
+    def close(self):
+        self.closed = True
+
+    def device(self):
+        return "fake0"
+
+    def native_fourcc(self):
+        return None
+
+
+def test_virtualcam_sink_through_the_fake_backend(monkeypatch):
+    import pyvirtualcam.camera
+
+    monkeypatch.setattr(pyvirtualcam.camera, "BACKENDS", dict(pyvirtualcam.camera.BACKENDS))
+    pyvirtualcam.register_backend("fake", FakeCam)
+    sink = VirtualCamSink(fps=20, backend="fake")
+    frames = [np.full((24, 32, 3), i, np.uint8) for i in range(3)]
+    for f in frames:
+        sink.write(f)
+    cam = FakeCam.instances[-1]
+    assert (cam.width, cam.height, cam.fps) == (32, 24, 20)
+    assert len(cam.frames) == 3
+    assert [int(np.asarray(f).reshape(-1)[0]) for f in cam.frames] == [0, 1, 2]
+    sink.close()
+    assert cam.closed
+
+
+def test_virtualcam_without_a_driver_says_what_to_do():
+    sink = open_sink(SinkConfig(sink="virtualcam"))
+    with pytest.raises(SinkError) as err:
+        sink.write(np.zeros((24, 32, 3), np.uint8))
+    msg = str(err.value)
+    assert msg.startswith(VIRTUALCAM_HELP)
+    assert "v4l2loopback" in msg and "OBS" in msg and "--sink preview" in msg
+
+
+def test_window_without_display(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(SinkError, match="--sink preview"):
+        WindowSink()
+
+
+def test_unknown_sink():
+    with pytest.raises(SinkError, match="unknown sink"):
+        open_sink(SinkConfig(sink="nope"))
+
+
+def _get(url, timeout=3.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.headers.get("Content-Type"), r.read()
+
+
+def test_preview_serves_page_frame_stream_stats_and_commands():
+    sink = PreviewSink(port=0, stats=lambda: {"fps": 12.5})
+    try:
+        assert sink.url.startswith("http://127.0.0.1:")
+        status, ctype, body = _get(sink.url)
+        assert status == 200 and b"stream.mjpg" in body and b"recalibrate" in body
+        sink.write(np.full((48, 64, 3), 200, np.uint8))
+        status, ctype, body = _get(sink.url + "frame.jpg")
+        assert ctype == "image/jpeg" and body[:2] == b"\xff\xd8"
+        assert json.loads(_get(sink.url + "stats.json")[2]) == {"fps": 12.5}
+        # the MJPEG stream: read one part, then hang up
+        with urllib.request.urlopen(sink.url + "stream.mjpg", timeout=3.0) as r:
+            assert r.headers.get("Content-Type").startswith("multipart/x-mixed-replace")
+            head = r.read(64)
+            assert head.startswith(b"--frame\r\nContent-Type: image/jpeg")
+        req = urllib.request.Request(sink.url + "cmd/hud", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=3.0) as r:
+            assert r.status == 200
+        assert sink.poll() == ["hud"]
+    finally:
+        sink.close()
+    assert not sink._thread.is_alive()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(sink.url, timeout=1.0)
