@@ -1,0 +1,91 @@
+"""``export3d live``: webcam (or a video, or a scripted head) -> reenacted portrait -> sink.
+
+Controls: in ``--sink window`` keys q/Esc quit, c recalibrate neutral, h toggle the HUD; the
+``--sink preview`` page has the same three buttons. Stats print on exit; ``--stats-json``
+writes them.
+"""
+from __future__ import annotations
+
+import sys
+
+from export3d.errors import UserError
+
+from .config import load_config, with_overrides
+
+
+def build_config(args):
+    if args.camera is not None:
+        source = f"webcam:{args.camera}"
+    elif args.video:
+        source = f"file:{args.video}"
+    elif args.images:
+        source = f"images:{args.images}"
+    elif args.synthetic:
+        source = "synthetic"
+    else:
+        source = None  # the config file's, else webcam:0
+    if args.frames is not None and args.frames < 0:
+        raise UserError("--frames must be 0 (no limit) or more")
+    config = load_config(args.config)
+    if source is None and args.config is None:
+        source = "webcam:0"
+    return with_overrides(config, {
+        "capture": {"source": source, "frames": args.frames, "fps": args.fps,
+                    "realtime": False if args.fast else None},
+        "generator": {"backend": args.backend, "device": args.device, "preset": args.preset,
+                      "checkpoint": args.checkpoint, "graphs": args.graphs,
+                      "source": args.source},
+        "sink": {"sink": args.sink, "hud": False if args.no_hud else None},
+    })
+
+
+def _run(args) -> None:
+    from .pipeline import Pipeline, format_summary, write_json
+
+    config = build_config(args)
+    pipeline = Pipeline(config)
+    url = getattr(pipeline.sink, "url", None)
+    if url:
+        print(f"preview: {url}", file=sys.stderr)
+    print(f"live: {config.capture.source} -> {config.generator.backend}/"
+          f"{config.generator.device} -> {config.sink.sink} (Ctrl-C to stop)", file=sys.stderr)
+    summary = pipeline.run()
+    print(format_summary(summary))
+    if args.stats_json:
+        write_json(summary, args.stats_json)
+        print(f"wrote {args.stats_json}")
+
+
+def register(subparsers) -> None:
+    """Add ``export3d live`` to the CLI."""
+    from export.backend import BACKENDS
+    from export3d.config import PRESETS
+
+    p = subparsers.add_parser("live", help="live reenactment: webcam to a virtual camera, a "
+                              "window, a browser preview or a file")
+    p.add_argument("--source", help="source portrait (JPEG/PNG); default: scikit-image's "
+                   "astronaut")
+    drive = p.add_mutually_exclusive_group()
+    drive.add_argument("--camera", type=int, help="webcam index (default 0)")
+    drive.add_argument("--video", help="driving video file instead of a webcam")
+    drive.add_argument("--images", help="folder of driving frames (PNG/JPEG, sorted by name)")
+    drive.add_argument("--synthetic", action="store_true",
+                       help="a scripted head (camera orbit, neutral face) without tracking")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="default: torch")
+    p.add_argument("--graphs", help="onnxruntime: the folder 'export3d export onnx' wrote")
+    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--sink", default=None,
+                   help="null, file:OUT.mp4|.mkv, window, virtualcam, preview[:PORT] "
+                        "(default: null)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="model preset when no checkpoint is given (default: tiny)")
+    p.add_argument("--checkpoint", help="weights (.safetensors); without it they are random")
+    p.add_argument("--config", help="YAML file with capture/tracking/generator/sink settings; "
+                   "flags override it")
+    p.add_argument("--frames", type=int, default=None, help="stop after N frames (0: no limit)")
+    p.add_argument("--fps", type=float, default=None, help="capture fps to ask for")
+    p.add_argument("--fast", action="store_true", help="video/images: as fast as possible, "
+                   "every frame kept (default: own pace, latest frame wins)")
+    p.add_argument("--no-hud", action="store_true", help="no stats overlay on the output")
+    p.add_argument("--stats-json", help="write the latency/fps/drops stats here on exit")
+    p.set_defaults(run=_run)

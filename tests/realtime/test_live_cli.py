@@ -1,0 +1,40 @@
+import argparse
+import json
+
+import pytest
+
+from realtime.cli import build_config, register
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    return parser.parse_args(["live", *argv])
+
+
+def test_flags_override_the_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("capture:\n  source: synthetic\n  fps: 12\nsink:\n  sink: window\n")
+    cfg = build_config(parse(["--config", str(path), "--sink", "null", "--frames", "3"]))
+    assert cfg.capture.source == "synthetic" and cfg.capture.fps == 12
+    assert cfg.sink.sink == "null" and cfg.capture.frames == 3
+    assert build_config(parse([])).capture.source == "webcam:0"
+    assert build_config(parse(["--camera", "2"])).capture.source == "webcam:2"
+
+
+def test_live_synthetic_to_a_file_with_stats_json(tmp_path, capsys):
+    out, stats = tmp_path / "o.mp4", tmp_path / "s.json"
+    args = parse(["--synthetic", "--frames", "5", "--fast", "--sink", f"file:{out}",
+                  "--stats-json", str(stats)])
+    args.run(args)
+    summary = json.loads(stats.read_text())
+    assert summary["frames"] == 5 and out.stat().st_size > 0
+    assert "glass-to-glass" in capsys.readouterr().out
+
+
+def test_missing_camera_is_one_user_error():
+    from export3d.errors import UserError
+
+    args = parse(["--camera", "97", "--frames", "1"])
+    with pytest.raises(UserError, match="no camera at index 97"):
+        args.run(args)
