@@ -29,6 +29,7 @@ class CapturedFrame:
     t_capture: float  # time.monotonic() when the frame was captured
     rgb: np.ndarray  # [H, W, 3] uint8
     driving: tuple | None = None  # (expr [64], camera [25]) for scripted sources
+    read_s: float = 0.0  # time spent reading/decoding (excludes pacing waits)
 
 
 class _Paced:
@@ -86,11 +87,14 @@ class VideoFileCapture:
     def read(self) -> CapturedFrame | None:
         import cv2
 
+        t0 = time.monotonic()
         ok, bgr = self.cap.read()
         if not ok or bgr is None:
             return None
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        read_s = time.monotonic() - t0
         self.pace.wait(self.i)
-        frame = CapturedFrame(self.i, time.monotonic(), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        frame = CapturedFrame(self.i, time.monotonic(), rgb, read_s=read_s)
         self.i += 1
         return frame
 
@@ -113,9 +117,11 @@ class ImageSequenceCapture:
 
         if self.i >= len(self.paths):
             return None
+        t0 = time.monotonic()
         rgb = load_image(self.paths[self.i])
+        read_s = time.monotonic() - t0
         self.pace.wait(self.i)
-        frame = CapturedFrame(self.i, time.monotonic(), rgb)
+        frame = CapturedFrame(self.i, time.monotonic(), rgb, read_s=read_s)
         self.i += 1
         return frame
 
@@ -161,10 +167,12 @@ class WebcamCapture:
 
         delay = self.config.backoff_s
         for attempt in range(max(1, self.config.retries)):
-            ok, bgr = self.cap.read()
+            t0 = time.monotonic()
+            ok, bgr = self.cap.read()  # blocks until the camera delivers: that is the capture
             if ok and bgr is not None and bgr.size:
-                frame = CapturedFrame(self.i, time.monotonic(),
-                                      cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                t = time.monotonic()
+                frame = CapturedFrame(self.i, t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
+                                      read_s=t - t0)
                 self.i += 1
                 return frame
             self.empty_frames += 1

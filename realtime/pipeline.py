@@ -165,12 +165,12 @@ class Pipeline:
         limit = self.config.capture.frames
         n = 0
         while not self._stop.is_set() and (limit <= 0 or n < limit):
-            t0 = time.monotonic()
             frame = self.capture.read()
             if frame is None:
                 break
             p = Packet(frame.index, frame.t_capture, frame.rgb, frame)
-            p.times["capture"] = (min(t0, frame.t_capture), frame.t_capture)
+            # read/decode time; pacing waits are not a stage's cost
+            p.times["capture"] = (frame.t_capture - frame.read_s, frame.t_capture)
             out.put(p)
             n += 1
         out.close()
