@@ -43,7 +43,9 @@ def _open(config: GeneratorConfig):
     if config.backend == "onnxruntime":
         providers = ("cuda", "cpu") if config.device.startswith("cuda") else ("cpu",)
         backend = open_backend("onnxruntime", graphs=config.graphs, providers=providers)
-        size = getattr(backend, "image_size", None) or get_config(config.preset).image_size
+        encoder_input = next(iter(getattr(backend, "enc_in", {}).values()), None)
+        size = encoder_input.shape[-1] if encoder_input is not None else \
+            get_config(config.preset).image_size
         return backend, size
     if config.checkpoint:
         from export3d.checkpoint import load_checkpoint

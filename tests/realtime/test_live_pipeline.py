@@ -131,3 +131,20 @@ def test_hud_draws_on_a_copy():
     rgb = np.zeros((64, 64, 3), np.uint8)
     out = draw_hud(rgb, Stats(), Driving(None, None, "held", False, 0.0))
     assert rgb.max() == 0 and out.max() > 0
+
+
+def test_onnxruntime_backend_through_the_pipeline(tmp_path):
+    from export.onnx_export import export_onnx
+    from export3d.config import get_config
+    from export3d.model import build_model
+    from realtime.config import GeneratorConfig
+
+    graphs = tmp_path / "graphs"
+    export_onnx(build_model(get_config("tiny"), seed=0), graphs)
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic", realtime=False, frames=4,
+                                               width=64, height=48),
+                         generator=GeneratorConfig(backend="onnxruntime", graphs=str(graphs)))
+    sink = SlowSink(0)
+    pipe = Pipeline(cfg, sink=sink)
+    summary = pipe.run()
+    assert summary["frames"] == 4 and pipe.generator.image_size == 64
