@@ -99,3 +99,22 @@ def test_preview_serves_page_frame_stream_stats_and_commands():
     assert not sink._thread.is_alive()
     with pytest.raises(OSError):
         urllib.request.urlopen(sink.url, timeout=1.0)
+
+
+def test_window_keys_map_to_commands(monkeypatch):
+    import sys
+    import types
+
+    keys = [ord("h"), ord("c"), 255, ord("q")]
+    fake = types.SimpleNamespace(
+        WINDOW_NORMAL=0, COLOR_RGB2BGR=4, error=Exception, shown=[],
+        namedWindow=lambda *a: None, destroyWindow=lambda *a: None,
+        cvtColor=lambda img, code: img, waitKey=lambda ms: keys.pop(0))
+    fake.imshow = lambda title, img: fake.shown.append(img)
+    monkeypatch.setitem(sys.modules, "cv2", fake)
+    monkeypatch.setenv("DISPLAY", ":99")
+    sink = WindowSink()
+    for _ in range(4):
+        sink.write(np.zeros((8, 8, 3), np.uint8))
+    assert sink.poll() == ["hud", "calibrate", "quit"] and len(fake.shown) == 4
+    sink.close()
