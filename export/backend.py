@@ -1,7 +1,7 @@
 """The backend protocol: one source encoded once, then frame after frame.
 
-Every backend (``torch``, ``onnxruntime``; ``tensorrt`` lives in ``engines``) is constructed
-once, then:
+Every backend (``torch``, ``onnxruntime``, ``tensorrt``: :mod:`export.trt_backend` over
+``engines.trt``) is constructed once, then:
 - ``encode_source(image)``: ``image [1, 3, H, W]`` float in [-1, 1] (numpy or torch), once per
   source photo; the backend keeps the source features;
 - ``frame(expr, camera) -> dict``: ``expr [1, 64]`` (or ``[64]``), ``camera [1, 25]`` (or
@@ -83,13 +83,13 @@ class TorchBackend(_ContextMixin):
         self._source = None
 
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def open_backend(name: str, *, model=None, graphs: str | Path | None = None,
                  providers=("cpu",), device: str = "cpu", **kwargs) -> Backend:
-    """``open_backend("torch", model=m)`` or ``open_backend("onnxruntime", graphs=DIR,
-    providers=("cuda", "cpu"))``."""
+    """``open_backend("torch", model=m)``, ``open_backend("onnxruntime", graphs=DIR,
+    providers=("cuda", "cpu"))`` or ``open_backend("tensorrt", engines=DIR)``."""
     if name == "torch":
         if model is None:
             raise BackendError("the torch backend needs a model (export3d.model.build_model or "
@@ -102,4 +102,8 @@ def open_backend(name: str, *, model=None, graphs: str | Path | None = None,
         from .ort_backend import OrtBackend
 
         return OrtBackend(graphs, providers=providers, **kwargs)
+    if name == "tensorrt":  # ``graphs`` here is the folder 'export3d export engine' wrote
+        from .trt_backend import open_tensorrt
+
+        return open_tensorrt(kwargs.pop("engines", graphs), device=device, **kwargs)
     raise BackendError(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")

@@ -1,8 +1,10 @@
-"""``export3d export onnx``: write the ONNX graphs and their manifest.
+"""``export3d export onnx``: write the ONNX graphs and their manifest;
+``export3d export engine``: build TensorRT engines from the plugin graphs.
 
     export3d export onnx --preset tiny --out graphs/
     export3d export onnx --checkpoint model.safetensors --variant plugin --fp16 --out graphs/
     export3d export onnx --preset tiny --out graphs/ --verify --provider cpu
+    export3d export engine --onnx graphs/ --out engines/ [--timing-cache F] [--opt-level N]
 
 Registered through the ``export3d.commands`` entry point (``export = "export.cli:register"``).
 Bad input (a checkpoint for another preset, an unwritable folder, an unknown provider) ends
@@ -19,7 +21,8 @@ def register(subparsers) -> None:
     from .graphs import VARIANTS
     from .onnx_export import DEFAULT_OPSET
 
-    p = subparsers.add_parser("export", help="export deployable graphs (ONNX)")
+    p = subparsers.add_parser("export", help="export deployable graphs (ONNX) and TensorRT "
+                              "engines")
     sub = p.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
     o = sub.add_parser("onnx", help="write source_encoder.onnx, frame_generator.onnx and "
                        "manifest.json")
@@ -42,6 +45,20 @@ def register(subparsers) -> None:
     o.add_argument("--out", required=True, help="folder to write into")
     o.add_argument("--quiet", action="store_true", help="no progress display")
     o.set_defaults(run=run_onnx)
+    e = sub.add_parser("engine", help="build source_encoder.engine and frame_generator.engine "
+                       "(TensorRT, this GPU) from the plugin graphs")
+    e.add_argument("--onnx", required=True, help="the folder 'export3d export onnx --variant "
+                   "plugin' wrote")
+    e.add_argument("--out", required=True, help="folder to write the engines into")
+    e.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated "
+                   "(default: OUT/timing.cache)")
+    e.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation "
+                   "level, 0 (fast build) to 5 (default 3)")
+    e.add_argument("--workspace-gb", type=float, default=4.0,
+                   help="workspace memory limit in GiB (default 4)")
+    e.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
+    e.add_argument("--quiet", action="store_true", help="no progress lines")
+    e.set_defaults(run=run_engine)
 
 
 def run_onnx(args) -> None:
@@ -73,3 +90,27 @@ def run_onnx(args) -> None:
         errors = compare_backends(model, result.out_dir, providers=providers)
         print("verify (max abs error vs PyTorch): " + ", ".join(
             f"{k} {v:.2e}" for k, v in errors.items()))
+
+
+def run_engine(args) -> None:
+    from pathlib import Path
+
+    from export3d.errors import UserError
+
+    try:
+        from engines.trt.builder import BuildOptions, build_engines
+        from engines.trt.errors import TensorRTError
+    except ImportError as exc:
+        raise UserError(f"the TensorRT builder (engines.trt) cannot be imported ({exc}); "
+                        "reinstall export3d") from None
+    options = BuildOptions(timing_cache=Path(args.timing_cache) if args.timing_cache else None,
+                           opt_level=args.opt_level, workspace_gb=args.workspace_gb,
+                           verbose=args.verbose)
+    report = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    try:
+        built = build_engines(args.onnx, args.out, options, report=report)
+    except TensorRTError as exc:
+        raise UserError(str(exc)) from None
+    for meta in built:
+        print(f"wrote {Path(args.out) / meta['engine']} ({meta['precision']}, {meta['gpu']}, "
+              f"TensorRT {meta['tensorrt']}, {meta['build_seconds']:.1f} s)")

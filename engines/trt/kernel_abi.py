@@ -1,0 +1,103 @@
+"""The ray-march kernel with TensorRT's ahead-of-time plugin calling convention.
+
+A ``tensorrt.plugin.aot_impl`` kernel is launched by TensorRT with its parameters in the order
+(input pointers..., extra scalar arguments..., output pointers...), every extra argument a
+32-bit integer (``trtp.SymInt32``); parameters it is not given (Triton's trailing global and
+profile scratch pointers) are passed as null. ``engines.raymarch.kernel.raymarch_kernel`` takes
+(input pointers, output pointers, ints, floats), so :func:`raymarch_trt_kernel` is a thin
+Triton entry point in TensorRT's order that reinterprets three int32 arguments as the fp32
+``near``, ``step`` and ``scale`` (bit patterns, see :func:`float_bits`) and calls the shared
+kernel body, which Triton inlines: one kernel source, two entry points, same PTX body.
+
+Imports triton: only the plugin's ahead-of-time implementation (at engine build time) and the
+tests import this module.
+"""
+from __future__ import annotations
+
+import struct
+
+import triton
+import triton.language as tl
+
+from engines.raymarch import aot, kernel
+from engines.raymarch.kernel import raymarch_kernel
+
+# Extra (scalar) arguments in launch order, after the 7 input pointers and before the 3 output
+# pointers. The first 17 are the shared kernel's int arguments; the last three are the fp32
+# arguments passed as their int32 bit patterns.
+INT_ARGS = tuple(name for name, kind in kernel.RUNTIME_ARGS if kind == "i32")
+FLOAT_ARGS = tuple(name for name, kind in kernel.RUNTIME_ARGS if kind == "fp32")
+EXTRA_ARGS = INT_ARGS + tuple(f"{name}_bits" for name in FLOAT_ARGS)
+INPUT_PTRS = tuple(name for name, kind in kernel.RUNTIME_ARGS[:7])
+OUTPUT_PTRS = tuple(name for name, kind in kernel.RUNTIME_ARGS[7:10])
+
+
+def float_bits(value: float) -> int:
+    """The int32 whose bits are the float32 ``value`` (what the kernel reinterprets)."""
+    return struct.unpack("<i", struct.pack("<f", float(value)))[0]
+
+
+@triton.jit
+def raymarch_trt_kernel(
+        triplane_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, origins_ptr, directions_ptr,
+        n_rays, rays_per_batch, P,
+        stride_tb, stride_tk, stride_tc, stride_ty, stride_tx,
+        stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o, stride_b2,
+        near_bits, step_bits, scale_bits,
+        features_ptr, depth_ptr, opacity_ptr,
+        C: tl.constexpr, HD: tl.constexpr, F: tl.constexpr,
+        C_PAD: tl.constexpr, H_PAD: tl.constexpr, F_PAD: tl.constexpr,
+        SC: tl.constexpr, SF: tl.constexpr, SC_PAD: tl.constexpr,
+        A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
+        A4: tl.constexpr, A5: tl.constexpr, BLOCK_R: tl.constexpr,
+        DOT_PRECISION: tl.constexpr):
+    near = near_bits.to(tl.float32, bitcast=True)
+    step = step_bits.to(tl.float32, bitcast=True)
+    scale = scale_bits.to(tl.float32, bitcast=True)
+    raymarch_kernel(triplane_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, origins_ptr, directions_ptr,
+                    features_ptr, depth_ptr, opacity_ptr, n_rays, rays_per_batch, P,
+                    stride_tb, stride_tk, stride_tc, stride_ty, stride_tx,
+                    stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o, stride_b2,
+                    near, step, scale, C, HD, F, C_PAD, H_PAD, F_PAD, SC, SF, SC_PAD,
+                    A0, A1, A2, A3, A4, A5, BLOCK_R, DOT_PRECISION)
+
+
+def dot_precision(arch: int) -> str:
+    """As the torch op: fp32-accurate TF32x3 products on sm_80 and newer, plain fp32 before."""
+    return "tf32x3" if int(arch) >= 80 else "ieee"
+
+
+def signature(config: aot.KernelConfig, arch: int) -> tuple[dict, dict]:
+    """(signature, constexprs) of :func:`raymarch_trt_kernel` for ``triton.compiler.ASTSource``."""
+    if config.triplane_dtype not in aot.DTYPES:
+        raise ValueError(f"triplane_dtype must be one of {', '.join(aot.DTYPES)}, got "
+                         f"{config.triplane_dtype!r}.")
+    consts = kernel.constexprs(config.channels, config.hidden, config.features,
+                               config.samples_coarse, config.samples_fine, config.plane_axes,
+                               config.block_rays, dot_precision(arch))
+    sig = {name: "*" + aot.DTYPES[config.triplane_dtype] if name == "triplane_ptr"
+           else "*fp32" for name in INPUT_PTRS}
+    sig.update({name: "i32" for name in EXTRA_ARGS})
+    sig.update({name: "*fp32" for name in OUTPUT_PTRS})
+    sig.update({name: "constexpr" for name in consts})
+    return sig, consts
+
+
+def compile_for_tensorrt(config: aot.KernelConfig, arch: int) -> aot.Build:
+    """PTX (and cubin) of :func:`raymarch_trt_kernel` for one compute capability, with the same
+    compiler options as ``engines.raymarch.aot.compile_arch``; no GPU needed."""
+    from triton.backends.compiler import GPUTarget
+
+    sig, consts = signature(config, arch)
+    source = triton.compiler.ASTSource(fn=raymarch_trt_kernel, signature=sig,
+                                       constexprs=consts)
+    compiled = triton.compile(source, target=GPUTarget("cuda", int(arch), 32),
+                              options={"num_warps": config.num_warps,
+                                       "num_stages": config.num_stages})
+    meta = compiled.metadata
+    if meta.global_scratch_size or meta.profile_scratch_size:
+        raise RuntimeError("the kernel now needs Triton scratch memory, which TensorRT's "
+                           "ahead-of-time launch passes as null; the plugin cannot run it.")
+    return aot.Build(arch=int(arch), name=meta.name, ptx=compiled.asm["ptx"],
+                     cubin=bytes(compiled.asm["cubin"]), shared=int(meta.shared),
+                     num_warps=int(meta.num_warps), block_rays=config.block_rays, config=config)

@@ -1,0 +1,133 @@
+"""The TensorRT backend: the engines ``export3d export engine`` built, behind the backend
+protocol of :mod:`export.backend`.
+
+Construction opens ``source_encoder.engine`` and ``frame_generator.engine`` with
+``engines.trt.runtime.EngineRunner`` (each refused, in one sentence naming the rebuild command,
+when its metadata does not match this GPU or TensorRT). Buffers: every engine input and output
+is one torch CUDA tensor allocated once; the encoder's outputs ARE the generator's source
+inputs (bound by name to the same memory), so encoding a photo moves nothing. ``frame`` copies
+``expr`` and ``camera`` into their device buffers, enqueues the generator (or replays its
+captured CUDA graph, ``cuda_graph=True``) on the backend's own stream, copies the outputs into
+pinned host buffers and returns numpy views of them, valid until the next call.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .backend import FRAME_KEYS, BackendError, _ContextMixin
+
+STAGES = ("source_encoder", "frame_generator")
+
+
+def _engine_errors():
+    from engines.trt.errors import TensorRTError
+
+    return TensorRTError
+
+
+class TensorRTBackend(_ContextMixin):
+    name = "tensorrt"
+
+    def __init__(self, engines: str | Path, device: str = "cuda", cuda_graph: bool = False,
+                 allow_other_gpu: bool = False, runner_factory=None):
+        import torch
+
+        from engines.trt.runtime import EngineRunner
+
+        self.directory = Path(engines)
+        self.device = torch.device(device)
+        factory = runner_factory or (lambda path: EngineRunner(
+            path, allow_other_gpu=allow_other_gpu))
+        try:
+            self.encoder = factory(self.directory / f"{STAGES[0]}.engine")
+            self.generator = factory(self.directory / f"{STAGES[1]}.engine")
+            for name in self.encoder.outputs:  # source features straight into the generator
+                self.generator.bind(name, self.encoder.buffers[name])
+        except _engine_errors() as exc:
+            raise BackendError(str(exc)) from None
+        cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if cuda else None
+        # Pinned host copies of the three outputs: the device-to-host copy is asynchronous.
+        self.host = {name: torch.empty(self.generator.buffers[name].shape,
+                                       dtype=self.generator.buffers[name].dtype,
+                                       pin_memory=cuda) for name in FRAME_KEYS}
+        self.cuda_graph = cuda_graph and cuda
+        self._captured = False
+        self._encoded = False
+
+    def _handle(self) -> int:
+        return self.stream.cuda_stream if self.stream is not None else 0
+
+    def _upload(self, runner, name: str, value) -> None:
+        import torch
+
+        buf = runner.buffers[name]
+        value = np.asarray(value)
+        if value.size != buf.numel():
+            raise BackendError(f"{name} must have {buf.numel()} values ({list(buf.shape)}), got "
+                               f"shape {list(value.shape)}")
+        src = torch.from_numpy(np.ascontiguousarray(value)).reshape(buf.shape)
+        buf.copy_(src.to(buf.dtype), non_blocking=False)
+
+    def encode_source(self, image) -> None:
+        image = np.asarray(image)
+        name = self.encoder.inputs[0]
+        expected = tuple(self.encoder.buffers[name].shape)
+        if image.shape != expected:
+            raise BackendError(f"source image must be {list(expected)}, got {list(image.shape)}")
+        self._upload(self.encoder, name, image)
+        self.encoder.execute(self._handle())
+        if self.stream is not None:
+            self.stream.synchronize()
+        self._encoded = True
+
+    def frame(self, expr, camera) -> dict[str, np.ndarray]:
+        if not self._encoded:
+            raise BackendError("call encode_source(image) before frame()")
+        self._upload(self.generator, "expr", expr)
+        self._upload(self.generator, "camera", camera)
+        if self.cuda_graph:
+            if not self._captured:
+                self.generator.capture()
+                self._captured = True
+            self.generator.replay()
+        else:
+            self.generator.execute(self._handle())
+        for name in FRAME_KEYS:
+            self.host[name].copy_(self.generator.buffers[name], non_blocking=self.stream
+                                  is not None)
+        if self.stream is not None:
+            self.stream.synchronize()
+        return {name: self.host[name].numpy() for name in FRAME_KEYS}
+
+    def close(self) -> None:
+        for attr in ("encoder", "generator"):
+            runner = getattr(self, attr, None)
+            if runner is not None:
+                runner.close()
+                delattr(self, attr)
+        self._encoded = False
+
+
+def open_tensorrt(engines: str | Path | None, device: str = "cuda", **kwargs) -> TensorRTBackend:
+    """Checks in the order a user can act on them: TensorRT installed, an engine folder given,
+    a GPU present; then :class:`TensorRTBackend`."""
+    from engines.trt import import_tensorrt
+
+    try:
+        import_tensorrt()
+    except _engine_errors() as exc:
+        raise BackendError(str(exc)) from None
+    if engines is None:
+        raise BackendError("the tensorrt backend needs the folder that 'export3d export engine' "
+                           "wrote (engines=DIR)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendError("the tensorrt backend runs on an NVIDIA GPU and this torch sees none; "
+                           "use --backend torch or onnxruntime here")
+    if not str(device).startswith("cuda"):
+        device = "cuda"
+    return TensorRTBackend(engines, device=device, **kwargs)
