@@ -1,0 +1,215 @@
+"""The ray-march TensorRT plugin: its shape/type rule, its launch plan, its registration with
+``tensorrt.plugin`` (against the recording stand-in), the kernel's TensorRT calling convention
+in real PTX, and the TensorRT lint of the plugin graph. These prove our logic, not TensorRT."""
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import struct
+import subprocess
+import sys
+
+import onnx
+import pytest
+import trt_standin
+
+from engines.raymarch import contract
+from engines.trt import plugin
+from export.lint import check_tensorrt, lint_tensorrt
+
+# tiny preset sizes: C = 8 (triplane channels), Hd = 16, F = 8, P = 16, 8 x 8 rays
+B, C, P, HD, F, R = 1, 8, 16, 16, 8, 64
+SHAPES = [(B, 3, C, P, P), (C, HD), (HD,), (HD, 1 + F), (1 + F,), (B, R, 3), (B, R, 3)]
+F32 = ["float32"] * 7
+ATTRS = {"near": 2.25, "far": 3.3, "samples_coarse": 8, "samples_fine": 8, "box_warp": 1.0,
+         "eg3d_plane_axes": 1}
+
+
+def test_identity_comes_from_the_contract():
+    assert plugin.PLUGIN_ID == "export3d.engines::TriplaneRayMarch"
+    assert (plugin.PLUGIN_NAMESPACE, plugin.PLUGIN_NAME, plugin.PLUGIN_VERSION) == (
+        contract.DOMAIN, contract.OP_TYPE, contract.VERSION)
+    assert plugin.ATTRIBUTE_TYPES == {"near": float, "far": float, "samples_coarse": int,
+                                      "samples_fine": int, "box_warp": float,
+                                      "eg3d_plane_axes": int}
+
+
+@pytest.mark.parametrize("triplane_dtype", ["float32", "float16", "bfloat16"])
+def test_output_rule_shapes_and_dtypes(triplane_dtype):
+    outs = plugin.output_rule(SHAPES, [triplane_dtype] + F32[1:])
+    assert outs == [((B, R, F), "float32"), ((B, R), "float32"), ((B, R), "float32")]
+
+
+def test_output_rule_batch_two_and_symbolic_dims():
+    shapes = [(2, 3, 32, 256, 256), (32, 64), (64,), (64, 33), (33,), (2, 16384, 3),
+              (2, 16384, 3)]
+    assert plugin.output_rule(shapes, F32)[0] == ((2, 16384, 32), "float32")
+    b, r = object(), object()  # symbolic dimensions pass through untouched
+    sym = [(b, 3, 8, 16, 16), (8, 16), (16,), (16, 9), (9,), (b, r, 3), (b, r, 3)]
+    features, depth, opacity = plugin.output_rule(sym, F32)
+    assert features[0][:2] == (b, r) and depth[0] == (b, r) and opacity[0] == (b, r)
+
+
+@pytest.mark.parametrize("index, shape, message", [
+    (1, (C + 1, HD), "w1 must be"),
+    (3, (HD, 1), "1 \\+ F >= 2"),
+    (6, (B, R + 1, 3), "same R"),
+    (0, (B, 2, C, P, P), "triplane must be"),
+])
+def test_output_rule_rejects_bad_shapes(index, shape, message):
+    shapes = list(SHAPES)
+    shapes[index] = shape
+    with pytest.raises(ValueError, match=message):
+        plugin.output_rule(shapes, F32)
+
+
+def test_output_rule_rejects_bad_dtypes_and_counts():
+    with pytest.raises(ValueError, match="input w1 must be float32, got float16"):
+        plugin.output_rule(SHAPES, ["float32", "float16"] + F32[2:])
+    with pytest.raises(ValueError, match="takes 7 inputs"):
+        plugin.output_rule(SHAPES[:6], F32[:6])
+
+
+def test_kernel_config_bakes_sizes_and_attributes():
+    config = plugin.kernel_config(SHAPES, F32, ATTRS)
+    assert (config.channels, config.hidden, config.features) == (C, HD, F)
+    assert (config.samples_coarse, config.samples_fine) == (8, 8)
+    assert config.plane_axes == (0, 1, 0, 2, 2, 0)  # eg3d_plane_axes = 1
+    assert plugin.kernel_config(SHAPES, F32, {**ATTRS, "eg3d_plane_axes": 0}).plane_axes == (
+        0, 1, 0, 2, 1, 2)
+    symbolic = list(SHAPES)
+    symbolic[0] = (B, 3, object(), P, P)
+    with pytest.raises(ValueError, match="build-time constant C"):
+        plugin.kernel_config(symbolic, F32, ATTRS)
+    with pytest.raises(ValueError, match="lacks attribute"):
+        plugin.kernel_config(SHAPES, F32, {"near": 1.0})
+    with pytest.raises(ValueError, match="far > near"):
+        plugin.kernel_config(SHAPES, F32, {**ATTRS, "far": 1.0})
+
+
+def _float(bits):
+    return struct.unpack("<f", struct.pack("<i", bits))[0]
+
+
+def test_launch_plan_follows_the_tensorrt_calling_convention():
+    pytest.importorskip("triton")
+    from engines.trt import kernel_abi
+
+    plan = plugin.launch_plan([(2,) + SHAPES[0][1:]] + SHAPES[1:5] + [(2, 100, 3)] * 2, ATTRS,
+                              block_rays=32, num_warps=4, shared=4096)
+    assert plan["grid"] == (7, 1, 1)  # ceil(2 * 100 / 32)
+    assert plan["block"] == (128, 1, 1) and plan["shared_mem"] == 4096
+    names = [n for n, _ in plan["extra_args"]]
+    assert names == list(kernel_abi.EXTRA_ARGS)
+    values = dict(plan["extra_args"])
+    assert (values["n_rays"], values["rays_per_batch"], values["P"]) == (200, 100, P)
+    assert values["stride_tb"] == 3 * C * P * P and values["stride_tc"] == P * P
+    assert values["stride_w1c"] == HD and values["stride_w2h"] == 1 + F
+    assert _float(values["near_bits"]) == pytest.approx(2.25)
+    assert _float(values["step_bits"]) == pytest.approx((3.3 - 2.25) / 8, rel=1e-6)
+    assert _float(values["scale_bits"]) == pytest.approx(2.0)
+    huge = [(1, 3, C, 4096, 4096)] + SHAPES[1:5] + [(1, 2 ** 31, 3)] * 2
+    with pytest.raises(ValueError, match="32-bit"):
+        plugin.launch_plan(huge, ATTRS, block_rays=32, num_warps=4, shared=0)
+
+
+def test_register_plugin_with_the_standin(monkeypatch):
+    trt, trtp, calls = trt_standin.make()
+    trt_standin.install(monkeypatch, trt, trtp)
+    assert plugin.register_plugin() == plugin.PLUGIN_ID
+    assert plugin.register_plugin() == plugin.PLUGIN_ID  # once per process
+    assert [c for c in calls if c[0].startswith("trtp.")] == [
+        ("trtp.register", plugin.PLUGIN_ID), ("trtp.aot_impl", plugin.PLUGIN_ID)]
+    funcs = trtp.registry[plugin.PLUGIN_ID]
+    # Parameter names and attribute types exactly as the contract states them.
+    for key in ("desc", "aot"):
+        params = inspect.signature(funcs[key]).parameters
+        names = tuple(params)[:len(plugin.registered_signature_names())]
+        assert names == plugin.registered_signature_names()
+        for name, kind in plugin.ATTRIBUTE_TYPES.items():
+            assert params[name].annotation is kind
+        for name in contract.INPUT_NAMES:
+            assert params[name].annotation is trtp.TensorDesc
+    descs = [trt_standin.desc(trtp, s, trt.float32) for s in SHAPES]
+    outs = funcs["desc"](*descs, **ATTRS)
+    assert [[e.constant_value() for e in o.shape_expr] for o in outs] == [[B, R, F], [B, R],
+                                                                          [B, R]]
+    assert all(o.dtype is trt.float32 for o in outs)
+    fp16 = [trt_standin.desc(trtp, SHAPES[0], trt.float16)] + descs[1:]
+    assert len(funcs["desc"](*fp16, **ATTRS)) == 3
+    with pytest.raises(ValueError, match="w1 must be float32"):
+        funcs["desc"](descs[0], trt_standin.desc(trtp, SHAPES[1], trt.float16), *descs[2:],
+                      **ATTRS)
+
+
+def test_aot_impl_returns_kernel_ptx_and_launch(monkeypatch):
+    pytest.importorskip("triton")
+    from engines.raymarch.aot import Build
+
+    trt, trtp, calls = trt_standin.make()
+    trt_standin.install(monkeypatch, trt, trtp)
+    compiled = []
+
+    def fake_compile(config, arch):
+        compiled.append((config, arch))
+        return Build(arch=arch, name="raymarch_trt_kernel", ptx=".version 8.7\n", cubin=b"",
+                     shared=2048, num_warps=4, block_rays=32, config=config)
+
+    monkeypatch.setattr(plugin, "compiled_kernel", fake_compile)
+    monkeypatch.setattr(plugin, "current_arch", lambda: 89)
+    plugin.register_plugin()
+    aot = trtp.registry[plugin.PLUGIN_ID]["aot"]
+    descs = [trt_standin.desc(trtp, s, trt.float32) for s in SHAPES]
+    name, ptx, params, extra = aot(*descs, **ATTRS, outputs=())
+    assert (name, ptx) == ("raymarch_trt_kernel", ".version 8.7\n")
+    assert compiled[0][1] == 89 and compiled[0][0].channels == C
+    assert (params.grid_x, params.grid_y, params.block_x, params.shared_mem) == (2, 1, 128, 2048)
+    assert len(extra) == 17 and all(isinstance(e, trtp.SymInt32) for e in extra)
+    assert extra[0].value == B * R
+
+
+def test_tensorrt_calling_convention_in_real_ptx():
+    """Compile the TensorRT entry point (tiny sizes, sm_90, no GPU): its PTX parameters are
+    7 input pointers, 17 32-bit scalars, 3 output pointers, then Triton's 2 scratch pointers
+    (which TensorRT passes as null)."""
+    pytest.importorskip("triton")
+    from engines.raymarch.aot import KernelConfig
+    from engines.trt.kernel_abi import compile_for_tensorrt
+
+    build = compile_for_tensorrt(KernelConfig.tiny(), 90)
+    entry = re.search(r"\.entry\s+(\w+)\s*\((.*?)\)", build.ptx, re.S)
+    assert entry.group(1) == build.name == "raymarch_trt_kernel"
+    kinds = re.findall(r"\.param\s+\.(\w+)", entry.group(2))
+    assert kinds == ["u64"] * 7 + ["u32"] * 17 + ["u64"] * 3 + ["u64"] * 2
+    assert build.shared >= 0 and build.num_warps == 4
+
+
+def test_plugin_node_tagging_and_lint(plugin_graphs):
+    manifest = json.loads((plugin_graphs / "manifest.json").read_text())
+    allowed = ((plugin.PLUGIN_NAMESPACE, plugin.PLUGIN_NAME),)
+    for stage, entry in manifest["graphs"].items():
+        graph = onnx.load(str(plugin_graphs / entry["file"]))
+        assert lint_tensorrt(graph, allowed) == [], stage
+        check_tensorrt(graph, allowed, what=f"plugin {stage} graph")
+        tagged = plugin.tag_plugin_nodes(graph)
+        assert tagged == (1 if stage == "frame_generator" else 0)
+        assert lint_tensorrt(graph, allowed) == []  # the tags are plain string attributes
+    graph = onnx.load(str(plugin_graphs / manifest["graphs"]["frame_generator"]["file"]))
+    plugin.tag_plugin_nodes(graph)
+    plugin.tag_plugin_nodes(graph)  # idempotent
+    node = next(n for n in graph.graph.node if n.op_type == contract.OP_TYPE)
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["plugin_namespace"] == b"export3d.engines" and attrs["plugin_version"] == b"1"
+    assert [a.name for a in node.attribute].count("plugin_namespace") == 1
+    assert {a.name for a in contract.ATTRIBUTES} <= set(attrs)
+
+
+def test_importing_the_trt_package_imports_neither_tensorrt_nor_triton():
+    code = ("import sys, engines.trt, engines.trt.plugin, engines.trt.builder, "
+            "engines.trt.runtime, engines.trt.device, engines.trt.torch_trt, export.trt_backend;"
+            "bad = [m for m in ('tensorrt', 'triton', 'torch_tensorrt') if m in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
