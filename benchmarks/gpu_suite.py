@@ -4,7 +4,8 @@
 ``python -m benchmarks.gpu_suite --dry-run``  (CPU, ``tiny`` sizes, the kernel under Triton's
 interpreter: proves the script runs end to end without a GPU; its timings mean nothing)
 
-Needs only PyTorch (>= 2.11), Triton and this repository: no mediapipe, TensorRT or network.
+Needs only PyTorch (>= 2.11), Triton and this repository: no mediapipe or network; TensorRT
+is used where it imports.
 Sections, each written to the JSON report as soon as it finishes (a crash or the time budget
 loses only what had not run yet):
 1. ``machine``: card, compute capability, SMs, memory, driver, CUDA, torch, Triton, Python.
@@ -17,7 +18,10 @@ loses only what had not run yet):
    render, super-resolve; encode_source once) and per-frame latency (p50/p95/p99), peak GPU
    memory and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
    + kernel, bf16 + channels_last, bf16 + CUDA graph, and bf16 + torch.compile.
-5. ``summary``: the targets (kernel >= 10x the reference; per-frame p50 <= 5 ms on an H100)
+5. ``tensorrt``: only where ``tensorrt`` imports (elsewhere ``{"skipped": "tensorrt not
+   importable"}``): the plugin graphs exported, engines built (build seconds) and per-frame
+   latency through the ``tensorrt`` backend, fp32 and fp16, next to the PyTorch p50s.
+6. ``summary``: the targets (kernel >= 10x the reference; per-frame p50 <= 5 ms on an H100)
    against the numbers measured.
 """
 from __future__ import annotations
@@ -427,6 +431,65 @@ def cuda_graph(torch, fn, warmup):
     return replay
 
 
+# ----------------------------------------------------------------------------- TensorRT
+
+def tensorrt_section(torch, config, device, warmup, iters, budget: Budget, data: dict) -> dict:
+    """Plugin graphs -> engines (timed) -> frames through the tensorrt backend (timed, host
+    copies included, as a user gets them), per precision; a skip record where TensorRT does
+    not import (every machine this project has had)."""
+    import importlib
+    import tempfile
+
+    import numpy as np
+
+    try:
+        trt = importlib.import_module("tensorrt")
+    except Exception:  # noqa: BLE001 - missing, or its libraries are
+        return {"skipped": "tensorrt not importable"}
+    if device.type != "cuda":
+        return {"skipped": "no CUDA device"}
+    from engines.trt.builder import BuildOptions, build_engines
+    from export.onnx_export import export_onnx
+    from export.trt_backend import open_tensorrt
+    from export3d.camera import orbit_path
+    from export3d.model import build_model
+
+    out = {"tensorrt": trt.__version__, "precisions": {}}
+    model = build_model(config, seed=0, render_impl="reference")
+    gen = np.random.default_rng(0)
+    image = gen.uniform(-1, 1, (1, 3, config.image_size, config.image_size)).astype(np.float32)
+    expr = gen.standard_normal((1, config.expr_dim)).astype(np.float32)
+    camera = orbit_path("circle", 5)[2:3].numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "fp16"):
+            if budget.left() < 120:
+                out["precisions"][precision] = {"skipped": f"time budget ({budget.left():.0f} s "
+                                                           "left)"}
+                continue
+            row = out["precisions"][precision] = {}
+            try:
+                graphs, engines = Path(tmp) / f"graphs-{precision}", Path(tmp) / precision
+                start = time.monotonic()
+                export_onnx(model, graphs, variant="plugin", precision=precision)
+                row["export_seconds"] = round(time.monotonic() - start, 1)
+                metas = build_engines(graphs, engines, BuildOptions(
+                    timing_cache=Path(tmp) / "timing.cache"), report=lambda line: None)
+                row["build_seconds"] = {m["stage"]: m["build_seconds"] for m in metas}
+                with open_tensorrt(engines) as backend:
+                    backend.encode_source(image)
+                    row["frame"] = stats(time_cuda(lambda: backend.frame(expr, camera), warmup,
+                                                   iters, torch))
+                row["fps"] = round(1e3 / row["frame"]["p50_ms"], 1)
+                print(f"  tensorrt {precision}: build {sum(row['build_seconds'].values()):.0f} s,"
+                      f" per frame p50 {row['frame']['p50_ms']:.3f} ms", flush=True)
+            except Exception as exc:  # noqa: BLE001 - recorded; the other precision still runs
+                row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    out["pytorch_frame_p50_ms"] = {k: v["frame"]["p50_ms"] for k, v in
+                                   data.get("model", {}).get("variants", {}).items()
+                                   if "frame" in v}
+    return out
+
+
 def summary(data: dict, device) -> dict:
     out = {}
     if device.type != "cuda":
@@ -528,6 +591,9 @@ def main(argv=None) -> int:
     if not args.kernel_only:
         section(report, "model", model_timing, torch, config, device, warmup, iters, budget,
                 args.dry_run, not args.no_compile and not args.dry_run, report)
+    if not args.kernel_only:
+        section(report, "tensorrt", tensorrt_section, torch, config, device, warmup, iters,
+                budget, report.data)
     report.put("summary", summary(report.data, device))
     report.put("finished_utc", datetime.datetime.now(datetime.UTC).isoformat())
     print_table(report.data)
