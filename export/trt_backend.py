@@ -3,7 +3,8 @@ protocol of :mod:`export.backend`.
 
 Construction opens ``source_encoder.engine`` and ``frame_generator.engine`` with
 ``engines.trt.runtime.EngineRunner`` (each refused, in one sentence naming the rebuild command,
-when its metadata does not match this GPU or TensorRT). Buffers: every engine input and output
+when its metadata does not match this GPU or TensorRT; ``rebuild=True`` rebuilds them instead,
+from the ONNX folder their metadata names). Buffers: every engine input and output
 is one torch CUDA tensor allocated once; the encoder's outputs ARE the generator's source
 inputs (bound by name to the same memory), so encoding a photo moves nothing. ``frame`` copies
 ``expr`` and ``camera`` into their device buffers, enqueues the generator (or replays its
@@ -31,9 +32,10 @@ class TensorRTBackend(_ContextMixin):
     name = "tensorrt"
 
     def __init__(self, engines: str | Path, device: str = "cuda", cuda_graph: bool = False,
-                 allow_other_gpu: bool = False, runner_factory=None):
+                 allow_other_gpu: bool = False, rebuild: bool = False, runner_factory=None):
         import torch
 
+        from engines.trt.errors import EngineMismatch
         from engines.trt.runtime import EngineRunner
 
         self.directory = Path(engines)
@@ -41,10 +43,13 @@ class TensorRTBackend(_ContextMixin):
         factory = runner_factory or (lambda path: EngineRunner(
             path, allow_other_gpu=allow_other_gpu))
         try:
-            self.encoder = factory(self.directory / f"{STAGES[0]}.engine")
-            self.generator = factory(self.directory / f"{STAGES[1]}.engine")
-            for name in self.encoder.outputs:  # source features straight into the generator
-                self.generator.bind(name, self.encoder.buffers[name])
+            try:
+                self._open(factory)
+            except EngineMismatch:
+                if not rebuild:
+                    raise
+                self._rebuild()
+                self._open(factory)
         except _engine_errors() as exc:
             raise BackendError(str(exc)) from None
         cuda = self.device.type == "cuda"
@@ -56,6 +61,31 @@ class TensorRTBackend(_ContextMixin):
         self.cuda_graph = cuda_graph and cuda
         self._captured = False
         self._encoded = False
+
+    def _open(self, factory) -> None:
+        self.encoder = self.generator = None
+        self.encoder = factory(self.directory / f"{STAGES[0]}.engine")
+        self.generator = factory(self.directory / f"{STAGES[1]}.engine")
+        for name in self.encoder.outputs:  # source features straight into the generator
+            self.generator.bind(name, self.encoder.buffers[name])
+
+    def _rebuild(self) -> None:
+        """Rebuild both engines here from the ONNX folder their metadata names (the graphs'
+        sha256 is checked again by the builder)."""
+        import sys
+
+        from engines.trt.builder import build_engines
+        from engines.trt.runtime import read_metadata
+
+        onnx_dir = read_metadata(self.directory / f"{STAGES[1]}.engine").get("onnx_dir")
+        if not onnx_dir or not Path(onnx_dir).is_dir():
+            raise BackendError(f"the engines in {self.directory} do not match this machine and "
+                               f"the graphs they were built from ({onnx_dir}) are gone; export "
+                               "and build them again here")
+        print(f"tensorrt: rebuilding the engines in {self.directory} for this GPU from "
+              f"{onnx_dir}", file=sys.stderr)
+        build_engines(onnx_dir, self.directory,
+                      report=lambda line: print(f"  {line}", file=sys.stderr))
 
     def _handle(self) -> int:
         return self.stream.cuda_stream if self.stream is not None else 0

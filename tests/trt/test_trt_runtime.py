@@ -241,3 +241,36 @@ def test_real_tensorrt_engines_match_pytorch(tmp_path):
         want = ref.frame(inputs["expr"].numpy(), inputs["camera"].numpy())
     for key in want:
         np.testing.assert_allclose(got[key], want[key], atol=2e-3)
+
+
+def test_backend_rebuilds_mismatched_engines_when_asked(standin, monkeypatch, tmp_path):
+    from engines.trt import builder
+    from export.trt_backend import TensorRTBackend
+
+    _, _, _, folder = standin
+    graphs = tmp_path / "graphs"
+    graphs.mkdir()
+    for stage in ("source_encoder", "frame_generator"):
+        write_engine(folder, stage, {"source_encoder": b"ENC", "frame_generator": b"GEN"}[stage],
+                     compute_capability="8.0", onnx_dir=str(graphs))
+    built = []
+
+    def fake_build(onnx_dir, out_dir, options=None, report=print):
+        built.append((str(onnx_dir), str(out_dir)))
+        for stage in ("source_encoder", "frame_generator"):
+            write_engine(folder, stage, {"source_encoder": b"ENC",
+                                         "frame_generator": b"GEN"}[stage])
+
+    monkeypatch.setattr(builder, "build_engines", fake_build)
+
+    def factory(path):
+        return runtime.EngineRunner(path, allocate=cpu)
+
+    with pytest.raises(BackendError, match="built for NVIDIA H100 80GB HBM3 \\(compute "
+                       "capability 8.0\\).*export3d export engine"):
+        TensorRTBackend(folder, device="cpu", runner_factory=factory)
+    assert built == []
+    backend = TensorRTBackend(folder, device="cpu", runner_factory=factory, rebuild=True)
+    assert built == [(str(graphs), str(folder))]
+    assert backend.generator.buffers["source_high"] is backend.encoder.buffers["source_high"]
+    backend.close()
