@@ -83,17 +83,39 @@ def signature(config: aot.KernelConfig, arch: int) -> tuple[dict, dict]:
     return sig, consts
 
 
-def compile_for_tensorrt(config: aot.KernelConfig, arch: int) -> aot.Build:
+def driver_ptx_version() -> int | None:
+    """The newest PTX ISA the installed CUDA driver loads (e.g. 90 for a CUDA 13.0 driver), by
+    Triton's own CUDA-version -> ISA rule; None where it cannot be told (no driver here).
+    TensorRT hands the PTX to the driver, which rejects an ISA newer than itself, and Triton
+    emits the ISA of the ptxas it bundles, which can be newer than the driver."""
+    try:
+        from cuda.bindings import driver
+        from triton.backends.nvidia.compiler import ptx_get_version
+
+        if int(driver.cuInit(0)[0]) != 0:
+            return None
+        err, version = driver.cuDriverGetVersion()
+        if int(err) != 0:
+            return None
+        return int(ptx_get_version(f"{version // 1000}.{(version % 1000) // 10}"))
+    except Exception:  # noqa: BLE001 - no driver, no cuda-python, or Triton internals moved
+        return None
+
+
+def compile_for_tensorrt(config: aot.KernelConfig, arch: int,
+                         ptx_version: int | None = None) -> aot.Build:
     """PTX (and cubin) of :func:`raymarch_trt_kernel` for one compute capability, with the same
-    compiler options as ``engines.raymarch.aot.compile_arch``; no GPU needed."""
+    compiler options as ``engines.raymarch.aot.compile_arch``; no GPU needed. ``ptx_version``
+    caps the PTX ISA (see :func:`driver_ptx_version`)."""
     from triton.backends.compiler import GPUTarget
 
     sig, consts = signature(config, arch)
     source = triton.compiler.ASTSource(fn=raymarch_trt_kernel, signature=sig,
                                        constexprs=consts)
-    compiled = triton.compile(source, target=GPUTarget("cuda", int(arch), 32),
-                              options={"num_warps": config.num_warps,
-                                       "num_stages": config.num_stages})
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    if ptx_version is not None:
+        options["ptx_version"] = int(ptx_version)
+    compiled = triton.compile(source, target=GPUTarget("cuda", int(arch), 32), options=options)
     meta = compiled.metadata
     if meta.global_scratch_size or meta.profile_scratch_size:
         raise RuntimeError("the kernel now needs Triton scratch memory, which TensorRT's "

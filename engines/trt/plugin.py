@@ -161,10 +161,18 @@ def current_arch() -> int:
 
 @functools.lru_cache(maxsize=16)
 def compiled_kernel(config, arch: int):
-    """PTX of the TensorRT entry point for ``config`` and ``arch`` (compiled once per process)."""
-    from .kernel_abi import compile_for_tensorrt
+    """PTX of the TensorRT entry point for ``config`` and ``arch`` (compiled once per process),
+    its ISA capped at what this machine's driver loads when Triton's would be newer."""
+    import re
 
-    return compile_for_tensorrt(config, arch)
+    from .kernel_abi import compile_for_tensorrt, driver_ptx_version
+
+    build = compile_for_tensorrt(config, arch)
+    limit = driver_ptx_version()
+    found = re.search(r"^\s*\.version\s+(\d+)\.(\d+)", build.ptx, re.M)
+    if limit is not None and found and 10 * int(found[1]) + int(found[2]) > limit:
+        build = compile_for_tensorrt(config, arch, ptx_version=limit)
+    return build
 
 
 # ------------------------------------------------------------------------- ONNX side

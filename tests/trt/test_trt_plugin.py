@@ -213,3 +213,19 @@ def test_importing_the_trt_package_imports_neither_tensorrt_nor_triton():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ptx_isa_is_capped_for_an_older_driver(monkeypatch):
+    """Where the driver loads an older PTX ISA than Triton's ptxas emits, the plugin compiles
+    again with the driver's ISA (here: a pretend CUDA 12.4 driver, ISA 8.4)."""
+    pytest.importorskip("triton")
+    from engines.raymarch.aot import KernelConfig
+    from engines.trt import kernel_abi
+
+    monkeypatch.setattr(kernel_abi, "driver_ptx_version", lambda: 84)
+    plugin.compiled_kernel.cache_clear()
+    try:
+        build = plugin.compiled_kernel(KernelConfig.tiny(), 90)
+    finally:
+        plugin.compiled_kernel.cache_clear()
+    assert re.search(r"^\s*\.version 8\.4\b", build.ptx, re.M)
