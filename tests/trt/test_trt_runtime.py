@@ -274,3 +274,38 @@ def test_backend_rebuilds_mismatched_engines_when_asked(standin, monkeypatch, tm
     assert built == [(str(graphs), str(folder))]
     assert backend.generator.buffers["source_high"] is backend.encoder.buffers["source_high"]
     backend.close()
+
+
+def test_runner_without_torch_uses_cuda_python_memory(standin, monkeypatch):
+    """``buffers="cuda"``: device memory from cuda-python's runtime (a recording stand-in of
+    ``cuda.bindings.runtime`` here), bound by name, freed on close."""
+    import sys
+    import types
+
+    _, calls, _, folder = standin
+    rt = types.SimpleNamespace(cudaMemcpyKind=types.SimpleNamespace(
+        cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2))
+    log = []
+    next_ptr = iter(range(0x1000, 0x100000, 0x1000))
+
+    def malloc(nbytes):
+        log.append(("cudaMalloc", nbytes))
+        return 0, next(next_ptr)
+
+    rt.cudaMalloc = malloc
+    rt.cudaFree = lambda ptr: log.append(("cudaFree", ptr)) or 0
+    rt.cudaMemcpyAsync = lambda dst, src, n, kind, stream: log.append(
+        ("cudaMemcpyAsync", dst, n, kind, stream)) or (0,)
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = rt
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", rt)
+    runner = runtime.EngineRunner(folder / "frame_generator.engine", buffers="cuda")
+    sizes = [e[1] for e in log if e[0] == "cudaMalloc"]
+    assert sizes == [int(np.prod(shape)) * 4 for _, shape, _, _ in GENERATOR]
+    addresses = {c[1]: c[2] for c in named(calls, "set_tensor_address")}
+    assert addresses == {n: runner.buffers[n].data_ptr() for n, *_ in GENERATOR}
+    runner.buffers["expr"].upload(np.zeros((1, 64), np.float32), 7)
+    assert log[-1] == ("cudaMemcpyAsync", addresses["expr"], 256, 1, 7)
+    runner.close()
+    assert sorted(e[1] for e in log if e[0] == "cudaFree") == sorted(addresses.values())
