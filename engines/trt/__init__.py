@@ -4,9 +4,11 @@ and ahead-of-time implementation through ``tensorrt.plugin``), the engine builde
 runtime (``runtime``: metadata check, buffers bound by name, ``execute_async_v3``, optional CUDA
 graph) and the torch-tensorrt route (``torch_trt``).
 
-Importing this package (or any of its modules) imports neither ``tensorrt`` nor ``triton`` and
-needs no GPU: TensorRT is reached only through :func:`import_tensorrt`, called by the functions
-that need it. Nothing here imports the project's other packages.
+Importing this package or its modules imports neither ``tensorrt`` nor ``triton`` and needs no
+GPU: TensorRT is reached only through :func:`import_tensorrt`, called by the functions that
+need it, and ``kernel_abi`` (the kernel's TensorRT entry point, which imports triton) only by
+the plugin's ahead-of-time implementation at engine build time. Nothing here imports the
+project's other packages.
 """
 from __future__ import annotations
 
