@@ -90,6 +90,17 @@ class TensorRTBackend(_ContextMixin):
     def _handle(self) -> int:
         return self.stream.cuda_stream if self.stream is not None else 0
 
+    def _on_stream(self):
+        """Every copy, launch and replay of this backend goes on its one stream, so they run
+        in order without waiting on other work (torch's copies would otherwise use the
+        current stream, racing the engine)."""
+        import contextlib
+
+        import torch
+
+        return torch.cuda.stream(self.stream) if self.stream is not None else \
+            contextlib.nullcontext()
+
     def _upload(self, runner, name: str, value) -> None:
         import torch
 
@@ -99,7 +110,8 @@ class TensorRTBackend(_ContextMixin):
             raise BackendError(f"{name} must have {buf.numel()} values ({list(buf.shape)}), got "
                                f"shape {list(value.shape)}")
         src = torch.from_numpy(np.ascontiguousarray(value)).reshape(buf.shape)
-        buf.copy_(src.to(buf.dtype), non_blocking=False)
+        # A pageable source: the copy has left host memory when copy_ returns.
+        buf.copy_(src.to(buf.dtype))
 
     def encode_source(self, image) -> None:
         image = np.asarray(image)
@@ -107,8 +119,9 @@ class TensorRTBackend(_ContextMixin):
         expected = tuple(self.encoder.buffers[name].shape)
         if image.shape != expected:
             raise BackendError(f"source image must be {list(expected)}, got {list(image.shape)}")
-        self._upload(self.encoder, name, image)
-        self.encoder.execute(self._handle())
+        with self._on_stream():
+            self._upload(self.encoder, name, image)
+            self.encoder.execute(self._handle())
         if self.stream is not None:
             self.stream.synchronize()
         self._encoded = True
@@ -116,18 +129,19 @@ class TensorRTBackend(_ContextMixin):
     def frame(self, expr, camera) -> dict[str, np.ndarray]:
         if not self._encoded:
             raise BackendError("call encode_source(image) before frame()")
-        self._upload(self.generator, "expr", expr)
-        self._upload(self.generator, "camera", camera)
-        if self.cuda_graph:
-            if not self._captured:
-                self.generator.capture()
-                self._captured = True
-            self.generator.replay()
-        else:
-            self.generator.execute(self._handle())
-        for name in FRAME_KEYS:
-            self.host[name].copy_(self.generator.buffers[name], non_blocking=self.stream
-                                  is not None)
+        if self.cuda_graph and not self._captured:
+            self.generator.capture()
+            self._captured = True
+        with self._on_stream():
+            self._upload(self.generator, "expr", expr)
+            self._upload(self.generator, "camera", camera)
+            if self.cuda_graph:
+                self.generator.replay()
+            else:
+                self.generator.execute(self._handle())
+            for name in FRAME_KEYS:
+                self.host[name].copy_(self.generator.buffers[name], non_blocking=self.stream
+                                      is not None)
         if self.stream is not None:
             self.stream.synchronize()
         return {name: self.host[name].numpy() for name in FRAME_KEYS}
