@@ -1,7 +1,7 @@
 """The ``export3d`` command: one subcommand per job.
 
 Subcommands register themselves: each is a ``register(subparsers)`` function that adds its
-parser and sets ``run``. export3d's own (``render``) are listed here; other packages of the
+parser and sets ``run``. export3d's own (``render``; ``prepare``, ``train`` and ``eval`` from :mod:`.training.cli`) are listed here; other packages of the
 project (``export``, ``realtime``) add theirs through the ``export3d.commands`` entry-point
 group in pyproject.toml, so this package never imports them. Bad input ends with one sentence
 on stderr and exit status 2, never a stack trace.
@@ -15,7 +15,8 @@ from importlib.metadata import entry_points
 
 from .errors import UserError
 
-BUILTIN = {"render": "export3d.render:register"}
+BUILTIN = {"render": "export3d.render:register",
+           "training": "export3d.training.cli:register"}  # prepare, train, eval
 
 
 def _load(target: str):

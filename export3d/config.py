@@ -1,4 +1,5 @@
-"""Model configuration: one frozen dataclass, two presets (``paper512``, ``tiny``).
+"""Model configuration: one frozen dataclass, three presets (``paper512``; ``tiny`` for tests;
+``demo64``, the small model trained on CPU that ships in ``assets/``).
 
 Every number MODEL.md fixes is a field here, never a constant buried in a module. A config
 round-trips through JSON (``to_dict`` / ``from_dict``) so a checkpoint can carry it.
@@ -112,6 +113,29 @@ PRESETS: dict[str, ModelConfig] = {
         samples_fine=8,
         decoder_hidden=16,
         sr_channels=(32, 16),
+    ),
+    # Small enough to train on a 2-core CPU in about an hour (the demo model in assets/):
+    # tiny's topology at 64 x 64, twice as wide, 16-channel tri-planes, 12 + 12 samples.
+    "demo64": ModelConfig(
+        preset="demo64",
+        image_size=64,
+        clebs_hidden=(128, 128),
+        clebs_dim=128,
+        token_dim=128,
+        heads=2,
+        vit_blocks=2,
+        fusion_blocks=1,
+        fusion_dim=128,
+        stem_channels=(32, 64, 64),
+        high_channels=32,
+        low_up_channels=(32, 32),
+        fusion_channels=(64, 32),
+        triplane_channels=16,
+        render_size=16,
+        samples_coarse=12,
+        samples_fine=12,
+        decoder_hidden=32,
+        sr_channels=(64, 32),
     ),
 }
 

@@ -1,0 +1,96 @@
+"""CLeBS pre-training (paper-spec 3.3): the expression encoder against an image encoder.
+
+A batch is ``K`` frames of ONE clip (one identity, one background), so the only thing that
+tells them apart is the expression: the image encoder embeds each crop, CLeBS embeds each
+frame's expression code, and the contrastive loss (:func:`export3d.clebs.contrastive_loss`,
+variant and temperature from the model config; the temperature is learned in log space)
+pulls each pair together against the other frames. The image encoder is a small residual CNN
+trained alongside and then dropped; CLeBS's basis is frozen into the checkpoint written at
+the end (a full model checkpoint whose other weights are still their initial values, with
+``stage = clebs`` in its metadata), which ``export3d train generator --init`` takes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import save_checkpoint
+from ..clebs import contrastive_loss
+from ..config import ModelConfig
+from ..errors import UserError
+from ..model import build_model
+from .data import Dataset, to_tensor
+
+
+class ImageEncoder(nn.Module):
+    """Aligned crop ``[B, 3, S, S]`` -> embedding ``[B, d]`` (four stride-2 conv stages, global
+    average pool, linear projection)."""
+
+    def __init__(self, dim: int, width: int = 32):
+        super().__init__()
+        chans = (3, width, 2 * width, 4 * width, 4 * width)
+        layers = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8, cout),
+                       nn.SiLU(), nn.Conv2d(cout, cout, 3, padding=1), nn.SiLU()]
+        self.features = nn.Sequential(*layers)
+        self.project = nn.Linear(chans[-1], dim)
+
+    def forward(self, x):
+        return self.project(self.features(x).mean((2, 3)))
+
+
+def train_clebs(model_config: ModelConfig, dataset: Dataset, out, steps: int = 400,
+                frames: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
+                progress: bool = True, log=print) -> dict:
+    """Pre-train CLeBS; writes ``out`` (safetensors) and returns the loss history."""
+    from tqdm import tqdm
+
+    clips = [c for c in dataset.clips if len(dataset.positions(c, "train")) >= 2]
+    if not clips:
+        raise UserError("the dataset has no clip with two training frames")
+    torch.manual_seed(seed)
+    model = build_model(model_config, seed=seed).to(device)
+    clebs = model.clebs.train()
+    clebs.unfreeze_basis()
+    encoder = ImageEncoder(model_config.clebs_dim).to(device)
+    log_temp = nn.Parameter(torch.tensor(math.log(model_config.clebs_temperature), device=device))
+    opt = torch.optim.Adam(list(clebs.parameters()) + list(encoder.parameters()) + [log_temp],
+                           lr=lr)
+    weights = np.array([len(dataset.positions(c, "train")) for c in clips], np.float64)
+    history = []
+    for step in tqdm(range(steps), desc="clebs", unit="step", disable=not progress,
+                     dynamic_ncols=True):
+        rng = np.random.default_rng([seed, step])
+        clip = clips[rng.choice(len(clips), p=weights / weights.sum())]
+        pos = dataset.positions(clip, "train")
+        pick = rng.choice(pos, size=min(frames, len(pos)), replace=False)
+        images = to_tensor([clip.image(k) for k in pick]).to(device)
+        expr = torch.from_numpy(clip.expr[pick]).to(device)
+        # light photometric jitter: expression, not exposure, must identify the frame
+        gain = 1 + 0.1 * torch.from_numpy(rng.standard_normal((len(pick), 1, 1, 1))).float()
+        images = (images * gain.to(device)).clamp(-1, 1)
+        loss = contrastive_loss(encoder(images), clebs(expr), log_temp.exp(),
+                                variant=model_config.clebs_loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            log_temp.clamp_(math.log(0.01), math.log(1.0))
+        history.append(float(loss.detach()))
+    clebs.eval()
+    clebs.freeze_basis()
+    model.eval()
+    path = save_checkpoint(model, out, extra={"stage": "clebs", "clebs_steps": str(steps),
+                                              "dataset": str(dataset.root)})
+    first = float(np.mean(history[: max(1, steps // 10)]))
+    final = float(np.mean(history[-max(1, steps // 10):]))
+    log(f"wrote {path}: contrastive loss {first:.3f} -> {final:.3f} "
+        f"(temperature {float(log_temp.exp()):.3f})")
+    return {"history": history, "first": first, "final": final,
+            "temperature": float(log_temp.exp()), "path": str(Path(path))}
+
