@@ -1,0 +1,64 @@
+"""export3d eval: baselines computed right, the oracle ordering holds, re-tracking is sane."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export3d.checkpoint import save_checkpoint
+from export3d.config import get_config
+from export3d.model import build_model
+from export3d.training.data import Dataset, prepare
+from export3d.training.evaluate import Retracker, evaluate, fidelity, format_table, psnr
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from export3d.assets import asset_path
+
+    out = tmp_path_factory.mktemp("eval") / "data"
+    prepare([asset_path("single_face.mp4", fetch=True)], out, image_size=64, max_frames=40,
+            progress=False, log=lambda *_: None)
+    return Dataset(out, image_size=64)
+
+
+def test_psnr_matches_its_definition():
+    a = np.zeros((8, 8, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0] = 255  # mse = 255^2 / 192
+    assert psnr(a, b) == pytest.approx(10 * np.log10(192), abs=1e-9)
+
+
+def test_eval_baselines_and_oracle(dataset, tmp_path):
+    ckpt = save_checkpoint(build_model(get_config("tiny")), tmp_path / "tiny.safetensors")
+    report = evaluate(ckpt, dataset.root, retrack=False, progress=False)
+    clip = dataset.clips[0]
+    train = dataset.positions(clip, "train")
+    source = clip.image(int(train[0]))
+    assert report["source_frame"] == int(clip.frame[train[0]])
+    for part in ("interp", "extrap"):
+        pos = dataset.positions(clip, part)
+        entry = report["sets"][part]
+        assert entry["frames"] == len(pos)
+        expected = np.mean([psnr(source, clip.image(k)) for k in pos])
+        assert entry["copy_source"]["psnr"] == pytest.approx(expected, abs=1e-9)
+        # the source is a training frame, so the nearest training frame is never farther
+        assert entry["nearest_train"]["psnr"] >= entry["copy_source"]["psnr"] - 1e-9
+        # random weights are nowhere near the real frames
+        assert entry["model"]["psnr"] < entry["nearest_train"]["psnr"]
+    assert "interp" in format_table(report) and "nearest_train" in format_table(report)
+
+
+def test_retracked_fidelity_is_zero_against_itself_and_not_against_others(dataset):
+    clip = dataset.clips[0]
+    crops = [clip.image(k) for k in range(0, 40, 4)]
+    tracker = Retracker()
+    try:
+        real = tracker(crops)
+        reversed_ = tracker(crops[::-1])
+    finally:
+        tracker.close()
+    assert real[0].all(), "the tracker must find the face in every 64 px crop (up-scaled)"
+    same = fidelity(real, real)
+    assert same["aed_mp"] == 0 and same["apd_mp_deg"] < 1e-3 and same["tracked"] == len(crops)
+    other = fidelity(real, reversed_)
+    assert other["aed_mp"] > 0.005 and other["apd_mp_deg"] > 0.5
