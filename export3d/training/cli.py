@@ -82,7 +82,8 @@ def run_eval(args) -> None:
     from .evaluate import evaluate, format_table
 
     report = evaluate(args.checkpoint, args.data, drive=args.drive, device=_device(args.device),
-                      progress=not args.quiet, retrack=not args.no_retrack)
+                      progress=not args.quiet, retrack=not args.no_retrack,
+                      source_frame=args.source_frame)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:
@@ -123,6 +124,8 @@ def register(subparsers) -> None:
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--drive", help="cross-identity: a video of another person to drive with")
+    e.add_argument("--source-frame", type=int, help="video frame index of the source crop (a "
+                   "training frame; default: the clip's first)")
     e.add_argument("--json", help="write the report here")
     e.add_argument("--device", default="auto")
     e.add_argument("--no-retrack", action="store_true",

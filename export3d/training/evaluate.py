@@ -1,7 +1,7 @@
 """``export3d eval``: a checkpoint scored on a dataset's held-out frames, next to baselines.
 
-Same identity (self-reenactment, ground truth exists): one source crop (the clip's first
-training frame) is driven by the expression code and camera of every held-out frame, in the
+Same identity (self-reenactment, ground truth exists): one source crop (``--source-frame``, a
+training frame; default the clip's first) is driven by the expression code and camera of every held-out frame, in the
 two held-out sets of :func:`.data.holdout_split` (``interp``: every 10th frame; ``extrap``:
 the last 15 % of the clip). Scores: PSNR (dB, on uint8 RGB) and SSIM (Gaussian 11-tap,
 :func:`.losses.ssim`) against the real frame, for
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint, read_config
+from ..errors import UserError
 from .data import Dataset, prepare, to_tensor
 from .losses import ssim
 
@@ -112,7 +113,9 @@ def generate(model, source: np.ndarray, expr: np.ndarray, camera: np.ndarray, de
 
 
 def evaluate(checkpoint, data, drive=None, device: str = "cpu", progress: bool = True,
-             retrack: bool = True) -> dict:
+             retrack: bool = True, source_frame: int | None = None) -> dict:
+    """The report described in the module doc. ``source_frame``: the video frame index of
+    the source crop (a training frame); default the clip's first training frame."""
     config, meta = read_config(checkpoint)
     training = json.loads(meta.get("training", "{}") or "{}")
     tc = training.get("train_config", {})
@@ -122,6 +125,12 @@ def evaluate(checkpoint, data, drive=None, device: str = "cpu", progress: bool =
     clip = max(dataset.clips, key=len)
     train = dataset.positions(clip, "train")
     source_pos = int(train[0])
+    if source_frame is not None:
+        hits = np.flatnonzero(clip.frame == source_frame)
+        if not len(hits) or int(hits[0]) not in set(train.tolist()):
+            raise UserError(f"frame {source_frame} of {clip.name} is not a training frame "
+                            "(held out, or without a face); choose another --source-frame")
+        source_pos = int(hits[0])
     source = clip.image(source_pos)
     train_images = np.stack([clip.image(k) for k in train])
     tracker = Retracker() if retrack else None

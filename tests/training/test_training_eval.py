@@ -6,6 +6,7 @@ import pytest
 
 from export3d.checkpoint import save_checkpoint
 from export3d.config import get_config
+from export3d.errors import UserError
 from export3d.model import build_model
 from export3d.training.data import Dataset, prepare
 from export3d.training.evaluate import Retracker, evaluate, fidelity, format_table, psnr
@@ -46,6 +47,13 @@ def test_eval_baselines_and_oracle(dataset, tmp_path):
         # random weights are nowhere near the real frames
         assert entry["model"]["psnr"] < entry["nearest_train"]["psnr"]
     assert "interp" in format_table(report) and "nearest_train" in format_table(report)
+
+    chosen = int(clip.frame[train[3]])
+    assert evaluate(ckpt, dataset.root, retrack=False, progress=False,
+                    source_frame=chosen)["source_frame"] == chosen
+    held_out = int(clip.frame[dataset.positions(clip, "interp")[0]])
+    with pytest.raises(UserError, match="not a training frame"):
+        evaluate(ckpt, dataset.root, retrack=False, progress=False, source_frame=held_out)
 
 
 def test_retracked_fidelity_is_zero_against_itself_and_not_against_others(dataset):
