@@ -37,7 +37,9 @@ class GeneratorConfig:
     preset: str = "tiny"
     checkpoint: str | None = None
     graphs: str | None = None  # onnxruntime: folder written by 'export3d export onnx'
-    source: str | None = None  # source portrait; default export3d.media.default_portrait()
+    # source portrait(s): a photo, a folder or a list of either ('s' cycles through them);
+    # default export3d.media.default_portrait()
+    source: str | tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ def _replace(obj, values: dict, where: str):
             if not isinstance(value, dict):
                 raise UserError(f"setting {where}{key} must be a mapping")
             value = _replace(current, value, f"{where}{key}.")
+        elif isinstance(value, list):
+            value = tuple(value)  # YAML lists; configs stay hashable
         changes[key] = value
     return dataclasses.replace(obj, **changes)
 

@@ -1,12 +1,58 @@
-"""Generator stage: the source portrait encoded once, then (expr, camera) -> RGB uint8 frame,
-over any backend of :mod:`export.backend`."""
+"""Generator stage: the source portrait encoded once, then (expr [64], camera [25]) -> RGB
+uint8 frame [S, S, 3], over any backend of :mod:`export.backend`.
+
+Per frame the stage goes through a :class:`~realtime.buffers.DoubleBuffer`: ``push(expr,
+camera)`` queues frame n and returns, ``pop()`` gives the oldest frame's pixels, so frame n+1
+uploads while frame n computes and frame n-1 downloads. The torch backend on CUDA runs the
+model on the buffer's compute stream and converts to uint8 on the GPU (a quarter of the bytes
+to download); every other backend (ONNX Runtime, TensorRT, torch on CPU) moves its own
+tensors, so its stages run on the CPU twin, :class:`~realtime.buffers.ThreadStreams`.
+
+Swapping the source portrait: :func:`prepare_source` (load, face check, aligned crop; the
+slow part) runs off the frame path; :meth:`Generator.set_source` then queues the encode on the
+compute stream, between the frames pushed before and after it.
+"""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
+from .buffers import CudaStreams, DoubleBuffer, ThreadStreams
 from .config import GeneratorConfig
+
+DRIVING = 64 + 25  # expr [64] + camera [25], one host input slot
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def source_photos(source) -> list[Path]:
+    """``--source`` as given: a photo, a folder of photos, or a list of either; ``None``: the
+    default portrait."""
+    from export3d.errors import UserError
+    from export3d.media import default_portrait
+
+    if source is None:
+        return [default_portrait()]
+    items = source if isinstance(source, (list, tuple)) else [source]
+    photos: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            photos += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            photos.append(path)
+    if not photos:
+        raise UserError(f"no source photos in {source} ({', '.join(IMAGE_SUFFIXES)})")
+    return photos
+
+
+def prepare_source(path, image_size: int) -> np.ndarray:
+    """Photo -> model input [1, 3, S, S] in [-1, 1]; a photo without a face raises MediaError."""
+    from export3d.media import load_image, to_model_input
+    from export3d.render import source_crop
+
+    return to_model_input(source_crop(load_image(path), image_size, path)).numpy()
 
 
 class Generator:
@@ -16,24 +62,62 @@ class Generator:
             backend, image_size = _open(config)
         self.backend = backend
         self.image_size = image_size
-        self.encode_source()
+        self.photos = source_photos(config.source)
+        self.source = self.photos[0]
+        self.backend.encode_source(prepare_source(self.source, image_size))
+        shape = (image_size, image_size, 3)
+        if getattr(backend, "name", "") == "torch" and str(backend.device).startswith("cuda"):
+            self.buffer = DoubleBuffer(self._compute_cuda, (DRIVING,), shape,
+                                       streams=CudaStreams(str(backend.device)))
+        else:
+            self.buffer = DoubleBuffer(self._compute_host, (DRIVING,), shape,
+                                       streams=ThreadStreams())
+        self._driving = np.zeros(DRIVING, np.float32)  # host staging for push()
 
-    def encode_source(self) -> None:
-        from export3d.media import default_portrait, load_image, to_model_input
-        from export3d.render import source_crop
+    # -- per frame ---------------------------------------------------------------------------
+    def push(self, expr: np.ndarray, camera: np.ndarray) -> int:
+        self._driving[:64], self._driving[64:] = expr, camera
+        return self.buffer.push(self._driving)
 
-        path = self.config.source or default_portrait()
-        rgb = load_image(path)
-        image = to_model_input(source_crop(rgb, self.image_size, path)).numpy()
-        self.backend.encode_source(image)
+    def pop(self) -> np.ndarray:
+        return self.buffer.pop()[1]
+
+    @property
+    def in_flight(self) -> int:
+        return self.buffer.in_flight
 
     def frame(self, expr: np.ndarray, camera: np.ndarray) -> np.ndarray:
-        out = self.backend.frame(expr[None], camera[None])["image"][0]
-        rgb = ((np.clip(out, -1, 1) + 1) * 127.5).round().astype(np.uint8)
-        return np.ascontiguousarray(rgb.transpose(1, 2, 0))
+        """One frame, synchronously (no overlap): push then pop."""
+        self.push(expr, camera)
+        return self.pop()
+
+    def _compute_host(self, d_in: np.ndarray, d_out: np.ndarray) -> None:
+        out = self.backend.frame(d_in[None, :64], d_in[None, 64:])["image"][0]  # [3, S, S]
+        rgb = (np.clip(out, -1, 1) + 1) * 127.5
+        np.copyto(d_out, rgb.round().transpose(1, 2, 0), casting="unsafe")
+
+    def _compute_cuda(self, d_in, d_out) -> None:
+        import torch
+
+        b = self.backend  # TorchBackend: model and encoded source live on this device
+        with torch.inference_mode():
+            out = b.model.synthesize(b._source, d_in[None, :64].to(b.dtype), d_in[None, 64:],
+                                     impl=b.impl)["image"][0].float()  # [3, S, S]
+            d_out.copy_(((out.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0))
+
+    # -- source portrait ---------------------------------------------------------------------
+    def set_source(self, path, image: np.ndarray) -> None:
+        """``image`` from :func:`prepare_source`; encoded on the compute stream, in order."""
+        def encode():
+            self.backend.encode_source(image)
+        self.buffer.on_compute_stream(encode)
+        self.source = Path(path)
 
     def close(self) -> None:
-        self.backend.close()
+        try:
+            self.buffer.close()
+        finally:
+            self.backend.close()
 
 
 def _open(config: GeneratorConfig):

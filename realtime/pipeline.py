@@ -1,16 +1,23 @@
 """The live pipeline, wired in one place:
 
     capture thread -> [latest-frame-wins queue] -> tracking thread -> [queue] ->
-    generator thread -> [queue] -> sink (the calling thread: OpenCV windows want it)
+    generator thread (double buffer: push n+1 before popping n) -> [queue] ->
+    sink (the calling thread: OpenCV windows want it)
 
 Every packet carries the capture timestamp; each stage stamps its start and end, so the stats
 give per-stage latency, queue waits and glass-to-glass (capture -> sink written) p50/p95/p99,
 output fps and drops per queue. ``run()`` returns the stats; every thread is joined with a
 timeout on the way out, whatever ended the run (source end, ``frames``, quit, Ctrl-C, error).
+
+Commands (from the sink's keys or page, or :meth:`Pipeline.command`): ``quit``, ``hud``,
+``calibrate`` (neutral face), ``pose`` (absolute/relative camera), ``source`` (next photo) or
+``source:PATH`` (that photo; face-checked and cropped on a helper thread, encoded between
+frames, a photo without a face keeps the old one and says so).
 """
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +26,7 @@ import numpy as np
 
 from .capture import open_capture
 from .config import PipelineConfig
-from .generator import Generator
+from .generator import Generator, prepare_source
 from .queues import CLOSED, LatestQueue
 from .sinks import open_sink
 from .tracking import Tracker
@@ -104,7 +111,7 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def draw_hud(rgb: np.ndarray, stats: Stats, driving) -> np.ndarray:
+def draw_hud(rgb: np.ndarray, stats: Stats, driving, message: str = "") -> np.ndarray:
     import cv2
 
     out = rgb.copy()
@@ -112,7 +119,7 @@ def draw_hud(rgb: np.ndarray, stats: Stats, driving) -> np.ndarray:
     lines = [f"{stats.fps():.1f} fps  g2g {stats.recent_ms('glass'):.0f} ms",
              " ".join(f"{s[:3]} {stats.recent_ms(s):.0f}" for s in STAGES[1:3]),
              {"held": "no face: holding", "easing": "no face: easing to neutral",
-              "none": "no face"}.get(state, state)]
+              "none": "no face"}.get(state, state)] + ([message] if message else [])
     scale = max(0.3, out.shape[0] / 600)
     for i, text in enumerate(lines):
         y = int((i + 1) * 16 * scale * 1.4)
@@ -137,6 +144,11 @@ class Pipeline:
         self._stop = threading.Event()
         self.hud = config.sink.hud
         self.errors: list[BaseException] = []
+        self.message, self._message_until = "", 0.0  # last command's outcome, on the HUD
+        self._new_source = None  # (path, model input) prepared off the frame path
+        self._source_lock = threading.Lock()
+        self._source_threads: list[threading.Thread] = []
+        self._photo = 0  # index in generator.photos of the current source
         self.capture = capture or open_capture(config.capture)
         try:
             self.tracker = tracker or Tracker(config.tracking)
@@ -149,6 +161,9 @@ class Pipeline:
     def live_stats(self) -> dict:
         s = self.summary()
         s["tracking_state"] = self.stats.last_state
+        s["pose"] = "relative" if getattr(self.tracker, "relative_camera", True) else "absolute"
+        s["source"] = str(getattr(self.generator, "source", ""))
+        s["message"] = self.message
         return s
 
     def summary(self) -> dict:
@@ -191,8 +206,69 @@ class Pipeline:
     def _track(self, p: Packet) -> None:
         p.driving = self.tracker.process(p.driving)
 
-    def _generate(self, p: Packet) -> None:
-        p.output = self.generator.frame(p.driving.expr, p.driving.camera)
+    def _generator_loop(self) -> None:
+        """Push frame n into the double buffer, then pop frame n-1 if frame n+1 is not
+        waiting yet: a finished frame never waits for the next input, and a generator that
+        is the bottleneck always has the next frame uploading while one computes."""
+        inbox, outbox, gen = self.queues["generator"], self.queues["sink"], self.generator
+        in_flight: list[Packet] = []
+
+        def emit():
+            p = in_flight.pop(0)
+            p.output = gen.pop()
+            p.times["generator"] = (p.times["generator"][0], time.monotonic())
+            outbox.put(p)
+
+        while not self._stop.is_set():
+            self._apply_new_source()
+            p = inbox.get(timeout=0.0 if in_flight else 0.1)
+            if p is None:
+                if in_flight:
+                    emit()
+                continue
+            if p is CLOSED:
+                break
+            if len(in_flight) >= gen.buffer.size:
+                emit()
+            p.times["generator"] = (time.monotonic(), None)
+            gen.push(p.driving.expr, p.driving.camera)
+            in_flight.append(p)
+        while in_flight and not self._stop.is_set():
+            emit()
+        outbox.close()
+
+    # -- source photo swap -------------------------------------------------------------------
+    def _prepare_source(self, path) -> None:
+        try:
+            image = prepare_source(path, self.generator.image_size)
+        except Exception as exc:  # MediaError (no face, unreadable): keep the old source
+            self.say(f"{exc}; keeping {getattr(self.generator, 'source', 'the current source')}")
+            return
+        with self._source_lock:
+            self._new_source = (path, image)
+
+    def _apply_new_source(self) -> None:
+        with self._source_lock:
+            new, self._new_source = self._new_source, None
+        if new is not None:
+            self.generator.set_source(*new)
+            self.say(f"source: {new[0]}")
+
+    def swap_source(self, path=None) -> threading.Thread:
+        """Next photo of ``--source`` (or ``path``), prepared on a helper thread."""
+        if path is None:
+            photos = self.generator.photos
+            self._photo = (self._photo + 1) % len(photos)
+            path = photos[self._photo]
+        t = threading.Thread(target=self._prepare_source, args=(path,), daemon=True,
+                             name="source")
+        self._source_threads.append(t)
+        t.start()
+        return t
+
+    def say(self, text: str, seconds: float = 4.0) -> None:
+        print(f"live: {text}", file=sys.stderr)
+        self.message, self._message_until = text, time.monotonic() + seconds
 
     def _guard(self, fn, *args):
         def body():
@@ -209,8 +285,7 @@ class Pipeline:
             threading.Thread(target=self._guard(self._capture_loop), name="capture"),
             threading.Thread(target=self._guard(self._stage_loop, "tracking", q["tracking"],
                                                 q["generator"], self._track), name="tracking"),
-            threading.Thread(target=self._guard(self._stage_loop, "generator", q["generator"],
-                                                q["sink"], self._generate), name="generator"),
+            threading.Thread(target=self._guard(self._generator_loop), name="generator"),
         ]
         for t in threads:
             t.daemon = True
@@ -242,20 +317,33 @@ class Pipeline:
             if p is CLOSED:
                 break
             t0 = time.monotonic()
-            frame = draw_hud(p.output, self.stats, p.driving) if self.hud else p.output
+            if self.message and time.monotonic() > self._message_until:
+                self.message = ""
+            frame = draw_hud(p.output, self.stats, p.driving, self.message) if self.hud \
+                else p.output
             self.sink.write(frame)
             p.times["sink"] = (t0, time.monotonic())
             self.stats.record(p)
 
     def command(self, cmd: str) -> None:
-        if cmd == "quit":
+        name, _, arg = cmd.partition(":")
+        if name == "quit":
             self.stop()
-        elif cmd == "hud":
+        elif name == "hud":
             self.hud = not self.hud
-        elif cmd == "calibrate":
+        elif name == "calibrate":
             self.tracker.calibrate()
+            self.say("calibrating: look at the camera and relax")
+        elif name == "pose":
+            self.say(f"pose: {self.tracker.toggle_pose()}")
+        elif name == "source":
+            self.swap_source(arg or None)
+        else:
+            self.say(f"unknown command {cmd!r}")
 
     def close(self) -> None:
+        for t in self._source_threads:
+            t.join(timeout=self.config.join_timeout_s)
         for stage in (self.capture, self.tracker, self.generator, self.sink):
             try:
                 stage.close()

@@ -27,6 +27,10 @@ class Tracker:
         self._extractor = extractor
         self._t0 = None
         self._last_t = -1.0
+        # relative: the driver's head rotation relative to the calibrated reference, applied to
+        # the source's (cross-identity); absolute: the driver's own head pose. The extractor
+        # computes both every frame, so switching is just this flag (read once per frame).
+        self.relative_camera = config.relative_camera
 
     @property
     def extractor(self):
@@ -47,9 +51,13 @@ class Tracker:
         t = max(frame.t_capture - self._t0, self._last_t + 1e-3)
         self._last_t = t
         tf = self.extractor.process(frame.rgb, t)
-        camera = tf.camera_relative if self.config.relative_camera else tf.camera
+        camera = tf.camera_relative if self.relative_camera else tf.camera
         return Driving(np.asarray(tf.expr, np.float32), np.asarray(camera, np.float32),
                        tf.state, bool(tf.face_found), float(tf.confidence))
+
+    def toggle_pose(self) -> str:
+        self.relative_camera = not self.relative_camera
+        return "relative" if self.relative_camera else "absolute"
 
     def calibrate(self) -> None:
         if self._extractor is not None:

@@ -1,3 +1,5 @@
+"""The double buffer's ordering, proved on CPU: ThreadStreams runs each stream on its own
+thread with random delays, and every buffer access is checked against the others in flight."""
 import random
 import threading
 import time
@@ -5,62 +7,132 @@ import time
 import numpy as np
 import pytest
 
-from realtime.buffers import SlotError, SlotRing, ThreadedDoubleBuffer
+from realtime.buffers import DoubleBuffer, SlotError, SlotRing, ThreadStreams
 
 
-def test_frames_stay_in_order_and_busy_slots_are_never_reused():
-    rng = random.Random(0)
-    n_slots = 2
-    host_in = [None] * n_slots
-    dev_out = [None] * n_slots
-    busy = {"in": [None] * n_slots, "out": [None] * n_slots}
-    lock = threading.Lock()
-    overlap = {"max": 0, "now": 0}
+class CheckedStreams(ThreadStreams):
+    """Every read/write of a slot buffer is registered while it runs (with a random sleep in
+    the middle); a write overlapping any other use of the same buffer is recorded as a
+    conflict. ``waits=False`` drops the event waits: the test must then see conflicts."""
 
-    def enter(kind, slot, tag):
-        with lock:
-            assert busy[kind][slot] is None, f"{kind} slot {slot} reused while in use"
-            busy[kind][slot] = tag
-            overlap["now"] += 1
-            overlap["max"] = max(overlap["max"], overlap["now"])
+    def __init__(self, seed=0, waits=True):
+        rng = random.Random(seed)
+        super().__init__(delay=lambda: time.sleep(rng.uniform(0, 0.002)))
+        self.rng, self.waits = random.Random(seed + 1), waits
+        self.users: dict[int, list[str]] = {}
+        self.conflicts: list[str] = []
+        self.active = self.max_active = 0
+        self._lock = threading.Lock()
 
-    def leave(kind, slot):
-        with lock:
-            busy[kind][slot] = None
-            overlap["now"] -= 1
+    def use(self, buf, mode, fn):
+        key = id(buf)
+        with self._lock:
+            users = self.users.setdefault(key, [])
+            if users and (mode == "w" or "w" in users):
+                self.conflicts.append(f"{mode} while {users}")
+            users.append(mode)
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        time.sleep(self.rng.uniform(0, 0.002))
+        out = fn()
+        with self._lock:
+            self.users[key].remove(mode)
+            self.active -= 1
+        return out
 
-    def upload(slot, item):
-        enter("in", slot, item)
-        time.sleep(rng.uniform(0, 0.004))
-        host_in[slot] = item
-        leave("in", slot)
+    def copy(self, dst, src):
+        if isinstance(src, np.ndarray) and any(src is b for b in self._slot_buffers):
+            return self.use(src, "r", lambda: self.use(dst, "w", lambda: np.copyto(dst, src)))
+        return self.use(dst, "w", lambda: np.copyto(dst, src))
 
-    def compute(in_slot, out_slot):
-        enter("in", in_slot, "c")
-        enter("out", out_slot, "c")
-        time.sleep(rng.uniform(0, 0.004))
-        dev_out[out_slot] = host_in[in_slot] * 10
-        leave("in", in_slot)
-        leave("out", out_slot)
+    def read(self, host):
+        return self.use(host, "r", host.copy)
 
-    def download(slot):
-        enter("out", slot, "d")
-        time.sleep(rng.uniform(0, 0.004))
-        value = dev_out[slot]
-        leave("out", slot)
-        return value
+    def wait(self, stream, event):
+        if self.waits:
+            super().wait(stream, event)
 
-    runner = ThreadedDoubleBuffer(upload, compute, download, slots=n_slots, timeout=5.0)
-    results = runner.run(range(60))
-    assert results == [10 * i for i in range(60)]
-    assert overlap["max"] >= 2  # stages really overlapped
-    # per slot, ownership alternates acquire/release with frames n, n+2, n+4 ...
-    for ring in (runner.inputs, runner.outputs):
-        for slot in range(n_slots):
+    _slot_buffers: list = []
+
+
+def checked_buffer(streams, slots=2):
+    def compute(d_in, d_out):
+        def body():
+            d_out[:] = d_in * 10  # half-written output is visible to a racing download
+            time.sleep(streams.rng.uniform(0, 0.002))
+            d_out[:] = d_in * 10
+        streams.use(d_in, "r", lambda: streams.use(d_out, "w", body))
+
+    buf = DoubleBuffer(compute, (4,), (4,), np.float32, np.float32, streams=streams,
+                       slots=slots, timeout=10.0)
+    streams._slot_buffers = buf.h_in + buf.d_in + buf.d_out + buf.h_out
+    return buf
+
+
+def test_frames_stay_in_order_and_busy_buffers_are_never_reused():
+    streams = CheckedStreams(seed=0)
+    buf = checked_buffer(streams)
+    items = [np.full(4, i, np.float32) for i in range(80)]
+    try:
+        out = buf.run(items)
+    finally:
+        buf.close()
+    assert [float(o[0]) for o in out] == [10.0 * i for i in range(80)]
+    assert all((o == o[0]).all() for o in out)  # no half-written frame came out
+    assert streams.conflicts == []
+    assert streams.max_active >= 3  # upload, compute and download really overlapped
+    # per slot, the host rings alternate acquire/release with frames n, n+2, n+4 ...
+    for ring in (buf.inputs, buf.outputs):
+        for slot in range(2):
             events = [(e, f) for e, f, s in ring.log if s == slot]
-            assert [e for e, _ in events] == ["acquire", "release"] * 30
-            frames = [f for e, f in events if e == "acquire"]
-            assert frames == list(range(slot, 60, n_slots))
+            assert [e for e, _ in events] == ["acquire", "release"] * 40
+            assert [f for e, f in events if e == "acquire"] == list(range(slot, 80, 2))
+
+
+def test_without_the_event_waits_the_check_sees_reuse():
+    streams = CheckedStreams(seed=1, waits=False)
+    buf = checked_buffer(streams)
+    items = [np.full(4, i, np.float32) for i in range(80)]
+    try:
+        out = buf.run(items)
+    finally:
+        buf.close()
+    wrong = [float(o[0]) for o in out] != [10.0 * i for i in range(80)]
+    assert streams.conflicts or wrong
+
+
+def test_push_streams_while_pop_lags_one_frame():
+    buf = DoubleBuffer(lambda d_in, d_out: np.copyto(d_out, d_in + 1), (2,), (2,),
+                       np.float32, np.float32)
+    try:
+        buf.push(np.zeros(2))
+        buf.push(np.ones(2))
+        assert buf.in_flight == 2
+        with pytest.raises(SlotError, match="not free in time"):
+            buf.timeout = 0.05
+            buf.push(np.ones(2))  # a third frame needs frame 0's output slot back
+        buf.timeout = 10.0
+        assert buf.pop()[0] == 0
+        # work queued on the compute stream runs between the frames around it
+        seen = []
+        buf.on_compute_stream(lambda: seen.append("between"))
+        buf.push(np.full(2, 2.0))
+        n1, o1 = buf.pop()
+        n2, o2 = buf.pop()
+        assert (n1, n2) == (1, 2) and o1[0] == 2.0 and o2[0] == 3.0 and seen == ["between"]
+    finally:
+        buf.close()
+
+
+def test_a_failing_compute_is_reported():
+    def boom(d_in, d_out):
+        raise ValueError("compute failed")
+
+    buf = DoubleBuffer(boom, (2,), (2,))
+    buf.push(np.zeros(2))
+    with pytest.raises(ValueError, match="compute failed"):
+        buf.pop()
+    buf.streams.close()
 
 
 def test_slot_ring_refuses_wrong_release_and_times_out_on_busy_slot():
@@ -74,23 +146,19 @@ def test_slot_ring_refuses_wrong_release_and_times_out_on_busy_slot():
     assert ring.acquire(2, timeout=0.05) == 0
 
 
-def test_a_failing_stage_is_reported():
-    def boom(slot):
-        raise ValueError("download failed")
-
-    runner = ThreadedDoubleBuffer(lambda s, x: None, lambda i, o: None, boom, timeout=1.0)
-    with pytest.raises(ValueError, match="download failed"):
-        runner.run(range(5))
-
-
 @pytest.mark.gpu
 def test_cuda_double_buffer_matches_the_function():
     import torch
 
-    from realtime.buffers import CudaDoubleBuffer
+    from realtime.buffers import CudaStreams
 
-    runner = CudaDoubleBuffer(lambda x: x * 2 + 1, (4, 8), (4, 8))
+    def compute(d_in, d_out):
+        torch.cuda._sleep(1_000_000)  # a slow kernel: overlap bugs would show
+        d_out.copy_(d_in * 2 + 1)
+
+    buf = DoubleBuffer(compute, (4, 8), (4, 8), np.float32, np.float32, streams=CudaStreams())
     items = [np.full((4, 8), i, np.float32) for i in range(9)]
-    out = runner.run(items)
+    out = buf.run(items)
+    buf.close()
     assert [float(o[0, 0]) for o in out] == [2 * i + 1 for i in range(9)]
-    assert all(isinstance(o, torch.Tensor) for o in out)
+    assert all(isinstance(o, np.ndarray) and (o == o[0, 0]).all() for o in out)
