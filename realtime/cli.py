@@ -1,8 +1,9 @@
 """``export3d live``: webcam (or a video, or a scripted head) -> reenacted portrait -> sink.
 
-Controls: in ``--sink window`` keys q/Esc quit, c recalibrate neutral, h toggle the HUD; the
-``--sink preview`` page has the same three buttons. Stats print on exit; ``--stats-json``
-writes them.
+Controls: in ``--sink window`` keys q/Esc quit, c recalibrate neutral, h toggle the HUD, p
+switch absolute/relative pose, s next source photo (``--source`` given more than once, or a
+folder); the ``--sink preview`` page has the same buttons plus a photo upload and a path field.
+Stats print on exit; ``--stats-json`` writes them.
 """
 from __future__ import annotations
 
@@ -34,9 +35,15 @@ def build_config(args):
                     "realtime": False if args.fast else None},
         "generator": {"backend": args.backend, "device": args.device, "preset": args.preset,
                       "checkpoint": args.checkpoint, "graphs": args.graphs,
-                      "source": args.source},
+                      "source": _sources(args.source)},
         "sink": {"sink": args.sink, "hud": False if args.no_hud else None},
     })
+
+
+def _sources(values):
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _run(args) -> None:
@@ -63,8 +70,9 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("live", help="live reenactment: webcam to a virtual camera, a "
                               "window, a browser preview or a file")
-    p.add_argument("--source", help="source portrait (JPEG/PNG); default: scikit-image's "
-                   "astronaut")
+    p.add_argument("--source", action="append", help="source portrait (JPEG/PNG) or a folder "
+                   "of them; repeat to give several ('s' / the page swap between them); "
+                   "default: scikit-image's astronaut")
     drive = p.add_mutually_exclusive_group()
     drive.add_argument("--camera", type=int, help="webcam index (default 0)")
     drive.add_argument("--video", help="driving video file instead of a webcam")

@@ -1,7 +1,8 @@
 """Output sinks by name: ``null``, ``file:OUT``, ``window``, ``virtualcam``, ``preview[:PORT]``.
 
 Each sink: constructed once, ``write(rgb [H, W, 3] uint8)`` per frame, ``close()``. A sink may
-report user commands through ``poll() -> list[str]`` (``"quit"``, ``"calibrate"``, ``"hud"``)
+report user commands through ``poll() -> list[str]`` (``"quit"``, ``"calibrate"``, ``"hud"``,
+``"pose"``, ``"source"``, ``"source:PATH"``; see :meth:`realtime.pipeline.Pipeline.command`)
 and shows live stats through ``stats`` (a callable returning a dict) when it has a page.
 """
 from __future__ import annotations
@@ -10,7 +11,9 @@ import http.server
 import json
 import os
 import socketserver
+import tempfile
 import threading
+import urllib.parse
 import time
 
 import numpy as np
@@ -70,9 +73,11 @@ class FileSink:
 
 
 class WindowSink:
-    """An OpenCV window. Keys: q/Esc quit, c recalibrate neutral, h toggle the HUD."""
+    """An OpenCV window. Keys: q/Esc quit, c recalibrate neutral, h toggle the HUD, p switch
+    absolute/relative pose, s next source photo."""
 
-    KEYS = {ord("q"): "quit", 27: "quit", ord("c"): "calibrate", ord("h"): "hud"}
+    KEYS = {ord("q"): "quit", 27: "quit", ord("c"): "calibrate", ord("h"): "hud",
+            ord("p"): "pose", ord("s"): "source"}
 
     def __init__(self, title: str = "export3d live"):
         if os.name != "nt" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -141,17 +146,29 @@ class VirtualCamSink:
 
 _PAGE = """<!doctype html><html><head><title>export3d live</title></head><body>
 <img src="/stream.mjpg" style="max-width:100%%"><pre id="s"></pre>
-<button onclick="fetch('/cmd/calibrate',{method:'POST'})">recalibrate neutral</button>
-<button onclick="fetch('/cmd/hud',{method:'POST'})">toggle HUD</button>
-<button onclick="fetch('/cmd/quit',{method:'POST'})">quit</button>
-<script>setInterval(async()=>{document.getElementById('s').textContent=
+<button onclick="cmd('calibrate')">recalibrate neutral</button>
+<button onclick="cmd('pose')">absolute / relative pose</button>
+<button onclick="cmd('hud')">toggle HUD</button>
+<button onclick="cmd('source')">next source photo</button>
+<button onclick="cmd('quit')">quit</button><br>
+source photo: <input type="file" id="upload" accept="image/*"
+ onchange="fetch('/upload',{method:'POST',body:this.files[0]})">
+or path <input id="path" size="40"><button onclick="fetch('/cmd/source',
+{method:'POST',body:document.getElementById('path').value})">use</button>
+<script>function cmd(c){fetch('/cmd/'+c,{method:'POST'})}
+setInterval(async()=>{document.getElementById('s').textContent=
 JSON.stringify(await (await fetch('/stats.json')).json(),null,1)},1000)</script>
 </body></html>"""
 
 
 class PreviewSink:
     """A localhost-only HTTP server: ``/`` page with stats and buttons, ``/stream.mjpg``
-    (multipart MJPEG), ``/frame.jpg``, ``/stats.json``, ``POST /cmd/{calibrate,hud,quit}``."""
+    (multipart MJPEG), ``/frame.jpg``, ``/stats.json``, ``POST /cmd/{calibrate,pose,hud,quit}``,
+    ``POST /cmd/source`` (body: a photo's path, or empty for the next one) and ``POST /upload``
+    (body: the photo's bytes, saved to a private temporary folder)."""
+
+    COMMANDS = ("calibrate", "pose", "hud", "source", "quit")
+    MAX_UPLOAD = 32 << 20
 
     def __init__(self, port: int = 8765, stats=None, quality: int = 80):
         self.quality = quality
@@ -161,6 +178,8 @@ class PreviewSink:
         self._seq = 0
         self._closed = False
         self._commands: list[str] = []
+        self._uploads: tempfile.TemporaryDirectory | None = None
+        self._upload_count = 0
         self.frames = 0
         sink = self
 
@@ -206,13 +225,22 @@ class PreviewSink:
                     self._send(b"not found", "text/plain", 404)
 
             def do_POST(self):
+                size = int(self.headers.get("Content-Length") or 0)
+                if size > sink.MAX_UPLOAD:
+                    self._send(b"too large", "text/plain", 413)
+                    return
+                body = self.rfile.read(size) if size else b""
                 cmd = self.path.rsplit("/", 1)[-1]
-                if self.path.startswith("/cmd/") and cmd in ("calibrate", "hud", "quit"):
-                    with sink._cond:
-                        sink._commands.append(cmd)
-                    self._send(b"ok", "text/plain")
-                else:
+                if self.path == "/upload" and body:
+                    cmd = "source:" + sink.save_upload(body)
+                elif self.path == "/cmd/source" and body:
+                    cmd = "source:" + urllib.parse.unquote(body.decode("utf-8", "replace"))
+                elif not (self.path.startswith("/cmd/") and cmd in sink.COMMANDS):
                     self._send(b"not found", "text/plain", 404)
+                    return
+                with sink._cond:
+                    sink._commands.append(cmd.strip())
+                self._send(b"ok", "text/plain")
 
         class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
             daemon_threads = True
@@ -229,6 +257,17 @@ class PreviewSink:
                                         kwargs={"poll_interval": 0.1}, daemon=True,
                                         name="preview-http")
         self._thread.start()
+
+    def save_upload(self, data: bytes) -> str:
+        """An uploaded photo -> a file the pipeline can prepare (face check, crop)."""
+        if self._uploads is None:
+            self._uploads = tempfile.TemporaryDirectory(prefix="export3d-live-")
+        with self._cond:
+            self._upload_count += 1
+            path = os.path.join(self._uploads.name, f"upload{self._upload_count}.img")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
 
     def wait_frame(self, seen: int, timeout: float):
         """(seq, jpeg) once a frame newer than ``seen`` exists (or the latest on timeout)."""
@@ -260,6 +299,8 @@ class PreviewSink:
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=2.0)
+        if self._uploads is not None:
+            self._uploads.cleanup()
 
 
 def open_sink(config: SinkConfig, stats=None):

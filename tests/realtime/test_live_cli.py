@@ -20,6 +20,12 @@ def test_flags_override_the_yaml(tmp_path):
     assert cfg.sink.sink == "null" and cfg.capture.frames == 3
     assert build_config(parse([])).capture.source == "webcam:0"
     assert build_config(parse(["--camera", "2"])).capture.source == "webcam:2"
+    # --source repeated: the photos 's' cycles through; YAML lists become tuples
+    assert build_config(parse(["--source", "a.jpg"])).generator.source == "a.jpg"
+    assert build_config(parse(["--source", "a.jpg", "--source", "faces/"])).generator.source \
+        == ("a.jpg", "faces/")
+    path.write_text("generator:\n  source: [a.jpg, b.png]\n")
+    assert build_config(parse(["--config", str(path)])).generator.source == ("a.jpg", "b.png")
 
 
 def test_live_synthetic_to_a_file_with_stats_json(tmp_path, capsys):

@@ -1,4 +1,5 @@
 import json
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -94,6 +95,20 @@ def test_preview_serves_page_frame_stream_stats_and_commands():
         with urllib.request.urlopen(req, timeout=3.0) as r:
             assert r.status == 200
         assert sink.poll() == ["hud"]
+        assert b"pose" in _get(sink.url)[2] and b"upload" in _get(sink.url)[2]
+        for path, body in (("cmd/pose", b""), ("cmd/source", b""),
+                           ("cmd/source", b"/photos/me.jpg"), ("upload", b"JPEG BYTES"),
+                           ("cmd/format-disk", b"")):
+            req = urllib.request.Request(sink.url + path, data=body, method="POST")
+            try:
+                urllib.request.urlopen(req, timeout=3.0).close()
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 404 and path == "cmd/format-disk"
+        commands = sink.poll()
+        assert commands[:3] == ["pose", "source", "source:/photos/me.jpg"]
+        assert len(commands) == 4 and commands[3].startswith("source:")
+        with open(commands[3].partition(":")[2], "rb") as f:  # the upload, saved for the
+            assert f.read() == b"JPEG BYTES"  # pipeline to face-check and crop
     finally:
         sink.close()
     assert not sink._thread.is_alive()
@@ -105,7 +120,7 @@ def test_window_keys_map_to_commands(monkeypatch):
     import sys
     import types
 
-    keys = [ord("h"), ord("c"), 255, ord("q")]
+    keys = [ord("h"), ord("c"), 255, ord("p"), ord("s"), ord("q")]
     fake = types.SimpleNamespace(
         WINDOW_NORMAL=0, COLOR_RGB2BGR=4, error=Exception, shown=[],
         namedWindow=lambda *a: None, destroyWindow=lambda *a: None,
@@ -114,7 +129,8 @@ def test_window_keys_map_to_commands(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", fake)
     monkeypatch.setenv("DISPLAY", ":99")
     sink = WindowSink()
-    for _ in range(4):
+    for _ in range(6):
         sink.write(np.zeros((8, 8, 3), np.uint8))
-    assert sink.poll() == ["hud", "calibrate", "quit"] and len(fake.shown) == 4
+    assert sink.poll() == ["hud", "calibrate", "pose", "source", "quit"]
+    assert len(fake.shown) == 6
     sink.close()
