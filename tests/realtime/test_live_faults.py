@@ -1,13 +1,14 @@
 """Faults the live pipeline must ride through: the face leaves the frame, the user quits from
-the preview page."""
+the preview page, the source ends or raises, the camera sends empty frames, Ctrl-C."""
 import threading
 import time
 import urllib.request
 
 import cv2
 import numpy as np
+import pytest
 
-from realtime.config import CaptureConfig, PipelineConfig, SinkConfig
+from realtime.config import CaptureConfig, PipelineConfig, SinkConfig, TrackingConfig
 from realtime.pipeline import Pipeline
 
 
@@ -67,3 +68,109 @@ def test_quit_from_the_preview_page_ends_the_run():
         t.join(timeout=10)
     assert not t.is_alive() and pipe.hung == []
     assert result["frames"] >= 3
+
+
+class Sink:
+    def __init__(self):
+        self.frames, self.closed = 0, False
+
+    def write(self, rgb):
+        self.frames += 1
+
+    def poll(self):
+        return []
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_source_that_ends_ends_the_run_cleanly(tmp_path):
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), np.full((48, 64, 3), 40 * i, np.uint8))
+    cfg = PipelineConfig(capture=CaptureConfig(source=f"images:{tmp_path}", realtime=False),
+                         tracking=TrackingConfig(enabled=False))
+    sink = Sink()
+    pipe = Pipeline(cfg, sink=sink)
+    summary = pipe.run()  # frames=0: until the source ends
+    assert summary["frames"] == sink.frames == 5 and pipe.stats.indices == list(range(5))
+    assert pipe.hung == [] and sink.closed and pipe.generator.in_flight == 0
+
+
+def test_a_source_that_raises_ends_the_run_with_its_error():
+    class Broken:
+        def __init__(self):
+            self.i, self.closed = 0, False
+
+        def read(self):
+            from realtime.capture import CapturedFrame
+
+            self.i += 1
+            if self.i > 3:
+                raise OSError("decoder crashed")
+            return CapturedFrame(self.i - 1, time.monotonic(), np.zeros((48, 64, 3), np.uint8))
+
+        def close(self):
+            self.closed = True
+
+    capture, sink = Broken(), Sink()
+    pipe = Pipeline(PipelineConfig(tracking=TrackingConfig(enabled=False)), capture=capture,
+                    sink=sink)
+    with pytest.raises(OSError, match="decoder crashed"):
+        pipe.run()
+    assert pipe.hung == [] and capture.closed and sink.closed
+
+
+def test_a_camera_sending_empty_frames_backs_off_then_stops_with_one_message():
+    class EmptyCam:
+        def __init__(self, index):
+            self.reads = 0
+
+        def isOpened(self):
+            return True
+
+        def set(self, prop, value):
+            pass
+
+        def read(self):
+            self.reads += 1
+            return (True, np.zeros((48, 64, 3), np.uint8)) if self.reads <= 2 else (False, None)
+
+        def release(self):
+            pass
+
+    from realtime.capture import CaptureError, open_capture
+
+    cfg = CaptureConfig(source="webcam:0", retries=4, backoff_s=0.01)
+    capture, sink = open_capture(cfg, opener=EmptyCam), Sink()
+    pipe = Pipeline(PipelineConfig(capture=cfg, tracking=TrackingConfig(enabled=False)),
+                    capture=capture, sink=sink)
+    t0 = time.monotonic()
+    with pytest.raises(CaptureError, match=r"stopped sending frames \(4 empty reads\)") as e:
+        pipe.run()
+    assert time.monotonic() - t0 >= 0.01 + 0.02 + 0.04 + 0.08  # exponential back-off
+    assert "\n" not in str(e.value) and capture.cap.reads == 6
+    assert pipe.hung == [] and sink.closed and sink.frames <= 2
+
+
+def test_ctrl_c_finalises_the_file_sink(tmp_path):
+    from realtime.sinks import FileSink
+
+    class CtrlC(FileSink):  # Ctrl-C lands in the main thread, which runs the sink loop
+        def poll(self):
+            if self.frames >= 6:
+                raise KeyboardInterrupt
+            return []
+
+    out = tmp_path / "live.mkv"
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic", fps=50, width=64,
+                                               height=48))
+    sink = CtrlC(str(out), 25)
+    pipe = Pipeline(cfg, sink=sink)
+    summary = pipe.run()  # returns the stats, like a normal end
+    assert pipe.hung == [] and summary["frames"] == 6
+    cap = cv2.VideoCapture(str(out))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == 6  # closed properly: the container is playable to the last frame
