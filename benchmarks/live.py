@@ -116,7 +116,9 @@ def run(frames: int | None = None, paced: bool = False, preset: str = "tiny",
         "clip": clip.name, "mode": "paced" if paced else "unpaced", "preset": preset,
         "backend": backend, "device": device,
         "end_to_end": end_to_end, "overhead": overhead,
-        "targets": {"fps": TARGET_FPS, "fps_met": end_to_end["fps"] >= TARGET_FPS,
+        # paced, the clip's own 24 fps caps the output: the fps target is for unpaced runs
+        "targets": {"fps": TARGET_FPS,
+                    "fps_met": None if paced else end_to_end["fps"] >= TARGET_FPS,
                     "overhead_ms": TARGET_OVERHEAD_MS,
                     "overhead_met": overhead["ms_per_frame"] <= TARGET_OVERHEAD_MS},
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor(),
@@ -136,8 +138,8 @@ def report(result: dict) -> str:
         f"{result['backend']}/{result['device']}, {e['wall_s']:.1f} s; {m['cpu_count']} CPUs, "
         f"load {m['loadavg_before'][0]:.1f} before)",
         format_summary(e),
-        f"end-to-end {e['fps']:.1f} fps (target >= {t['fps']:.0f}: "
-        f"{'met' if t['fps_met'] else 'MISSED'})",
+        f"end-to-end {e['fps']:.1f} fps (target >= {t['fps']:.0f} unpaced: "
+        f"{ {True: 'met', False: 'MISSED', None: 'n/a, paced'}[t['fps_met']] })",
         f"pipeline overhead {o['ms_per_frame']:.2f} ms/frame ({o['cpu_ms_per_frame']:.2f} ms "
         f"CPU) with free tracking and generator ({o['fps']:.0f} fps; target <= "
         f"{t['overhead_ms']:.0f} ms: "
