@@ -67,6 +67,9 @@ class Generator:
         self.backend.encode_source(prepare_source(self.source, image_size))
         shape = (image_size, image_size, 3)
         if getattr(backend, "name", "") == "torch" and str(backend.device).startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()  # the source was encoded on the default stream
             self.buffer = DoubleBuffer(self._compute_cuda, (DRIVING,), shape,
                                        streams=CudaStreams(str(backend.device)))
         else:
