@@ -8,18 +8,7 @@ from export3d.checkpoint import save_checkpoint
 from export3d.config import get_config
 from export3d.errors import UserError
 from export3d.model import build_model
-from export3d.training.data import Dataset, prepare
 from export3d.training.evaluate import Retracker, evaluate, fidelity, format_table, psnr
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from export3d.assets import asset_path
-
-    out = tmp_path_factory.mktemp("eval") / "data"
-    prepare([asset_path("single_face.mp4", fetch=True)], out, image_size=64, max_frames=40,
-            progress=False, log=lambda *_: None)
-    return Dataset(out, image_size=64)
 
 
 def test_psnr_matches_its_definition():

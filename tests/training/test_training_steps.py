@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from export3d.clebs import contrastive_loss
@@ -18,23 +17,13 @@ from export3d.config import get_config
 from export3d.media import to_uint8_rgb
 from export3d.model import build_model
 from export3d.training.clebs_train import ImageEncoder
-from export3d.training.data import Dataset, prepare, to_tensor
+from export3d.training.data import to_tensor
 from export3d.training.evaluate import psnr
 from export3d.training.trainer import TrainConfig, Trainer, load_batch
 
 OVERFIT_PSNR_DB = 25.0
 OVERFIT_MAX_STEPS = 1000
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from export3d.assets import asset_path
-
-    out = tmp_path_factory.mktemp("steps") / "data"
-    prepare([asset_path("single_face.mp4", fetch=True)], out, image_size=64, max_frames=40,
-            progress=False, log=lambda *_: None)
-    return Dataset(out, image_size=64)
 
 
 def quiet_config(**changes) -> TrainConfig:
