@@ -254,10 +254,13 @@ class Pipeline:
             self.generator.set_source(*new)
             self.say(f"source: {new[0]}")
 
-    def swap_source(self, path=None) -> threading.Thread:
+    def swap_source(self, path=None) -> threading.Thread | None:
         """Next photo of ``--source`` (or ``path``), prepared on a helper thread."""
         if path is None:
-            photos = self.generator.photos
+            photos = getattr(self.generator, "photos", [])
+            if len(photos) < 2:
+                self.say("one source photo only; give --source several times or a folder")
+                return None
             self._photo = (self._photo + 1) % len(photos)
             path = photos[self._photo]
         t = threading.Thread(target=self._prepare_source, args=(path,), daemon=True,

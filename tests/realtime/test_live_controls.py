@@ -189,3 +189,14 @@ def test_source_folder_lists_its_photos(photos, tmp_path):
     (folder / "notes.txt").write_text("not a photo")
     assert [p.name for p in source_photos(str(folder))] == ["a.jpg", "b.png"]
     assert source_photos((str(folder), str(portrait)))[-1] == portrait
+
+
+def test_source_with_one_photo_and_unknown_commands_only_say_so():
+    pipe = Pipeline(PipelineConfig(capture=CaptureConfig(frames=1)), sink=Recorder())
+    try:
+        pipe.command("source")
+        assert "one source photo only" in pipe.message and pipe._source_threads == []
+        pipe.command("format-disk")
+        assert "unknown command" in pipe.message
+    finally:
+        pipe.close()
