@@ -14,7 +14,6 @@ import socketserver
 import tempfile
 import threading
 import urllib.parse
-import time
 
 import numpy as np
 
