@@ -230,7 +230,9 @@ class DoubleBuffer:
         st.launch(self.s_up, lambda: st.copy(d_in, h_in))
         st.record(self.uploaded[s], self.s_up)
         st.wait(self.s_comp, self.uploaded[s])
-        st.wait(self.s_comp, self.downloaded[s])  # download n-2 has read d_out[s]
+        # download n-2 has read d_out[s]; also implied by the output ring (push(n) needs
+        # pop(n-2)), kept so the device order does not rest on the host's
+        st.wait(self.s_comp, self.downloaded[s])
         st.launch(self.s_comp, lambda: self.compute(d_in, d_out))
         st.record(self.computed[s], self.s_comp)
         st.wait(self.s_down, self.computed[s])
