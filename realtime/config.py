@@ -47,6 +47,8 @@ class SinkConfig:
     sink: str = "null"  # null | file:OUT | window | virtualcam | preview[:PORT]
     fps: float = 30.0
     hud: bool = True
+    size: int = 0  # output height in pixels (the model's frame scaled up); 0: the model's size
+    side_by_side: bool = False  # the driving frame beside the output
 
 
 @dataclass(frozen=True)

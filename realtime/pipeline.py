@@ -111,6 +111,23 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def compose(output: np.ndarray, driving_rgb: np.ndarray | None, size: int = 0) -> np.ndarray:
+    """The presented picture: ``output`` scaled to ``size`` pixels high (0: as it is), with the
+    driving frame, scaled to the same height, on its left when given."""
+    import cv2
+
+    h = size or output.shape[0]
+    if h != output.shape[0]:
+        output = cv2.resize(output, (h * output.shape[1] // output.shape[0], h),
+                            interpolation=cv2.INTER_CUBIC)
+    if driving_rgb is None:
+        return output
+    w = max(1, round(driving_rgb.shape[1] * h / driving_rgb.shape[0]))
+    left = cv2.resize(np.ascontiguousarray(driving_rgb[..., :3]), (w, h),
+                      interpolation=cv2.INTER_AREA)
+    return np.concatenate([left, output], axis=1)
+
+
 def draw_hud(rgb: np.ndarray, stats: Stats, driving, message: str = "") -> np.ndarray:
     import cv2
 
@@ -322,8 +339,10 @@ class Pipeline:
             t0 = time.monotonic()
             if self.message and time.monotonic() > self._message_until:
                 self.message = ""
-            frame = draw_hud(p.output, self.stats, p.driving, self.message) if self.hud \
-                else p.output
+            cfg = self.config.sink
+            frame = compose(p.output, p.rgb if cfg.side_by_side else None, cfg.size)
+            if self.hud:
+                frame = draw_hud(frame, self.stats, p.driving, self.message)
             self.sink.write(frame)
             p.times["sink"] = (t0, time.monotonic())
             self.stats.record(p)

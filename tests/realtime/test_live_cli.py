@@ -44,3 +44,32 @@ def test_missing_camera_is_one_user_error():
     args = parse(["--camera", "97", "--frames", "1"])
     with pytest.raises(UserError, match="no camera at index 97"):
         args.run(args)
+
+
+def test_demo_fills_in_the_shipped_model_its_identity_and_another_driver():
+    from export3d import demo
+
+    cfg = build_config(parse(["--demo"]))
+    assert cfg.generator.checkpoint == str(demo.CHECKPOINT)
+    assert cfg.generator.source == str(demo.source_photo())
+    assert cfg.capture.source == f"file:{demo.driver_video()}" and not cfg.capture.realtime
+    assert cfg.sink.sink == "file:demo.mp4" and cfg.sink.size == 256 and cfg.sink.side_by_side
+    # flags next to --demo win
+    cfg = build_config(parse(["--demo", "--sink", "null", "--synthetic", "--size", "128"]))
+    assert cfg.sink.sink == "null" and cfg.capture.source == "synthetic" and cfg.sink.size == 128
+
+
+def test_compose_scales_the_output_and_puts_the_driver_beside_it():
+    import numpy as np
+
+    from realtime.pipeline import compose
+
+    out = np.zeros((64, 64, 3), np.uint8)
+    out[:, 32:] = 200
+    driver = np.full((480, 640, 3), 50, np.uint8)
+    assert compose(out, None).shape == (64, 64, 3)
+    big = compose(out, None, 256)
+    assert big.shape == (256, 256, 3) and big[:, :120].max() < 10 and big[:, 136:].min() > 190
+    both = compose(out, driver, 256)
+    assert both.shape == (256, 341 + 256, 3)
+    assert (both[:, :341] == 50).all() and (both[:, 341:] == big).all()
