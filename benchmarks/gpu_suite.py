@@ -243,6 +243,11 @@ def raymarch_timing(torch, config, device, warmup, iters) -> dict:
 # programs keep each SM busy; "tf32" shows what the full-fp32 MLP products cost.
 SWEEP = ((16, 4, "ieee"), (32, 4, "ieee"), (32, 8, "ieee"), (64, 8, "ieee"), (16, 2, "ieee"),
          (32, 8, "tf32"), (32, 4, "tf32"), (32, 4, "tf32x3"), (64, 4, "tf32x3"))
+# The sample-parallel variant (engines/raymarch/tiled.py), never measured yet: (rays per
+# program, samples per tile, warps, dot precision); rays x samples = rows per MLP product.
+# Few rows: each compiles for tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
+TILED_SWEEP = ((16, 16, 4, "tf32x3"), (16, 16, 8, "tf32x3"), (16, 8, 4, "tf32x3"),
+               (16, 16, 4, "tf32"))
 
 
 def launch_sweep(torch, config, device, settings, warmup, iters) -> list:
@@ -256,12 +261,18 @@ def launch_sweep(torch, config, device, settings, warmup, iters) -> list:
     rows = []
     with torch.no_grad():
         ref = raymarch_reference(tp, dec, o, d, settings)
-        for block, warps, precision in SWEEP:
-            row = {"block_rays": block, "num_warps": warps, "dot_precision": precision}
+        plan = [("serial", block, None, warps, precision) for block, warps, precision in SWEEP]
+        plan += [("tiled", *shape) for shape in TILED_SWEEP]
+        for variant, block, tile, warps, precision in plan:
+            row = {"variant": variant, "block_rays": block, "num_warps": warps,
+                   "dot_precision": precision}
+            if tile:
+                row["sample_tile"] = tile
             try:
                 def call():
                     return op.launch(*args, block_rays=block, num_warps=warps,
-                                     dot_precision=precision)
+                                     dot_precision=precision, variant=variant,
+                                     sample_tile=tile)
                 got = call()
                 row["max_abs_err_features"] = float((got[0] - ref[0]).abs().max())
                 row.update(stats(time_cuda(call, warmup, iters, torch)))

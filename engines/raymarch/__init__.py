@@ -1,5 +1,7 @@
 """The fused tri-plane ray marcher: one Triton kernel (``kernel``), its torch op (``op``), its
 contract (``contract``: names, attributes, shapes) and its ahead-of-time build (``aot``).
+``tiled`` is an experimental sample-parallel variant of the kernel (same arguments and
+results), selected by ``op.launch(..., variant="tiled")`` or ``aot.KernelConfig(variant=)``.
 
 ``raymarch(triplane [B, 3, C, P, P], w1 [C, Hd], b1 [Hd], w2 [Hd, 1 + F], b2 [1 + F],
 origins [B, R, 3], directions [B, R, 3], *, near, far, samples_coarse, samples_fine, box_warp,

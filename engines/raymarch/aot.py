@@ -2,7 +2,8 @@
 needed (Triton's compiler and the ptxas it ships).
 
 In: a :class:`KernelConfig` (the constexprs: C, Hd, F, Sc, Sf, tri-plane dtype, plane axes,
-rays per program, warps) and a list of compute capabilities. Out: per arch a :class:`Build`
+rays per program, warps; the kernel variant, "serial" or "tiled", and the tiled kernel's
+samples per tile) and a list of compute capabilities. Out: per arch a :class:`Build`
 with the entry name, PTX text, cubin bytes, dynamic shared memory, warps, and the launch
 rule, which a TensorRT plugin embeds and launches with ``cuLaunchKernel``:
     grid  = (ceil(B * R / block_rays), 1, 1), block = (32 * num_warps, 1, 1),
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ARCHS = (75, 80, 86, 89, 90)
+VARIANTS = ("serial", "tiled")  # as engines.raymarch.op.VARIANTS
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 
 
@@ -39,6 +41,8 @@ class KernelConfig:
     block_rays: int = 32
     num_warps: int = 4
     num_stages: int = 1
+    variant: str = "serial"  # or "tiled" (engines.raymarch.tiled; same runtime arguments)
+    sample_tile: int = 8  # samples per decode tile, "tiled" only (16 overflows sm_75's smem)
 
     @classmethod
     def tiny(cls, **overrides) -> "KernelConfig":
@@ -74,17 +78,34 @@ class Build:
         }
 
 
+def kernel_fn(config: KernelConfig):
+    """The jit function a config compiles: the serial or the tiled kernel."""
+    from . import kernel, tiled
+
+    if config.variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got "
+                         f"{config.variant!r}.")
+    return tiled.raymarch_tiled_kernel if config.variant == "tiled" else kernel.raymarch_kernel
+
+
 def signature(config: KernelConfig) -> tuple[dict, dict]:
     """(signature, constexprs) for ``triton.compiler.ASTSource``."""
-    from . import kernel
+    from . import kernel, tiled
 
     if config.triplane_dtype not in DTYPES:
         raise ValueError(f"triplane_dtype must be one of {', '.join(DTYPES)}, got "
                          f"{config.triplane_dtype!r}.")
+    kernel_fn(config)  # validates the variant
     ptr = "*" + DTYPES[config.triplane_dtype]
-    consts = kernel.constexprs(config.channels, config.hidden, config.features,
-                               config.samples_coarse, config.samples_fine, config.plane_axes,
-                               config.block_rays)
+    if config.variant == "tiled":
+        consts = tiled.constexprs(config.channels, config.hidden, config.features,
+                                  config.samples_coarse, config.samples_fine,
+                                  config.plane_axes, config.block_rays,
+                                  sample_tile=config.sample_tile)
+    else:
+        consts = kernel.constexprs(config.channels, config.hidden, config.features,
+                                   config.samples_coarse, config.samples_fine,
+                                   config.plane_axes, config.block_rays)
     sig = {name: (ptr if kind == "*triplane" else kind) for name, kind in kernel.RUNTIME_ARGS}
     sig.update({name: "constexpr" for name in consts})
     return sig, consts
@@ -95,10 +116,8 @@ def compile_arch(config: KernelConfig, arch: int) -> Build:
     import triton
     from triton.backends.compiler import GPUTarget
 
-    from . import kernel
-
     sig, consts = signature(config)
-    source = triton.compiler.ASTSource(fn=kernel.raymarch_kernel, signature=sig,
+    source = triton.compiler.ASTSource(fn=kernel_fn(config), signature=sig,
                                        constexprs=consts)
     compiled = triton.compile(source, target=GPUTarget("cuda", int(arch), 32),
                               options={"num_warps": config.num_warps,
@@ -136,12 +155,19 @@ def main(argv=None) -> int:
     parser.add_argument("--triplane-dtype", choices=tuple(DTYPES), default="float32")
     parser.add_argument("--eg3d-plane-axes", action="store_true",
                         help="EG3D's (z, x) third plane instead of (y, z)")
-    parser.add_argument("--block-rays", type=int, default=32)
+    parser.add_argument("--block-rays", type=int,
+                        help="rays per program (default: 32 serial, 16 tiled)")
     parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--variant", choices=VARIANTS, default="serial",
+                        help="the serial kernel or the sample-parallel tiled one")
+    parser.add_argument("--sample-tile", type=int, default=8,
+                        help="samples per decode tile (--variant tiled)")
     args = parser.parse_args(argv)
     axes = (0, 1, 0, 2, 2, 0) if args.eg3d_plane_axes else (0, 1, 0, 2, 1, 2)
     kwargs = dict(triplane_dtype=args.triplane_dtype, plane_axes=axes,
-                  block_rays=args.block_rays, num_warps=args.num_warps)
+                  block_rays=args.block_rays or (16 if args.variant == "tiled" else 32),
+                  num_warps=args.num_warps,
+                  variant=args.variant, sample_tile=args.sample_tile)
     config = KernelConfig.tiny(**kwargs) if args.preset == "tiny" else KernelConfig(**kwargs)
     for arch in args.arch or ARCHS:
         build = compile_arch(config, arch)

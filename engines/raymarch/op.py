@@ -20,6 +20,8 @@ import torch
 from . import contract
 
 INTERPRETER_BLOCK_RAYS = 256
+INTERPRETER_TILED_BLOCK_RAYS = 64  # 64 rays x 16 samples = 1024 decode rows per program
+VARIANTS = ("serial", "tiled")
 TRIPLANE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -75,14 +77,23 @@ def default_dot_precision(device) -> str:
 
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
-           channels_last=True, dot_precision=None):
+           channels_last=True, dot_precision=None, variant="serial", sample_tile=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
-    contiguous line of C values); the kernel takes any strides."""
-    from . import kernel
+    contiguous line of C values); the kernel takes any strides. ``variant``: "serial"
+    (``kernel.raymarch_kernel``, one sample per ray per step, the default) or "tiled"
+    (``tiled.raymarch_tiled_kernel``, BLOCK_R rays x ``sample_tile`` samples per decode;
+    experimental until measured on a GPU)."""
+    from . import kernel, tiled
 
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown kernel variant {variant!r}; choose one of: "
+                         f"{', '.join(VARIANTS)}.")
     # The interpreter pays per program, not per ray: one big block keeps CPU tests fast.
     interpreted = origins.device.type == "cpu"
+    if variant == "tiled":
+        block_rays = block_rays or (INTERPRETER_TILED_BLOCK_RAYS if interpreted
+                                    else tiled.DEFAULT_BLOCK_RAYS)
     block_rays = block_rays or (INTERPRETER_BLOCK_RAYS if interpreted
                                 else kernel.DEFAULT_BLOCK_RAYS)
     num_warps = num_warps or kernel.DEFAULT_NUM_WARPS
@@ -103,13 +114,20 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     n_rays = b * r
     if n_rays == 0:
         return features, depth, opacity
-    consts = kernel.constexprs(channels, hidden, features_n, samples_coarse, samples_fine,
-                               contract.plane_axes_flat(plane_axes), block_rays,
-                               dot_precision)
+    axes = contract.plane_axes_flat(plane_axes)
+    if variant == "tiled":
+        consts = tiled.constexprs(channels, hidden, features_n, samples_coarse, samples_fine,
+                                  axes, block_rays, dot_precision,
+                                  sample_tile or tiled.DEFAULT_SAMPLE_TILE)
+        fn = tiled.raymarch_tiled_kernel
+    else:
+        consts = kernel.constexprs(channels, hidden, features_n, samples_coarse,
+                                   samples_fine, axes, block_rays, dot_precision)
+        fn = kernel.raymarch_kernel
     step = (float(far) - float(near)) / int(samples_coarse)
     sb, sk, sc, sy, sx = planes.stride()
     grid = kernel.grid(n_rays, block_rays)
-    kernel.raymarch_kernel[grid](
+    fn[grid](
         planes, w1, b1, w2, b2, origins, directions, features, depth, opacity,
         n_rays, r, planes.shape[-1], sb, sk, sc, sy, sx,
         w1.stride(0), w1.stride(1), b1.stride(0), w2.stride(0), w2.stride(1), b2.stride(0),

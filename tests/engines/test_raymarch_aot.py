@@ -1,5 +1,5 @@
 """Ahead-of-time build of the ray-march kernel, no GPU: PTX and cubin for every supported arch,
-for fp32 / fp16 / bf16 tri-planes, and the CLI's files."""
+for fp32 / fp16 / bf16 tri-planes, for the serial and the tiled variant, and the CLI's files."""
 from __future__ import annotations
 
 import json
@@ -43,6 +43,38 @@ def test_paper512_fp32_every_arch(paper512_fp32, arch):
     # One PTX .param per runtime argument plus Triton's two scratch pointers.
     entry = re.search(r"\.entry \w+\((.*?)\)", build.ptx, re.S).group(1)
     assert entry.count(".param") == len(names)
+
+
+@pytest.fixture(scope="module")
+def paper512_tiled():
+    # The sample-parallel variant at its defaults: 16 rays x 8 samples per decode tile.
+    return aot.compile_all(aot.KernelConfig(variant="tiled", block_rays=16))
+
+
+@pytest.mark.parametrize("arch", aot.ARCHS)
+def test_paper512_tiled_every_arch(paper512_tiled, arch):
+    build = paper512_tiled[arch]
+    check_build(build, arch)  # shared memory within the arch's limit (sm_75: 64 KB)
+    assert build.name == "raymarch_tiled_kernel"
+    params = build.launch_params()
+    assert params["block_rays"] == 16 and params["config"]["sample_tile"] == 8
+    # The same runtime arguments as the serial kernel: one plugin launch rule for both.
+    entry = re.search(r"\.entry \w+\((.*?)\)", build.ptx, re.S).group(1)
+    assert entry.count(".param") == len(params["params"])
+
+
+def test_tiled_cli(tmp_path):
+    assert aot.main(["--arch", "80", "--preset", "tiny", "--variant", "tiled",
+                     "--triplane-dtype", "float16", "--out", str(tmp_path)]) == 0
+    params = json.loads((tmp_path / "raymarch_tiled_kernel.sm_80.json").read_text())
+    assert params["block_rays"] == 16 and params["config"]["variant"] == "tiled"
+
+
+def test_tiled_block_rays_below_16_is_refused():
+    with pytest.raises(ValueError, match="block_rays"):
+        aot.signature(aot.KernelConfig(variant="tiled", block_rays=8))
+    with pytest.raises(ValueError, match="variant"):
+        aot.signature(aot.KernelConfig(variant="warp"))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

@@ -37,6 +37,8 @@ TOLERANCE = {
 }
 # On a GPU, FMA contraction and the hardware exp/log add rounding of their own.
 GPU_TOLERANCE = (2e-4, 1e-3)
+# The kernel's variants (engines.raymarch.op.VARIANTS): every correctness test runs on each.
+VARIANTS = ["serial", "tiled"]
 
 
 CHILD_FLAG = "EXPORT3D_INTERPRETED_CHILD"
@@ -85,11 +87,14 @@ def settings_for(samples_coarse=8, samples_fine=8, plane_axes=PLANE_AXES, box_wa
                             eg3d_plane_axes=plane_axes == PLANE_AXES_EG3D)
 
 
-def run_kernel(inputs, settings, **launch_kw):
+def run_kernel(inputs, settings, variant="serial", **launch_kw):
+    """The default ("serial") kernel through the registered op; other variants, or explicit
+    launch options, through op.launch."""
     from engines.raymarch import op
 
     triplane, w1, b1, w2, b2, origins, directions = inputs
-    if launch_kw:
+    if launch_kw or variant != "serial":
+        launch_kw["variant"] = variant
         return op.launch(triplane, w1, b1, w2, b2, origins, directions, settings.near,
                          settings.far, settings.samples_coarse, settings.samples_fine,
                          settings.box_warp, settings.plane_axes, **launch_kw)
@@ -114,49 +119,66 @@ def assert_matches(actual, expected, tol):
 
 
 @interpreted
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("plane_axes", [PLANE_AXES, PLANE_AXES_EG3D], ids=["xyz", "eg3d"])
-def test_tiny_preset_matches_reference(dtype, plane_axes):
+def test_tiny_preset_matches_reference(dtype, plane_axes, variant):
     inputs = make_inputs(dtype=dtype)
     settings = settings_for(plane_axes=plane_axes)
     expected = run_reference(inputs, settings)
     # The random scene must be neither empty nor opaque, or the test proves little.
     assert 0.05 < expected[2].mean() < 0.95
-    assert_matches(run_kernel(inputs, settings), expected, TOLERANCE[dtype])
+    assert_matches(run_kernel(inputs, settings, variant), expected, TOLERANCE[dtype])
 
 
 @interpreted
-def test_odd_size_several_programs_matches_reference():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_odd_size_several_programs_matches_reference(variant):
     # C=16, Hd=32, Sc=Sf=12, R=49: 4 programs of 16 rays, the last one masked.
     inputs = make_inputs(b=1, channels=16, hidden=32, plane=24, res=7, seed=3)
     settings = settings_for(samples_coarse=12, samples_fine=12, box_warp=0.9)
     expected = run_reference(inputs, settings)
-    assert_matches(run_kernel(inputs, settings, block_rays=16), expected,
+    assert_matches(run_kernel(inputs, settings, variant, block_rays=16), expected,
                    TOLERANCE[torch.float32])
-    assert_matches(run_kernel(inputs, settings), expected, TOLERANCE[torch.float32])
+    assert_matches(run_kernel(inputs, settings, variant), expected, TOLERANCE[torch.float32])
 
 
 @interpreted
-def test_batch_one_and_unequal_sample_counts():
+def test_tiled_sample_counts_across_tiles():
+    # Sc = 20, Sf = 13 with 16-sample tiles: a partial coarse tile, a partial fine chunk and
+    # a merged pass of 3 tiles, the last one mostly empty; and 8-sample tiles (5 merged).
+    inputs = make_inputs(b=2, res=5, seed=11)
+    settings = settings_for(samples_coarse=20, samples_fine=13)
+    expected = run_reference(inputs, settings)
+    for tile in (16, 8):
+        assert_matches(run_kernel(inputs, settings, "tiled", block_rays=16, sample_tile=tile),
+                       expected, TOLERANCE[torch.float32])
+
+
+@interpreted
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_batch_one_and_unequal_sample_counts(variant):
     inputs = make_inputs(b=1, res=8, seed=5)
     settings = settings_for(samples_coarse=10, samples_fine=6)
-    assert_matches(run_kernel(inputs, settings), run_reference(inputs, settings),
+    assert_matches(run_kernel(inputs, settings, variant), run_reference(inputs, settings),
                    TOLERANCE[torch.float32])
 
 
 @interpreted
-def test_coarse_only():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_coarse_only(variant):
     inputs = make_inputs(b=2, res=8, seed=6)
     settings = settings_for(samples_coarse=9, samples_fine=0)
-    assert_matches(run_kernel(inputs, settings), run_reference(inputs, settings),
+    assert_matches(run_kernel(inputs, settings, variant), run_reference(inputs, settings),
                    TOLERANCE[torch.float32])
 
 
 @interpreted
-def test_empty_space():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_empty_space(variant):
     inputs = make_inputs(b=1, res=8, density_bias=-1e4)
     settings = settings_for()
-    features, depth, opacity = run_kernel(inputs, settings)
+    features, depth, opacity = run_kernel(inputs, settings, variant)
     expected = run_reference(inputs, settings)
     assert_matches((features, depth, opacity), expected, TOLERANCE[torch.float32])
     assert torch.all(opacity == 0) and torch.all(features == -1)
@@ -165,10 +187,11 @@ def test_empty_space():
 
 
 @interpreted
-def test_dense_slab():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dense_slab(variant):
     inputs = make_inputs(b=1, res=8, density_bias=1e3)
     settings = settings_for()
-    features, depth, opacity = run_kernel(inputs, settings)
+    features, depth, opacity = run_kernel(inputs, settings, variant)
     assert_matches((features, depth, opacity), run_reference(inputs, settings),
                    TOLERANCE[torch.float32])
     torch.testing.assert_close(opacity, torch.ones_like(opacity))
@@ -176,38 +199,41 @@ def test_dense_slab():
 
 
 @interpreted
-def test_rays_that_miss_the_box():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rays_that_miss_the_box(variant):
     inputs = make_inputs(b=2, res=4)
     origins = inputs[5].clone()
     origins[0, :8] = torch.tensor([50.0, -40.0, 1e6])  # all taps outside every plane
     origins[1, 3] = torch.tensor([1e30, 1e30, -1e30])  # would overflow a float->int cast
     inputs[5] = origins
     settings = settings_for()
-    actual = run_kernel(inputs, settings)
+    actual = run_kernel(inputs, settings, variant)
     assert_matches(actual, run_reference(inputs, settings), TOLERANCE[torch.float32])
     assert torch.isfinite(actual[0]).all() and torch.isfinite(actual[1]).all()
 
 
 @interpreted
-def test_any_triplane_strides_and_non_contiguous_weights():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_any_triplane_strides_and_non_contiguous_weights(variant):
     triplane, w1, b1, w2, b2, origins, directions = make_inputs(b=1, res=6, seed=7)
     w1_view = w1.t().contiguous().t()  # as OSGDecoder.weights(): fc1.weight.t()
     w2_view = w2.t().contiguous().t()
     inputs = [triplane, w1_view, b1, w2_view, b2, origins, directions]
     settings = settings_for()
-    channels_last = run_kernel(inputs, settings, channels_last=True)
-    planar = run_kernel(inputs, settings, channels_last=False)
+    channels_last = run_kernel(inputs, settings, variant, channels_last=True)
+    planar = run_kernel(inputs, settings, variant, channels_last=False)
     for a, b in zip(channels_last, planar):
         assert torch.equal(a, b)  # the same values in the same order: bit-identical
     assert_matches(channels_last, run_reference(inputs, settings), TOLERANCE[torch.float32])
 
 
 @interpreted
-def test_deterministic():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_deterministic(variant):
     inputs = make_inputs(b=1, res=8, seed=8)
     settings = settings_for()
-    first = run_kernel(inputs, settings)
-    second = run_kernel(inputs, settings)
+    first = run_kernel(inputs, settings, variant)
+    second = run_kernel(inputs, settings, variant)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -278,13 +304,14 @@ def test_renderer_dispatch_reaches_the_kernel():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or IN_CHILD, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_cuda_paper512_matches_reference(dtype):
+def test_cuda_paper512_matches_reference(dtype, variant):
     inputs = make_inputs(b=2, channels=32, hidden=64, plane=256, res=64, dtype=dtype,
                          device="cuda")
     settings = settings_for(samples_coarse=48, samples_fine=48)
-    actual = run_kernel(inputs, settings)
-    again = run_kernel(inputs, settings)
+    actual = run_kernel(inputs, settings, variant)
+    again = run_kernel(inputs, settings, variant)
     expected = run_reference(inputs, settings)
     assert_matches(actual, expected, GPU_TOLERANCE)
     for a, b in zip(actual, again):
