@@ -246,8 +246,8 @@ SWEEP = ((16, 4, "ieee"), (32, 4, "ieee"), (32, 8, "ieee"), (64, 8, "ieee"), (16
 # The sample-parallel variant (engines/raymarch/tiled.py), never measured yet: (rays per
 # program, samples per tile, warps, dot precision); rays x samples = rows per MLP product.
 # Few rows: each compiles for tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
-TILED_SWEEP = ((16, 16, 4, "tf32x3"), (16, 16, 8, "tf32x3"), (16, 8, 4, "tf32x3"),
-               (16, 16, 4, "tf32"))
+TILED_SWEEP = ((16, 8, 8, "tf32x3"), (16, 8, 4, "tf32x3"), (16, 16, 8, "tf32x3"),
+               (16, 16, 16, "tf32x3"), (16, 8, 8, "tf32"))
 
 
 def launch_sweep(torch, config, device, settings, warmup, iters) -> list:

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
                         help="EG3D's (z, x) third plane instead of (y, z)")
     parser.add_argument("--block-rays", type=int,
                         help="rays per program (default: 32 serial, 16 tiled)")
-    parser.add_argument("--num-warps", type=int, default=4)
+    parser.add_argument("--num-warps", type=int, help="default: 4 serial, 8 tiled")
     parser.add_argument("--variant", choices=VARIANTS, default="serial",
                         help="the serial kernel or the sample-parallel tiled one")
     parser.add_argument("--sample-tile", type=int, default=8,
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     axes = (0, 1, 0, 2, 2, 0) if args.eg3d_plane_axes else (0, 1, 0, 2, 1, 2)
     kwargs = dict(triplane_dtype=args.triplane_dtype, plane_axes=axes,
                   block_rays=args.block_rays or (16 if args.variant == "tiled" else 32),
-                  num_warps=args.num_warps,
+                  num_warps=args.num_warps or (8 if args.variant == "tiled" else 4),
                   variant=args.variant, sample_tile=args.sample_tile)
     config = KernelConfig.tiny(**kwargs) if args.preset == "tiny" else KernelConfig(**kwargs)
     for arch in args.arch or ARCHS:

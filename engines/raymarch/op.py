@@ -96,7 +96,8 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
                                     else tiled.DEFAULT_BLOCK_RAYS)
     block_rays = block_rays or (INTERPRETER_BLOCK_RAYS if interpreted
                                 else kernel.DEFAULT_BLOCK_RAYS)
-    num_warps = num_warps or kernel.DEFAULT_NUM_WARPS
+    num_warps = num_warps or (tiled.DEFAULT_NUM_WARPS if variant == "tiled"
+                              else kernel.DEFAULT_NUM_WARPS)
     dot_precision = dot_precision or default_dot_precision(origins.device)
     b, r, _ = origins.shape
     channels, hidden = w1.shape

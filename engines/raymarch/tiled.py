@@ -33,11 +33,11 @@ sum is a fixed-order in-register reduction, no atomics), fp32 accumulation. Per 
 Coarse samples are decoded twice (density only, then in full), as in the serial kernel: caching
 their features would take BLOCK_R x Sc x F fp32 = 96 KB per program at paper512 sizes.
 
-Tile sizes: BLOCK_R = 16 rays x S_TILE = 8 samples by default: 128 decode rows per dot (4x the
-serial kernel's 32), and the MLP's operands staged in shared memory take 48 KB, which fits
-every listed arch (sm_75 has 64 KB); at S_TILE = 16 (256 rows, MMA-sized on Hopper) they take
-80 KB with "ieee" and 96 KB with "tf32x3" dots on sm_90 (AOT-compiled, not run), too much for
-sm_75 and two programs per SM on an H100. The GPU suite's sweep measures both. The compare
+Tile sizes: BLOCK_R = 16 rays x S_TILE = 8 samples, 8 warps by default: 128 decode rows per
+dot (4x the serial kernel's 32); the MLP's operands staged in shared memory take 48 KB with
+"ieee" dots (fits sm_75's 64 KB) and 64 KB with "tf32x3" on sm_90; at S_TILE = 16 (256 rows)
+80 KB and 96 KB (AOT-compiled, never run), too much for sm_75 and two programs per SM on an
+H100. The GPU suite's sweep measures both. The compare
 tensors are [16, S_TILE, 64] at paper512 sizes; Sc = Sf = 48 fill the tiles exactly.
 Shifts inside a tile are where-sums over [BLOCK_R, S_TILE, S_TILE]; the two row shifts of the
 smoothing are tl.dot with a one-hot matrix (exact: one product x * 1 per output, fp32 FMA with
@@ -63,7 +63,10 @@ from .kernel import _decode, _softplus, next_pow2
 
 DEFAULT_BLOCK_RAYS = 16
 DEFAULT_SAMPLE_TILE = 8
-DEFAULT_NUM_WARPS = 4
+# 8 warps: at 4 the [128, 32] gathers and MLP tiles need more than 255 registers per thread
+# (ptxas for sm_90, tf32x3: 4.6 KB of spill stores at 4 warps, 0.9 KB at 8, about the serial
+# kernel's 0.7 KB at 32 rays x 4 warps; 16 x 16 tiles spill 3.7 KB even at 8 warps).
+DEFAULT_NUM_WARPS = 8
 # Large enough never to compare below or equal to a merged position (invalid fine columns).
 _NO_RANK = tl.constexpr(1 << 30)
 

@@ -47,8 +47,8 @@ def test_paper512_fp32_every_arch(paper512_fp32, arch):
 
 @pytest.fixture(scope="module")
 def paper512_tiled():
-    # The sample-parallel variant at its defaults: 16 rays x 8 samples per decode tile.
-    return aot.compile_all(aot.KernelConfig(variant="tiled", block_rays=16))
+    # The sample-parallel variant at its defaults: 16 rays x 8 samples per tile, 8 warps.
+    return aot.compile_all(aot.KernelConfig(variant="tiled", block_rays=16, num_warps=8))
 
 
 @pytest.mark.parametrize("arch", aot.ARCHS)
@@ -68,6 +68,7 @@ def test_tiled_cli(tmp_path):
                      "--triplane-dtype", "float16", "--out", str(tmp_path)]) == 0
     params = json.loads((tmp_path / "raymarch_tiled_kernel.sm_80.json").read_text())
     assert params["block_rays"] == 16 and params["config"]["variant"] == "tiled"
+    assert params["num_warps"] == 8
 
 
 def test_tiled_block_rays_below_16_is_refused():
