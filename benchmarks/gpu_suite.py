@@ -275,6 +275,8 @@ def launch_sweep(torch, config, device, settings, warmup, iters) -> list:
                                      sample_tile=tile)
                 got = call()
                 row["max_abs_err_features"] = float((got[0] - ref[0]).abs().max())
+                row["max_abs_err_depth"] = float((got[1] - ref[1]).abs().max())
+                row["max_abs_err_opacity"] = float((got[2] - ref[2]).abs().max())
                 row.update(stats(time_cuda(call, warmup, iters, torch)))
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
