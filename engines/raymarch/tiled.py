@@ -37,8 +37,8 @@ Tile sizes: BLOCK_R = 16 rays x S_TILE = 8 samples, 8 warps by default: 128 deco
 dot (4x the serial kernel's 32); the MLP's operands staged in shared memory take 48 KB with
 "ieee" dots (fits sm_75's 64 KB) and 64 KB with "tf32x3" on sm_90; at S_TILE = 16 (256 rows)
 80 KB and 96 KB (AOT-compiled, never run), too much for sm_75 and two programs per SM on an
-H100. The GPU suite's sweep measures both. The compare
-tensors are [16, S_TILE, 64] at paper512 sizes; Sc = Sf = 48 fill the tiles exactly.
+H100. The GPU suite's sweep measures both. The compare tensors are [16, S_TILE, 64] at
+paper512 sizes; Sc = Sf = 48 fill the tiles exactly.
 Shifts inside a tile are where-sums over [BLOCK_R, S_TILE, S_TILE]; the two row shifts of the
 smoothing are tl.dot with a one-hot matrix (exact: one product x * 1 per output, fp32 FMA with
 input_precision="ieee"), which needs BLOCK_R >= 16.
@@ -51,8 +51,10 @@ What changes is the shape: 128- to 256-row dots keep tensor cores busy (tf32x3) 
 ones mostly wait, and 128-256 gathers per tile instead of 32 per step give the memory system
 4-8x more independent loads in flight per program. If the serial kernel is latency-bound (its
 1.7x over the reference at ~8 GMAC / 3.6 GB suggests so) the ceiling is the L2 gather
-bandwidth, a few times faster than now; nothing here has been timed: the GPU suite's launch
-sweep measures it.
+bandwidth: 3.6 GB at an L2 bandwidth of the order of 10 TB/s is ~0.4 ms, about 13x the
+reference's 5.3 ms on an H200, so the issue's 10x needs the gathers close to that bandwidth
+(fp16 tri-planes halve the bytes). Nothing here has been timed: the GPU suite's launch sweep
+measures it.
 """
 from __future__ import annotations
 
