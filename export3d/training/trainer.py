@@ -19,9 +19,10 @@ Files in ``--out``: ``state.pt`` (resume; tensors only, loaded with ``weights_on
 (TensorBoard), ``samples/step_XXXXXX.png`` (rows: source | driving | output | raw | depth).
 
 More than one process: under ``torchrun`` (``WORLD_SIZE`` > 1) each rank draws its own
-batch and gradients are averaged with ``all_reduce`` (NCCL on CUDA, Gloo on CPU) before each
-optimiser step; weights start equal (same seed, then a broadcast from rank 0), so they stay
-equal. Only rank 0 writes files.
+batch; the generator runs inside ``DistributedDataParallel`` (NCCL on CUDA, Gloo on CPU), the
+discriminator's gradients and the tri-plane EMA buffer are averaged with ``all_reduce``; weights
+start equal (same seed, then a broadcast from rank 0), so they stay equal, which
+:meth:`Trainer.check_replicas` verifies at the end. Only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -183,6 +184,17 @@ class Trainer:
         self.disc = DualDiscriminator(model_config.image_size).to(self.device)
         self.dist.broadcast(self.model)
         self.dist.broadcast(self.disc)
+        # The generator is wrapped in DistributedDataParallel (bucketed gradient all-reduce
+        # overlapping the backward pass); the tri-plane EMA buffer is averaged after each step
+        # instead of DDP's broadcast from rank 0. The discriminator's R1 penalty needs a double
+        # backward, which DDP does not support, so its gradients are averaged by hand.
+        self.ddp = None
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False)
         self.ema = copy.deepcopy(self.model).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
@@ -245,11 +257,9 @@ class Trainer:
 
         # generator
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            source = self.model.encode_source(batch["source"])
-            triplane = self.model.generate(source, batch["expr"])
-            features, depth, _ = self.model.render(triplane, batch["camera"])
-            image = self.model.superresolve(features)
-        out = {"image": image, "image_raw": features[:, :3], "depth": depth}
+            net = self.ddp if self.ddp is not None else self.model
+            out = net(batch["source"], batch["expr"], batch["camera"])
+        image, triplane = out["image"], out["triplane"]
         terms = reconstruction_loss(out, batch["driving"], cfg.ssim_weight)
         loss = terms["total"]
         if use_adv:
@@ -265,7 +275,8 @@ class Trainer:
             loss = loss + cfg.density_weight * terms["density"]
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        self.dist.average_gradients(self.model)
+        if self.ddp is None:
+            self.dist.average_gradients(self.model)  # no-op in one process
         self.opt_g.step()
         self.dist.average_buffers(self.model)
 
