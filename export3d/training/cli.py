@@ -64,7 +64,7 @@ def run_train(args) -> None:
         tc = dataclasses.replace(tc, adv_start=args.adv_start)
     dataset = Dataset(args.data, config.image_size, tc.holdout_every, tc.holdout_tail)
     trainer = Trainer(config, dataset, args.out, tc, device=_device(args.device), init=args.init,
-                      progress=not args.quiet)
+                      progress=not args.quiet, perceptual=args.perceptual)
     if trainer.resume():
         print(f"resuming {args.out} at step {trainer.step}")
     elif args.init is None and trainer.dist.main:
@@ -112,6 +112,8 @@ def register(subparsers) -> None:
     t.add_argument("--steps", type=int, help="total steps (clebs default 400, generator 10000)")
     t.add_argument("--batch", type=int, help="generator batch per process (default 8)")
     t.add_argument("--frames", type=int, default=32, help="clebs: frames of one clip per batch")
+    t.add_argument("--perceptual", help="generator: VGG-16 weights (safetensors of torchvision's "
+                   "vgg16 'features') for a perceptual loss; without it there is none")
     t.add_argument("--adv-start", type=int, help="generator: step where the GAN loss starts")
     t.add_argument("--time-limit", type=float, help="generator: save and stop after N minutes")
     t.add_argument("--seed", type=int, default=0)

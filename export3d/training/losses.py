@@ -4,6 +4,7 @@
   (sigma 1.5, constants K1 = 0.01, K2 = 0.03 on a data range of 2 for images in [-1, 1]);
   multi-scale with the standard five scale weights, truncated and renormalised to the scales
   an image of this size supports (a 64 px crop has three).
+- :class:`PerceptualLoss`: VGG-16 feature distance, only with weights the user provides.
 - :class:`DualDiscriminator`: EG3D's dual discrimination on 6 channels (final image and the
   raw neural render up-sampled to the same size), a small residual CNN whose logit is
   conditioned on the camera label by projection (``<phi(x), embed(c)>`` added to the logit).
@@ -71,9 +72,11 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0,
     return torch.prod(torch.stack(values, 0) ** weights[:, None], 0)
 
 
-def reconstruction_loss(out: dict, target: torch.Tensor, ssim_weight: float = 1.0) -> dict:
+def reconstruction_loss(out: dict, target: torch.Tensor, ssim_weight: float = 1.0,
+                        perceptual=None, perceptual_weight: float = 1.0) -> dict:
     """L1 + (1 - MS-SSIM) on the final image and on the raw render against the down-sampled
-    target (images in [-1, 1]). Returns the terms and their sum under ``"total"``."""
+    target (images in [-1, 1]), plus ``perceptual`` (a :class:`PerceptualLoss`) on the final
+    image when given. Returns the terms and their sum under ``"total"``."""
     raw = out["image_raw"].float()
     small = F.interpolate(target, size=raw.shape[-2:], mode="area")
     image = out["image"].float()
@@ -85,6 +88,9 @@ def reconstruction_loss(out: dict, target: torch.Tensor, ssim_weight: float = 1.
     }
     terms["total"] = terms["l1"] + terms["l1_raw"] + ssim_weight * (terms["ssim"]
                                                                      + terms["ssim_raw"])
+    if perceptual is not None:
+        terms["perceptual"] = perceptual(image, target)
+        terms["total"] = terms["total"] + perceptual_weight * terms["perceptual"]
     return terms
 
 
@@ -163,3 +169,68 @@ def density_regularisation(model, triplane: torch.Tensor, points: int = 1000,
     sigma, _ = decode(feats, renderer.decoder.weights())
     sigma = sigma.reshape(b, 2, points)
     return (sigma[:, 0] - sigma[:, 1]).abs().mean()
+
+
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512)
+VGG16_TAPS = (3, 8, 15, 22)  # relu1_2, relu2_2, relu3_3, relu4_3 in torchvision's numbering
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PerceptualLoss(nn.Module):
+    """VGG-16 feature distance (the LPIPS recipe without its learned linear heads): features at
+    relu1_2, relu2_2, relu3_3 and relu4_3, each unit-normalised over channels, mean squared
+    difference, summed. The weights are the user's: nothing is downloaded, so this loss exists
+    only when :meth:`from_file` is given a safetensors file of torchvision's ``vgg16``
+    ``features`` (keys ``features.N.weight`` / ``features.N.bias``, or without the prefix)."""
+
+    def __init__(self):
+        super().__init__()
+        layers, cin = [], 3
+        for v in VGG16_LAYOUT:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU()]
+                cin = v
+        self.features = nn.Sequential(*layers)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+
+    @classmethod
+    def from_file(cls, path) -> "PerceptualLoss":
+        from safetensors.torch import load_file
+
+        from ..errors import UserError
+
+        loss = cls()
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # not a file, not safetensors
+            raise UserError(f"--perceptual {path} is not a readable safetensors file ({exc})"
+                            ) from None
+        tensors = {k.removeprefix("features."): v for k, v in tensors.items()}
+        expected = loss.features.state_dict()
+        for name, t in expected.items():
+            if name not in tensors:
+                raise UserError(f"--perceptual {path} lacks VGG-16 weight features.{name}; it "
+                                "must hold torchvision's vgg16 'features' weights")
+            if tuple(tensors[name].shape) != tuple(t.shape):
+                raise UserError(f"--perceptual {path}: features.{name} has shape "
+                                f"{tuple(tensors[name].shape)}, VGG-16 needs {tuple(t.shape)}")
+        loss.features.load_state_dict({k: tensors[k] for k in expected})
+        return loss.eval()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean distance over the batch of images in [-1, 1]."""
+        def taps(img):
+            h = ((img.float() + 1) / 2 - self.mean) / self.std
+            out = []
+            for i, layer in enumerate(self.features):
+                h = layer(h)
+                if i in VGG16_TAPS:
+                    out.append(h / (h.square().sum(1, keepdim=True).sqrt() + 1e-10))
+            return out
+
+        return sum((a - b).square().sum(1).mean() for a, b in zip(taps(x), taps(y)))

@@ -2,7 +2,9 @@
 
 Per step: for each batch element a clip, then a source frame S and a driving frame D of that
 clip (training positions only); ``out = model(S, expr_D, camera_D)`` with the renderer jittered;
-loss = L1 + (1 - MS-SSIM) on the final image and on the raw render (:mod:`.losses`), plus,
+loss = L1 + (1 - MS-SSIM) on the final image and on the raw render (:mod:`.losses`), a VGG
+feature distance when the user gives VGG-16 weights (``--perceptual``; none can be downloaded
+here), plus,
 after ``adv_start`` steps, the dual discriminator's non-saturating loss (weight
 ``adv_weight``), with a lazy R1 penalty on real images every ``r1_every`` steps and the
 density regulariser every ``density_every`` steps. An EMA copy of the weights is kept and is
@@ -42,8 +44,8 @@ from ..config import ModelConfig
 from ..errors import UserError
 from ..model import Export3D
 from .data import Dataset, to_tensor
-from .losses import (DualDiscriminator, density_regularisation, discriminator_loss,
-                     generator_adv_loss, r1_penalty, reconstruction_loss)
+from .losses import (DualDiscriminator, PerceptualLoss, density_regularisation,
+                     discriminator_loss, generator_adv_loss, r1_penalty, reconstruction_loss)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class TrainConfig:
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.99)
     ssim_weight: float = 1.0
+    perceptual_weight: float = 1.0  # only with --perceptual VGG weights
     adv_weight: float = 0.05
     adv_start: int = 4000  # warm-up without the adversarial term
     r1_gamma: float = 1.0
@@ -164,7 +167,8 @@ def load_batch(pairs, device) -> dict[str, torch.Tensor]:
 
 class Trainer:
     def __init__(self, model_config: ModelConfig, dataset: Dataset, out, config: TrainConfig,
-                 device: str = "cpu", init: str | None = None, progress: bool = True):
+                 device: str = "cpu", init: str | None = None, progress: bool = True,
+                 perceptual: str | None = None):
         self.device = torch.device(device)
         self.dist = Distributed(self.device)
         self.cfg, self.dataset, self.out = config, dataset, Path(out)
@@ -182,6 +186,8 @@ class Trainer:
             for p in self.model.clebs.parameters():
                 p.requires_grad_(False)
         self.disc = DualDiscriminator(model_config.image_size).to(self.device)
+        self.perceptual = PerceptualLoss.from_file(perceptual).to(self.device) \
+            if perceptual else None
         self.dist.broadcast(self.model)
         self.dist.broadcast(self.disc)
         # The generator is wrapped in DistributedDataParallel (bucketed gradient all-reduce
@@ -203,6 +209,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr_d, betas=config.betas)
         self.step = 0
         self.metadata = {"dataset": str(dataset.root), "train_config": config.to_dict(),
+                         "perceptual": str(perceptual) if perceptual else "",
                          "clebs_init": str(init) if init else "", "world_size": self.dist.world}
 
     # -- state --------------------------------------------------------------------------------
@@ -260,7 +267,8 @@ class Trainer:
             net = self.ddp if self.ddp is not None else self.model
             out = net(batch["source"], batch["expr"], batch["camera"])
         image, triplane = out["image"], out["triplane"]
-        terms = reconstruction_loss(out, batch["driving"], cfg.ssim_weight)
+        terms = reconstruction_loss(out, batch["driving"], cfg.ssim_weight, self.perceptual,
+                                    cfg.perceptual_weight)
         loss = terms["total"]
         if use_adv:
             for p in self.disc.parameters():
