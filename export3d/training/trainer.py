@@ -170,6 +170,10 @@ class Trainer:
                  device: str = "cpu", init: str | None = None, progress: bool = True,
                  perceptual: str | None = None):
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # under torchrun each process takes the GPU of its local rank
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
         self.dist = Distributed(self.device)
         self.cfg, self.dataset, self.out = config, dataset, Path(out)
         self.progress = progress and self.dist.main
