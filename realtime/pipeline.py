@@ -114,9 +114,9 @@ def format_summary(s: dict) -> str:
 def compose(output: np.ndarray, driving_rgb: np.ndarray | None, size: int = 0) -> np.ndarray:
     """The presented picture: ``output`` scaled to ``size`` pixels high (0: as it is), with the
     driving frame, scaled to the same height, on its left when given."""
-    import cv2
-
     h = size or output.shape[0]
+    if h != output.shape[0] or driving_rgb is not None:
+        import cv2  # only when there is something to scale (the GPU suite runs without it)
     if h != output.shape[0]:
         output = cv2.resize(output, (h * output.shape[1] // output.shape[0], h),
                             interpolation=cv2.INTER_CUBIC)

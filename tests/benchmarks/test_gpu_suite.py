@@ -33,3 +33,9 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
         assert v["finite"] and v["frame"]["p50_ms"] > 0
         assert set(v["stages"]) == {"generate", "render", "superresolve"}
     assert report["summary"]["kernel_check_passed"] is True
+    live = report["live"]
+    assert "error" not in live, live.get("traceback")
+    s = live["summary"]
+    assert 1 <= s["frames"] <= 8 and s["states"] == {"scripted": s["frames"]}
+    assert 0 < s["glass_to_glass"]["p50_ms"] <= s["glass_to_glass"]["p99_ms"]
+    assert {"capture", "generator", "sink"} <= set(s["stages"])
