@@ -122,6 +122,22 @@ def _plane_lookup(plane_base, gx, gy, P, Pf, stride_ty, stride_tx, c_offs, c_mas
 
 
 @triton.jit
+def _load_decoder(w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1,
+                  stride_w2h, stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask):
+    """Decoder weights as fp32, zero-padded to [C_PAD, H_PAD] / [H_PAD, F_PAD], loaded once per
+    program: w1, b1, the density column of w2 and its bias, the feature columns and biases."""
+    w1 = tl.load(w1_ptr + ci[:, None] * stride_w1c + hi[None, :] * stride_w1h,
+                 mask=c_mask[:, None] & h_mask[None, :], other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + hi * stride_b1, mask=h_mask, other=0.0).to(tl.float32)
+    w2s = tl.load(w2_ptr + hi * stride_w2h, mask=h_mask, other=0.0).to(tl.float32)
+    b2s = tl.load(b2_ptr).to(tl.float32)
+    w2f = tl.load(w2_ptr + hi[:, None] * stride_w2h + (fi[None, :] + 1) * stride_w2o,
+                  mask=h_mask[:, None] & f_mask[None, :], other=0.0).to(tl.float32)
+    b2f = tl.load(b2_ptr + (fi + 1) * stride_b2, mask=f_mask, other=0.0).to(tl.float32)
+    return w1, b1, w2s, b2s, w2f, b2f
+
+
+@triton.jit
 def _decode(t, ox, oy, oz, dx, dy, dz, scale, tri_base, stride_tk, P, Pf, stride_ty, stride_tx,
             c_offs, c_mask, ray_mask, w1, b1, w2s, b2s, w2f, b2f,
             A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
@@ -206,15 +222,9 @@ def raymarch_kernel(
     c_offs = ci.to(tl.int64) * stride_tc
     h_mask = hi < HD
     f_mask = fi < F
-    # Decoder weights, zero-padded to [C_PAD, H_PAD] / [H_PAD, F_PAD], loaded once per program.
-    w1 = tl.load(w1_ptr + ci[:, None] * stride_w1c + hi[None, :] * stride_w1h,
-                 mask=c_mask[:, None] & h_mask[None, :], other=0.0).to(tl.float32)
-    b1 = tl.load(b1_ptr + hi * stride_b1, mask=h_mask, other=0.0).to(tl.float32)
-    w2s = tl.load(w2_ptr + hi * stride_w2h, mask=h_mask, other=0.0).to(tl.float32)
-    b2s = tl.load(b2_ptr).to(tl.float32)
-    w2f = tl.load(w2_ptr + hi[:, None] * stride_w2h + (fi[None, :] + 1) * stride_w2o,
-                  mask=h_mask[:, None] & f_mask[None, :], other=0.0).to(tl.float32)
-    b2f = tl.load(b2_ptr + (fi + 1) * stride_b2, mask=f_mask, other=0.0).to(tl.float32)
+    w1, b1, w2s, b2s, w2f, b2f = _load_decoder(
+        w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1, stride_w2h,
+        stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask)
 
     cols = tl.arange(0, SC_PAD)
     cdf = tl.zeros((BLOCK_R, SC_PAD), dtype=tl.float32)

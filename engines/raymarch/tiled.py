@@ -61,7 +61,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel import _decode, _softplus, next_pow2
+from .kernel import _decode, _load_decoder, _softplus, next_pow2
 
 DEFAULT_BLOCK_RAYS = 16
 DEFAULT_SAMPLE_TILE = 8
@@ -153,14 +153,9 @@ def raymarch_tiled_kernel(
     c_offs = ci.to(tl.int64) * stride_tc
     h_mask = hi < HD
     f_mask = fi < F
-    w1 = tl.load(w1_ptr + ci[:, None] * stride_w1c + hi[None, :] * stride_w1h,
-                 mask=c_mask[:, None] & h_mask[None, :], other=0.0).to(tl.float32)
-    b1 = tl.load(b1_ptr + hi * stride_b1, mask=h_mask, other=0.0).to(tl.float32)
-    w2s = tl.load(w2_ptr + hi * stride_w2h, mask=h_mask, other=0.0).to(tl.float32)
-    b2s = tl.load(b2_ptr).to(tl.float32)
-    w2f = tl.load(w2_ptr + hi[:, None] * stride_w2h + (fi[None, :] + 1) * stride_w2o,
-                  mask=h_mask[:, None] & f_mask[None, :], other=0.0).to(tl.float32)
-    b2f = tl.load(b2_ptr + (fi + 1) * stride_b2, mask=f_mask, other=0.0).to(tl.float32)
+    w1, b1, w2s, b2s, w2f, b2f = _load_decoder(
+        w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1, stride_w2h,
+        stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask)
 
     jj = tl.arange(0, S_TILE)
     zeros_rt = tl.zeros((BLOCK_R, S_TILE), dtype=tl.float32)
