@@ -133,6 +133,7 @@ def evaluate(checkpoint, data, drive=None, device: str = "cpu", progress: bool =
         source_pos = int(hits[0])
     source = clip.image(source_pos)
     train_images = np.stack([clip.image(k) for k in train])
+    train_f32 = train_images.astype(np.float32)  # for the nearest-frame search, once
     tracker = Retracker() if retrack else None
     report = {"checkpoint": str(checkpoint), "preset": config.preset, "dataset": str(data),
               "clip": clip.name, "source_frame": int(clip.frame[source_pos]),
@@ -146,7 +147,7 @@ def evaluate(checkpoint, data, drive=None, device: str = "cpu", progress: bool =
             fake = generate(model, source, clip.expr[pos], clip.camera[pos], device)
             nearest = []
             for r in real:
-                d = np.mean((train_images.astype(np.float32) - r.astype(np.float32)) ** 2,
+                d = np.mean((train_f32 - r.astype(np.float32)) ** 2,
                             axis=(1, 2, 3))
                 nearest.append(train_images[int(np.argmin(d))])
             candidates = {"model": fake, "copy_source": [source] * len(real),

@@ -287,9 +287,7 @@ class Trainer:
             loss = loss + cfg.density_weight * terms["density"]
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
-        if self.ddp is None:
-            self.dist.average_gradients(self.model)  # no-op in one process
-        self.opt_g.step()
+        self.opt_g.step()  # under torchrun, DDP has averaged the gradients in backward()
         self.dist.average_buffers(self.model)
 
         # discriminator
