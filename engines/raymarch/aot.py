@@ -43,6 +43,7 @@ class KernelConfig:
     num_stages: int = 1
     variant: str = "serial"  # or "tiled" (engines.raymarch.tiled; same runtime arguments)
     sample_tile: int = 8  # samples per decode tile, "tiled" only (16 overflows sm_75's smem)
+    dot_precision: str = "ieee"  # the MLP products: "ieee", "tf32x3", "tf32" (sm_80+), "fp16"
 
     @classmethod
     def tiny(cls, **overrides) -> "KernelConfig":
@@ -101,11 +102,13 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
         consts = tiled.constexprs(config.channels, config.hidden, config.features,
                                   config.samples_coarse, config.samples_fine,
                                   config.plane_axes, config.block_rays,
+                                  dot_precision=config.dot_precision,
                                   sample_tile=config.sample_tile)
     else:
         consts = kernel.constexprs(config.channels, config.hidden, config.features,
                                    config.samples_coarse, config.samples_fine,
-                                   config.plane_axes, config.block_rays)
+                                   config.plane_axes, config.block_rays,
+                                   dot_precision=config.dot_precision)
     sig = {name: (ptr if kind == "*triplane" else kind) for name, kind in kernel.RUNTIME_ARGS}
     sig.update({name: "constexpr" for name in consts})
     return sig, consts

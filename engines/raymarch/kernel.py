@@ -38,36 +38,87 @@ only + 96 full), each 3 planes x 4 taps x 32 channels = 384 gathered values (12 
 0.5 M MACs and 220 KB of (mostly L2-resident: the fp32 tri-plane is 25 MB) gathers per ray,
 so ~8 GMAC and ~3.6 GB of L2 traffic for 128 x 128 rays.
 
-The MLP runs on ``tl.dot`` with ``input_precision="ieee"`` by default (DOT_PRECISION): full
-fp32 products, as the reference (plain TF32 would cost ~1e-3 relative error; "tf32x3" is
-selectable on sm_80+ but its speed and error have not been measured yet). ``tl.dot`` needs every dim >= 16 and powers
-of two, so C, Hd and F are padded in-kernel by masked loads of the weights (zeros outside;
-padded hidden units give softplus(0) = ln 2 but meet zero rows of w2, padded feature columns
-are never stored). A broadcast-multiply-sum would materialise [BLOCK_R, C, Hd] = 64K values
-per program, far beyond the register file, so the dot is the better choice. The density
-column of w2 is a separate vector (a row sum), so 1 + F = 33 need not pad to 64.
+The MLP runs on ``tl.dot`` (DOT_PRECISION, one of DOT_PRECISIONS): "ieee" fp32 FMAs, as the
+reference; "tf32x3" (three TF32 tensor-core products, fp32-accurate; the op's default on sm_80+);
+"tf32" (one, ~1e-4 off on an H200); "fp16" (operands rounded to fp16, fp32 accumulation, sm_75+;
+fp16 has TF32's 11-bit significand). ``tl.dot`` needs every dim >= 16 and powers of two, so C,
+Hd and F are padded in-kernel by masked loads of the weights (zeros outside; padded hidden
+units give softplus(0) = ln 2 but meet zero rows of w2, padded feature columns are never
+stored). A broadcast-multiply-sum would materialise [BLOCK_R, C, Hd] = 64K values per program,
+far beyond the register file, so the dot is the better choice. The density column of w2 is a
+separate vector (a row sum), so 1 + F = 33 need not pad to 64.
+
+Instruction diet (``python -m benchmarks.kernel_sass`` counts the SASS a paper512 launch runs,
+per source line, with no GPU): softplus and the feature sigmoid on the special-function unit
+(lg2/ex2/rcp.approx, ~1 ulp) instead of libdevice's accurate log and IEEE divisions, which
+were a third of the instructions; the planes' mean folded into w1; unmasked gathers at
+clamped addresses with zero blend weights outside the plane, 32-bit offsets (op.validate
+bounds the tri-plane). Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M thread-instructions
+per ray before (issue bound 1.0 ms on an H100; it measured 3.39 ms on an H200), 1.29 M after
+("ieee"), 0.93 M with "fp16" products.
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
 """
 from __future__ import annotations
+
+import os
 
 import triton
 import triton.language as tl
 
 FEATURE_CLAMP = 0.001  # as export3d.renderer (engines imports nothing of ours; tests compare)
+_CLAMP = tl.constexpr(FEATURE_CLAMP)
 PDF_WEIGHT_FLOOR = 0.01
 PDF_DENOM_EPS = 1e-5
+LN2 = tl.constexpr(0.6931471805599453)
+LOG2E = tl.constexpr(1.4426950408889634)
+# Compiled, log2 and 1 / x are the hardware's lg2.approx and rcp.approx (one special-function
+# instruction each, ~1 ulp); tl.log2 would be libdevice's accurate log2f, ~30 instructions
+# per value, once the largest cost in the kernel's SASS, and the exact division ~10. Triton's
+# interpreter runs no PTX, so there the exact forms stand in: the same formulas, checked on
+# CPU; the PTX ones are checked on a GPU (benchmarks.gpu_suite's kernel_check).
+FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
 def _softplus(x):
-    """log(1 + e^x) without overflow or loss for very negative x: max(x, 0) + log1p(e^-|x|),
-    log1p(z) = log(w) z / (w - 1) with w = 1 + z (exact where w rounds to 1). Matches
-    torch's softplus (which returns x above 20) to rounding."""
-    z = tl.exp(-tl.abs(x))
-    w = 1.0 + z
-    wm1 = w - 1.0
-    lp = tl.where(wm1 == 0.0, z, tl.log(w) * (z / tl.where(wm1 == 0.0, 1.0, wm1)))
-    return tl.maximum(x, 0.0) + lp
+    """log(1 + e^x) without overflow: max(x, 0) + log(1 + e^-|x|). Where e^-|x| is below
+    fp32's epsilon, 1 + e^-|x| rounds to 1 and the log term to 0 instead of e^-|x|: an
+    absolute error under 6e-8, far below every tolerance, for 2 special-function instructions
+    (an exact log1p costs a full-precision division, once the kernel's largest line of SASS:
+    ``python -m benchmarks.kernel_sass``)."""
+    return tl.maximum(x, 0.0) + LN2 * _log2(1.0 + tl.exp2(tl.abs(x) * -LOG2E))
+
+
+@triton.jit
+def _log2(x):
+    """log2 of fp32 x > 0: lg2.approx where compiled, tl.log2 under the interpreter."""
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _reciprocal(x):
+    """1 / x: rcp.approx (one special-function instruction, ~1 ulp) where compiled; the exact
+    division, ~10 instructions, under the interpreter."""
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
+@triton.jit
+def _channel_offsets(ci, stride_tc, C: tl.constexpr, C_PAD: tl.constexpr):
+    """Offsets of the C_PAD channels of one tap; padded channels repeat the last real one (a
+    valid address; they meet zero rows of w1). Unpadded, the plain ramp keeps the loads
+    vectorised (a clamp would hide their contiguity from the compiler)."""
+    if C == C_PAD:
+        return ci * stride_tc
+    else:
+        return tl.minimum(ci, C - 1) * stride_tc
 
 
 @triton.jit
@@ -81,10 +132,13 @@ def _pick(cx, cy, cz, A: tl.constexpr):
 
 
 @triton.jit
-def _plane_lookup(plane_base, gx, gy, P, Pf, stride_ty, stride_tx, c_offs, c_mask, ray_mask):
-    """Bilinear lookup of one plane at normalised (gx, gy) [BLOCK_R] -> [BLOCK_R, C_PAD],
+def _plane_lookup(acc, triplane_ptr, plane_off, gx, gy, P, Pf, stride_ty, stride_tx, c_offs):
+    """acc + bilinear lookup of one plane at normalised (gx, gy) [BLOCK_R] -> [BLOCK_R, C_PAD],
     grid_sample(bilinear, zeros, align_corners=False): pixel = ((g + 1) P - 1) / 2, taps
-    outside the plane read 0. plane_base: [BLOCK_R] pointers to each ray's plane (c = 0)."""
+    outside the plane count 0. plane_off: [BLOCK_R] int32 offsets of each ray's plane (c = 0).
+    No load is masked: every tap reads a clamped, valid address and an outside tap gets blend
+    weight 0 instead (fewer instructions than predicated loads; the padded channels that
+    c_offs repeats meet zero rows of w1)."""
     ix = ((gx + 1.0) * Pf - 1.0) * 0.5
     iy = ((gy + 1.0) * Pf - 1.0) * 0.5
     # Far-away points (rays that miss the box) must not overflow the int conversion; beyond
@@ -101,66 +155,82 @@ def _plane_lookup(plane_base, gx, gy, P, Pf, stride_ty, stride_tx, c_offs, c_mas
     y0 = y0f.to(tl.int32)
     x1 = x0 + 1
     y1 = y0 + 1
-    vx0 = (x0 >= 0) & (x0 < P)
-    vx1 = (x1 >= 0) & (x1 < P)
-    vy0 = (y0 >= 0) & (y0 < P) & ray_mask
-    vy1 = (y1 >= 0) & (y1 < P) & ray_mask
-    # Clamped indices keep even masked-off addresses inside the plane.
-    cx0 = tl.minimum(tl.maximum(x0, 0), P - 1).to(tl.int64) * stride_tx
-    cx1 = tl.minimum(tl.maximum(x1, 0), P - 1).to(tl.int64) * stride_tx
-    cy0 = tl.minimum(tl.maximum(y0, 0), P - 1).to(tl.int64) * stride_ty
-    cy1 = tl.minimum(tl.maximum(y1, 0), P - 1).to(tl.int64) * stride_ty
-    base = plane_base[:, None] + c_offs[None, :]
-    cm = c_mask[None, :]
-    f00 = tl.load(base + (cy0 + cx0)[:, None], mask=(vy0 & vx0)[:, None] & cm, other=0.0)
-    f01 = tl.load(base + (cy0 + cx1)[:, None], mask=(vy0 & vx1)[:, None] & cm, other=0.0)
-    f10 = tl.load(base + (cy1 + cx0)[:, None], mask=(vy1 & vx0)[:, None] & cm, other=0.0)
-    f11 = tl.load(base + (cy1 + cx1)[:, None], mask=(vy1 & vx1)[:, None] & cm, other=0.0)
-    return (f00.to(tl.float32) * (wx0 * wy0)[:, None] + f01.to(tl.float32) * (wx1 * wy0)[:, None]
-            + f10.to(tl.float32) * (wx0 * wy1)[:, None]
-            + f11.to(tl.float32) * (wx1 * wy1)[:, None])
+    wx0 = tl.where((x0 >= 0) & (x0 < P), wx0, 0.0)
+    wx1 = tl.where((x1 >= 0) & (x1 < P), wx1, 0.0)
+    wy0 = tl.where((y0 >= 0) & (y0 < P), wy0, 0.0)
+    wy1 = tl.where((y1 >= 0) & (y1 < P), wy1, 0.0)
+    cx0 = tl.minimum(tl.maximum(x0, 0), P - 1) * stride_tx
+    cx1 = tl.minimum(tl.maximum(x1, 0), P - 1) * stride_tx
+    cy0 = plane_off + tl.minimum(tl.maximum(y0, 0), P - 1) * stride_ty
+    cy1 = plane_off + tl.minimum(tl.maximum(y1, 0), P - 1) * stride_ty
+    base = triplane_ptr + c_offs[None, :]
+    f00 = tl.load(base + (cy0 + cx0)[:, None]).to(tl.float32)
+    f01 = tl.load(base + (cy0 + cx1)[:, None]).to(tl.float32)
+    f10 = tl.load(base + (cy1 + cx0)[:, None]).to(tl.float32)
+    f11 = tl.load(base + (cy1 + cx1)[:, None]).to(tl.float32)
+    acc += f00 * (wx0 * wy0)[:, None]
+    acc += f01 * (wx1 * wy0)[:, None]
+    acc += f10 * (wx0 * wy1)[:, None]
+    acc += f11 * (wx1 * wy1)[:, None]
+    return acc
 
 
 @triton.jit
 def _load_decoder(w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1,
-                  stride_w2h, stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask):
-    """Decoder weights as fp32, zero-padded to [C_PAD, H_PAD] / [H_PAD, F_PAD], loaded once per
-    program: w1, b1, the density column of w2 and its bias, the feature columns and biases."""
+                  stride_w2h, stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask,
+                  DOT_PRECISION: tl.constexpr):
+    """Decoder weights, zero-padded to [C_PAD, H_PAD] / [H_PAD, F_PAD], loaded once per
+    program: w1 / 3 (the mean of the three planes is folded into the first layer), b1, the
+    density column of w2 and its bias, the feature columns and biases. fp32, except that w1
+    and the feature columns are fp16 when DOT_PRECISION is "fp16" (tensor-core operands)."""
     w1 = tl.load(w1_ptr + ci[:, None] * stride_w1c + hi[None, :] * stride_w1h,
-                 mask=c_mask[:, None] & h_mask[None, :], other=0.0).to(tl.float32)
+                 mask=c_mask[:, None] & h_mask[None, :], other=0.0).to(tl.float32) * (1.0 / 3.0)
     b1 = tl.load(b1_ptr + hi * stride_b1, mask=h_mask, other=0.0).to(tl.float32)
     w2s = tl.load(w2_ptr + hi * stride_w2h, mask=h_mask, other=0.0).to(tl.float32)
     b2s = tl.load(b2_ptr).to(tl.float32)
     w2f = tl.load(w2_ptr + hi[:, None] * stride_w2h + (fi[None, :] + 1) * stride_w2o,
                   mask=h_mask[:, None] & f_mask[None, :], other=0.0).to(tl.float32)
     b2f = tl.load(b2_ptr + (fi + 1) * stride_b2, mask=f_mask, other=0.0).to(tl.float32)
+    if DOT_PRECISION == "fp16":
+        w1 = w1.to(tl.float16)
+        w2f = w2f.to(tl.float16)
     return w1, b1, w2s, b2s, w2f, b2f
 
 
 @triton.jit
-def _decode(t, ox, oy, oz, dx, dy, dz, scale, tri_base, stride_tk, P, Pf, stride_ty, stride_tx,
-            c_offs, c_mask, ray_mask, w1, b1, w2s, b2s, w2f, b2f,
+def _matmul(a, b, DOT_PRECISION: tl.constexpr):
+    """a [M, K] fp32 @ b [K, N] -> fp32. "fp16": a rounded to fp16 (b already is), fp16
+    tensor-core products with fp32 accumulation; otherwise tl.dot's input_precision."""
+    if DOT_PRECISION == "fp16":
+        return tl.dot(a.to(tl.float16), b, out_dtype=tl.float32)
+    else:
+        return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, stride_tk, P, Pf,
+            stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
             A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
             A4: tl.constexpr, A5: tl.constexpr, WITH_FEATS: tl.constexpr,
             DOT_PRECISION: tl.constexpr):
     """Decode one sample per ray at depth t [BLOCK_R] -> raw density [BLOCK_R] and features
-    [BLOCK_R, F_PAD] in (-0.001, 1.001) (only when WITH_FEATS, else density twice)."""
+    [BLOCK_R, F_PAD] in (-0.001, 1.001) (only when WITH_FEATS, else density twice).
+    batch_off: [BLOCK_R] int32 offset of each ray's tri-plane (batch * stride_tb)."""
     cx = (ox + t * dx) * scale
     cy = (oy + t * dy) * scale
     cz = (oz + t * dz) * scale
-    feat = _plane_lookup(tri_base, _pick(cx, cy, cz, A0), _pick(cx, cy, cz, A1), P, Pf,
-                         stride_ty, stride_tx, c_offs, c_mask, ray_mask)
-    feat += _plane_lookup(tri_base + stride_tk, _pick(cx, cy, cz, A2), _pick(cx, cy, cz, A3),
-                          P, Pf, stride_ty, stride_tx, c_offs, c_mask, ray_mask)
-    feat += _plane_lookup(tri_base + 2 * stride_tk, _pick(cx, cy, cz, A4),
-                          _pick(cx, cy, cz, A5), P, Pf, stride_ty, stride_tx, c_offs, c_mask,
-                          ray_mask)
-    feat = feat / 3.0
-    hidden = _softplus(tl.dot(feat, w1, input_precision=DOT_PRECISION) + b1[None, :])
+    feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float32)
+    feat = _plane_lookup(feat, triplane_ptr, batch_off, _pick(cx, cy, cz, A0),
+                         _pick(cx, cy, cz, A1), P, Pf, stride_ty, stride_tx, c_offs)
+    feat = _plane_lookup(feat, triplane_ptr, batch_off + stride_tk, _pick(cx, cy, cz, A2),
+                         _pick(cx, cy, cz, A3), P, Pf, stride_ty, stride_tx, c_offs)
+    feat = _plane_lookup(feat, triplane_ptr, batch_off + 2 * stride_tk, _pick(cx, cy, cz, A4),
+                         _pick(cx, cy, cz, A5), P, Pf, stride_ty, stride_tx, c_offs)
+    hidden = _softplus(_matmul(feat, w1, DOT_PRECISION) + b1[None, :])  # w1 holds w1 / 3
     sigma = tl.sum(hidden * w2s[None, :], axis=1) + b2s
     if WITH_FEATS:
-        out = tl.dot(hidden, w2f, input_precision=DOT_PRECISION) + b2f[None, :]
-        feats = tl.sigmoid(out) * (1.0 + 2.0 * 0.001) - 0.001
+        out = _matmul(hidden, w2f, DOT_PRECISION) + b2f[None, :]
+        feats = _reciprocal(1.0 + tl.exp2(out * -LOG2E)) * (1.0 + 2.0 * _CLAMP) - _CLAMP
         return sigma, feats
     else:
         return sigma, sigma
@@ -211,20 +281,19 @@ def raymarch_kernel(
     dx = tl.load(directions_ptr + ray64 * 3 + 0)
     dy = tl.load(directions_ptr + ray64 * 3 + 1)
     dz = tl.load(directions_ptr + ray64 * 3 + 2)
-    batch = ray64 // rays_per_batch
-    tri_base = triplane_ptr + batch * stride_tb
+    batch_off = (rays // rays_per_batch) * stride_tb  # int32: op.validate bounds every offset
     Pf = P.to(tl.float32)
 
     ci = tl.arange(0, C_PAD)
     hi = tl.arange(0, H_PAD)
     fi = tl.arange(0, F_PAD)
     c_mask = ci < C
-    c_offs = ci.to(tl.int64) * stride_tc
+    c_offs = _channel_offsets(ci, stride_tc, C, C_PAD)
     h_mask = hi < HD
     f_mask = fi < F
     w1, b1, w2s, b2s, w2f, b2f = _load_decoder(
         w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1, stride_w2h,
-        stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask)
+        stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask, DOT_PRECISION)
 
     cols = tl.arange(0, SC_PAD)
     cdf = tl.zeros((BLOCK_R, SC_PAD), dtype=tl.float32)
@@ -233,8 +302,8 @@ def raymarch_kernel(
         # smoothed w'_{i-1} = (max(w_{i-2}, w_{i-1}) + max(w_{i-1}, w_i)) / 2 + 0.01 is ready
         # once w_i is known (w_{-1} = w_{Sc-1} = 0).
         t_prev = near + 0.5 * step + tl.zeros((BLOCK_R,), dtype=tl.float32)
-        sig_prev, _unused = _decode(t_prev, ox, oy, oz, dx, dy, dz, scale, tri_base, stride_tk,
-                                    P, Pf, stride_ty, stride_tx, c_offs, c_mask, ray_mask, w1,
+        sig_prev, _unused = _decode(t_prev, ox, oy, oz, dx, dy, dz, scale, triplane_ptr,
+                                    batch_off, stride_tk, P, Pf, stride_ty, stride_tx, c_offs, w1,
                                     b1, w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False,
                                     DOT_PRECISION)
         optical_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -242,8 +311,8 @@ def raymarch_kernel(
         w_m1 = tl.zeros((BLOCK_R,), dtype=tl.float32)
         for s in range(1, SC):
             t = near + (s + 0.5) * step + tl.zeros((BLOCK_R,), dtype=tl.float32)
-            sig, _unused = _decode(t, ox, oy, oz, dx, dy, dz, scale, tri_base, stride_tk, P, Pf,
-                                   stride_ty, stride_tx, c_offs, c_mask, ray_mask, w1, b1, w2s,
+            sig, _unused = _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off,
+                                   stride_tk, P, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
                                    b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False, DOT_PRECISION)
             optical = _softplus(0.5 * (sig + sig_prev) - 1.0) * (t - t_prev)
             w = (1.0 - tl.exp(-optical)) * tl.exp(-optical_sum)
@@ -282,8 +351,8 @@ def raymarch_kernel(
         else:
             t = t_coarse
             ic += 1
-        sig, feats = _decode(t, ox, oy, oz, dx, dy, dz, scale, tri_base, stride_tk, P, Pf,
-                             stride_ty, stride_tx, c_offs, c_mask, ray_mask, w1, b1, w2s, b2s,
+        sig, feats = _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off,
+                             stride_tk, P, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s,
                              w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
         first = k == 0
         # Interval [t_prev, t]: at k = 0 there is none (delta 0 gives weight 0).
@@ -311,6 +380,18 @@ def raymarch_kernel(
     tl.store(opacity_ptr + ray64, acc_weight, mask=ray_mask)
 
 
+# The MLP products: fp32 FMAs; TF32 tensor cores (sm_80+), one product or three (fp32-accurate);
+# fp16 tensor cores (sm_75+) with fp32 accumulation.
+DOT_PRECISIONS = ("ieee", "tf32", "tf32x3", "fp16")
+
+
+def check_dot_precision(dot_precision: str) -> str:
+    if dot_precision not in DOT_PRECISIONS:
+        raise ValueError(f"dot_precision must be one of {', '.join(DOT_PRECISIONS)}, got "
+                         f"{dot_precision!r}.")
+    return dot_precision
+
+
 def next_pow2(n: int, floor: int = 16) -> int:
     """Padded size for a register dimension: a power of two >= max(n, floor)."""
     return max(floor, triton.next_power_of_2(int(n)))
@@ -326,7 +407,7 @@ def constexprs(channels: int, hidden: int, features: int, samples_coarse: int,
             "F_PAD": next_pow2(features), "SC": int(samples_coarse), "SF": int(samples_fine),
             "SC_PAD": next_pow2(samples_coarse, 2), "A0": a[0], "A1": a[1], "A2": a[2],
             "A3": a[3], "A4": a[4], "A5": a[5], "BLOCK_R": int(block_rays),
-            "DOT_PRECISION": dot_precision}
+            "DOT_PRECISION": check_dot_precision(dot_precision)}
 
 
 # Runtime (non-constexpr) arguments in order, with their AOT signature types. Pointers first.

@@ -59,7 +59,11 @@ def validate(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_c
         raise ValueError(f"far ({far}) must be greater than near ({near}).")
     contract.normalise_plane_axes(plane_axes)
     n_rays = origins.shape[0] * origins.shape[1]
-    if n_rays >= 2 ** 31 or triplane.numel() // max(1, triplane.shape[0]) >= 2 ** 31:
+    # The kernel indexes the whole tri-plane (every batch) with 32-bit element offsets, in the
+    # given layout or in the channels-last copy the op makes (numel elements).
+    span = 1 + sum((size - 1) * abs(stride) for size, stride in zip(triplane.shape,
+                                                                     triplane.stride()))
+    if n_rays >= 2 ** 31 or max(span, triplane.numel()) >= 2 ** 31:
         raise ValueError("too many rays or too large a tri-plane for the kernel's 32-bit "
                          "indexing; render in smaller batches.")
 

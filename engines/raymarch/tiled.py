@@ -61,7 +61,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel import _decode, _load_decoder, _softplus, next_pow2
+from .kernel import (_channel_offsets, _decode, _load_decoder, _softplus, check_dot_precision,
+                     next_pow2)
 
 DEFAULT_BLOCK_RAYS = 16
 DEFAULT_SAMPLE_TILE = 8
@@ -143,19 +144,19 @@ def raymarch_tiled_kernel(
     dx = tl.load(directions_ptr + ray64_n * 3 + 0)
     dy = tl.load(directions_ptr + ray64_n * 3 + 1)
     dz = tl.load(directions_ptr + ray64_n * 3 + 2)
-    tri_base = triplane_ptr + (ray64_n // rays_per_batch) * stride_tb
+    batch_off = (tl.where(mask_n, rays_n, 0) // rays_per_batch) * stride_tb  # int32 offsets
     Pf = P.to(tl.float32)
 
     ci = tl.arange(0, C_PAD)
     hi = tl.arange(0, H_PAD)
     fi = tl.arange(0, F_PAD)
     c_mask = ci < C
-    c_offs = ci.to(tl.int64) * stride_tc
+    c_offs = _channel_offsets(ci, stride_tc, C, C_PAD)
     h_mask = hi < HD
     f_mask = fi < F
     w1, b1, w2s, b2s, w2f, b2f = _load_decoder(
         w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1, stride_w2h,
-        stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask)
+        stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask, DOT_PRECISION)
 
     jj = tl.arange(0, S_TILE)
     zeros_rt = tl.zeros((BLOCK_R, S_TILE), dtype=tl.float32)
@@ -173,9 +174,9 @@ def raymarch_tiled_kernel(
             t = near + (s.to(tl.float32) + 0.5) * step  # [T], the reference's coarse depths
             t_prev = near + ((s - 1).to(tl.float32) + 0.5) * step
             sig, _unused = _decode(tl.reshape(t[None, :] + zeros_rt, (N,)), ox, oy, oz, dx, dy,
-                                   dz, scale, tri_base, stride_tk, P, Pf, stride_ty, stride_tx,
-                                   c_offs, c_mask, mask_n, w1, b1, w2s, b2s, w2f, b2f, A0, A1,
-                                   A2, A3, A4, A5, False, DOT_PRECISION)
+                                   dz, scale, triplane_ptr, batch_off, stride_tk, P, Pf,
+                                   stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
+                                   A0, A1, A2, A3, A4, A5, False, DOT_PRECISION)
             sig = tl.reshape(sig, (BLOCK_R, S_TILE))
             sig_prev = _shift_right(sig, sig_carry, jj)
             delta = tl.where((s >= 1) & (s < SC), t - t_prev, 0.0)
@@ -246,9 +247,9 @@ def raymarch_tiled_kernel(
             t = tl.where(from_fine, t_of_fine, near + (coarse + 0.5) * step)
         else:
             t = near + (m.to(tl.float32) + 0.5) * step + zeros_rt
-        sig, feats = _decode(tl.reshape(t, (N,)), ox, oy, oz, dx, dy, dz, scale, tri_base,
-                             stride_tk, P, Pf, stride_ty, stride_tx, c_offs, c_mask, mask_n, w1,
-                             b1, w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
+        sig, feats = _decode(tl.reshape(t, (N,)), ox, oy, oz, dx, dy, dz, scale, triplane_ptr,
+                             batch_off, stride_tk, P, Pf, stride_ty, stride_tx, c_offs, w1, b1,
+                             w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
         sig = tl.reshape(sig, (BLOCK_R, S_TILE))
         feats = tl.reshape(feats, (BLOCK_R, S_TILE, F_PAD))
         sig_prev = _shift_right(sig, sig_carry, jj)
@@ -303,4 +304,5 @@ def constexprs(channels: int, hidden: int, features: int, samples_coarse: int,
             "SC_PAD": next_pow2(max(int(samples_coarse), sample_tile)),
             "SF_PAD": next_pow2(max(int(samples_fine), sample_tile)),
             "A0": a[0], "A1": a[1], "A2": a[2], "A3": a[3], "A4": a[4], "A5": a[5],
-            "BLOCK_R": block_rays, "S_TILE": sample_tile, "DOT_PRECISION": dot_precision}
+            "BLOCK_R": block_rays, "S_TILE": sample_tile,
+            "DOT_PRECISION": check_dot_precision(dot_precision)}

@@ -37,6 +37,9 @@ TOLERANCE = {
 }
 # On a GPU, FMA contraction and the hardware exp/log add rounding of their own.
 GPU_TOLERANCE = (2e-4, 1e-3)
+# fp16 MLP operands (dot_precision="fp16"): 11-bit significands, as TF32's; the GPU suite's
+# kernel tolerance (benchmarks.gpu_suite.KERNEL_TOLERANCE, features and opacity).
+FP16_DOT_TOLERANCE = (2e-3, 0.0)
 # The kernel's variants (engines.raymarch.op.VARIANTS): every correctness test runs on each.
 VARIANTS = ["serial", "tiled"]
 
@@ -229,6 +232,35 @@ def test_any_triplane_strides_and_non_contiguous_weights(variant):
 
 @interpreted
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_padded_channels_and_hidden_units(variant):
+    # C = 12, Hd = 24 pad to 16 and 32: padded channels read (repeated) real values that must
+    # meet zero rows of w1; padded hidden units meet zero rows of w2.
+    inputs = make_inputs(b=1, channels=12, hidden=24, res=6, seed=12)
+    settings = settings_for()
+    expected = run_reference(inputs, settings)
+    assert_matches(run_kernel(inputs, settings, variant), expected, TOLERANCE[torch.float32])
+    assert_matches(run_kernel(inputs, settings, variant, channels_last=False), expected,
+                   TOLERANCE[torch.float32])
+
+
+@interpreted
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fp16_tensor_core_products(variant, dtype):
+    # dot_precision="fp16": MLP operands rounded to fp16, fp32 accumulation. Within the GPU
+    # suite's kernel tolerance of the fp32 reference, and measurably not the fp32 products
+    # (else the switch would be doing nothing).
+    inputs = make_inputs(dtype=dtype, seed=13)
+    settings = settings_for()
+    expected = run_reference(inputs, settings)
+    half = run_kernel(inputs, settings, variant, dot_precision="fp16")
+    full = run_kernel(inputs, settings, variant, dot_precision="ieee")
+    assert_matches(half, expected, FP16_DOT_TOLERANCE)
+    assert (half[0] - full[0]).abs().max() > 1e-6
+
+
+@interpreted
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_deterministic(variant):
     inputs = make_inputs(b=1, res=8, seed=8)
     settings = settings_for()
@@ -281,6 +313,17 @@ def test_invalid_inputs_raise_one_sentence_errors():
     with pytest.raises(ValueError, match="samples_coarse"):
         kernel.raymarch(triplane, w1, b1, w2, b2, origins, directions,
                         **{**kw, "samples_coarse": 1})
+    # 32-bit offsets cover the whole tri-plane, every batch: 2 x 3 x 8 x 8192^2 > 2^31
+    # elements although one batch (1.6e9) is below (meta tensors: nothing is allocated).
+    from engines.raymarch import op
+
+    big = torch.empty((2, 3, 8, 8192, 8192), device="meta")
+    meta = [t.to("meta") for t in (w1, b1, w2, b2)]
+    rays_2 = [t.to("meta").expand(2, -1, -1) for t in (origins, directions)]
+    with pytest.raises(ValueError, match="32-bit"):
+        op.validate(big, *meta, *rays_2, kw["near"], kw["far"], 4, 4, 1.0, PLANE_AXES)
+    rays_1 = [t.to("meta") for t in (origins, directions)]
+    op.validate(big[:1], *meta, *rays_1, kw["near"], kw["far"], 4, 4, 1.0, PLANE_AXES)
     os.environ["TRITON_INTERPRET"] = "0"
     try:
         with pytest.raises(ValueError, match="runs on CUDA tensors"):

@@ -1,0 +1,266 @@
+"""Static instruction profile of the ray-march kernel: what each configuration costs in machine
+instructions, read off its SASS, with no GPU.
+
+``python -m benchmarks.kernel_sass [--arch 90] [--out REPORT.json] [--source-lines 12]``
+
+Why: the kernel's speed can only be timed on a GPU (``benchmarks.gpu_suite``), and most
+sessions have none. What the CPU can measure exactly is the code the GPU would run: Triton
+compiles each configuration to a cubin (as the JIT would for a paper512 launch: the same
+integer specialisation, stride 1 as a constant, 16-divisible values and pointers marked
+aligned), the ``cuobjdump`` / ``nvdisasm`` that ship inside the Triton wheel disassemble it
+with source-line information, and this script counts the instructions of each loop, multiplies
+them by the loop's trip count (read from the kernel source's ``range(...)`` with the
+constexprs) and reports:
+- registers per thread, spill stack bytes, shared memory;
+- per loop: instructions per iteration, trips, instruction mix;
+- dynamic instructions per ray (every thread of a program runs the whole stream; a program
+  has ``32 * num_warps`` threads and ``block_rays`` rays);
+- the most expensive source lines (dynamic instructions);
+- ``issue_bound_ms``: the time at which an ideal H100 SXM (132 SMs x 4 issue slots x 1.98 GHz)
+  would merely *issue* the instructions of a 128 x 128-ray frame. A lower bound, not a
+  prediction: memory latency, dependencies and occupancy add to it (on an H200 the serial
+  kernel measured about 3x this bound).
+Like callgrind for a CPU program, the counts are exactly repeatable, so a change's effect on
+the instruction stream is measured here before a GPU times it.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from engines.raymarch import aot  # noqa: E402
+
+# An H100 SXM: 132 SMs, 4 warp schedulers each issuing one instruction per clock, 1.98 GHz.
+H100_WARP_ISSUE_PER_S = 132 * 4 * 1.98e9
+RAYS_PER_FRAME = 128 * 128
+
+# Runtime integer values of a paper512 launch (batch 1, channels-last fp32 tri-plane
+# [1, 3, 32, 256, 256] as the op passes it, contiguous decoder weights 32x64 / 64x33).
+PAPER512_VALUES = {
+    "n_rays": RAYS_PER_FRAME, "rays_per_batch": RAYS_PER_FRAME, "P": 256,
+    "stride_tb": 3 * 256 * 256 * 32, "stride_tk": 256 * 256 * 32, "stride_tc": 1,
+    "stride_ty": 256 * 32, "stride_tx": 32, "stride_w1c": 64, "stride_w1h": 1, "stride_b1": 1,
+    "stride_w2h": 33, "stride_w2o": 1, "stride_b2": 1,
+}
+
+# The configurations profiled by default: (name, KernelConfig overrides).
+CONFIGS = (
+    ("serial 32x4 ieee", dict()),
+    ("serial 32x4 tf32x3", dict(dot_precision="tf32x3")),
+    ("serial 32x4 tf32", dict(dot_precision="tf32")),
+    ("serial 32x4 fp16", dict(dot_precision="fp16")),
+    ("serial 64x4 fp16", dict(dot_precision="fp16", block_rays=64)),
+    ("tiled 16x8 w8 ieee", dict(variant="tiled", block_rays=16, num_warps=8)),
+    ("tiled 16x8 w8 tf32x3", dict(variant="tiled", block_rays=16, num_warps=8,
+                                  dot_precision="tf32x3")),
+    ("tiled 16x8 w8 fp16", dict(variant="tiled", block_rays=16, num_warps=8,
+                                dot_precision="fp16")),
+)
+
+_INSTRUCTION = re.compile(r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)(\.[A-Z0-9_.]+)?"
+                          r"\s*([^;]*);")
+_LINE = re.compile(r'//## File "([^"]+)", line (\d+)')
+_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+_RANGE = re.compile(r"for\s+\w+\s+in\s+range\((.*)\)\s*:")
+
+
+def tool(name: str) -> str:
+    """A CUDA binary utility shipped inside the Triton wheel (no CUDA toolkit needed)."""
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: this Triton wheel has no {name}.")
+    return str(path)
+
+
+def compile_like_jit(config: aot.KernelConfig, arch: int, values: dict = PAPER512_VALUES):
+    """Compile ``config`` for ``arch`` with the specialisation Triton's JIT gives a launch with
+    these integer ``values`` (an int equal to 1 becomes a constant, a multiple of 16 and every
+    pointer are marked 16-divisible), so the SASS is the code a GPU launch runs."""
+    import triton
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.runtime.jit import native_specialize_impl
+
+    signature, constants = aot.signature(config)
+    fn = aot.kernel_fn(config)
+    attrs = {}
+    for index, name in enumerate(fn.arg_names):
+        if name in values:
+            kind, spec = native_specialize_impl(BaseBackend, values[name], False, True, True)
+            if kind == "constexpr":
+                signature[name] = "constexpr"
+                constants[name] = values[name]
+            elif spec == "D":
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif signature.get(name, "").startswith("*"):
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants,
+                                       attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", int(arch), 32),
+                          options={"num_warps": config.num_warps,
+                                   "num_stages": config.num_stages}), constants
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and spill stack bytes per thread, from ``cuobjdump -res-usage``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([tool("cuobjdump"), "-res-usage", str(path)], capture_output=True,
+                              text=True, check=True).stdout
+    found = dict(re.findall(r"(REG|STACK):(\d+)", text))
+    return {"registers": int(found["REG"]), "stack_bytes": int(found["STACK"])}
+
+
+def disassemble(cubin: bytes) -> list[tuple[str, str, tuple[str, int] | None, str | None]]:
+    """SASS of a cubin as (opcode, operands, (file, line) or None, label-or-None) rows; the
+    label is the branch target name when the instruction is a branch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([tool("nvdisasm"), "-g", "-c", str(path)], capture_output=True,
+                              text=True, check=True).stdout
+    rows, labels, pending, where = [], {}, [], None
+    for line in text.splitlines():
+        label = _LABEL.match(line)
+        if label:
+            pending.append(label.group(1))
+            continue
+        loc = _LINE.search(line)
+        if loc:
+            where = (loc.group(1), int(loc.group(2)))
+            continue
+        ins = _INSTRUCTION.match(line)
+        if ins:
+            for name in pending:
+                labels[name] = len(rows)
+            pending = []
+            target = re.search(r"(\.L_x_\d+)", ins.group(4)) if ins.group(2) == "BRA" else None
+            rows.append((ins.group(2), ins.group(4), where, target.group(1) if target else None))
+    return [(op, args, loc, labels.get(t) if t else None) for op, args, loc, t in rows]
+
+
+def loops(rows) -> list[tuple[int, int]]:
+    """(first, last) row of each loop: a branch back to an earlier row closes one."""
+    return [(target, i) for i, (op, _, _, target) in enumerate(rows)
+            if op == "BRA" and target is not None and target <= i]
+
+
+def source_line(path: str, line: int) -> str:
+    """The text of a line that SASS line information names. A kernel file is read from the
+    imported package, not the recorded path: Triton's cache can hand back a build made from
+    identical source in another checkout, whose line info names that checkout."""
+    local = Path(aot.__file__).parent / Path(path).name
+    try:
+        return (local if local.exists() else Path(path)).read_text().splitlines()[line - 1].strip()
+    except (OSError, IndexError):
+        return ""
+
+
+def trip_count(path: str, line: int, constants: dict) -> int | None:
+    """Evaluate the ``range(...)`` of the ``for`` statement at that source line with the
+    kernel's constexprs; None when the line is not such a loop."""
+    match = _RANGE.search(source_line(path, line))
+    if not match:
+        return None
+    bounds = eval(f"({match.group(1)},)", {"__builtins__": {}}, dict(constants))
+    return len(range(*bounds))
+
+
+def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12) -> dict:
+    compiled, constants = compile_like_jit(config, arch)
+    cubin = bytes(compiled.asm["cubin"])
+    rows = disassemble(cubin)
+    in_loop = [1] * len(rows)  # dynamic multiplicity of each row
+    loop_out = []
+    for first, last in loops(rows):
+        where = rows[last][2]
+        trips = trip_count(*where, constants) if where else None
+        if trips is None:
+            continue
+        body = rows[first:last + 1]
+        for i in range(first, last + 1):
+            in_loop[i] *= trips
+        mix = collections.Counter(op for op, *_ in body)
+        loop_out.append({"source": f"{Path(where[0]).name}:{where[1]}", "trips": trips,
+                         "instructions_per_trip": len(body),
+                         "mix": dict(mix.most_common(12))})
+    threads = 32 * compiled.metadata.num_warps
+    dynamic = sum(in_loop)
+    by_line = collections.Counter()
+    for (op, _, where, _), count in zip(rows, in_loop):
+        by_line[where] += count
+    per_ray = dynamic * threads / config.block_rays
+    warp_instructions = dynamic * compiled.metadata.num_warps * RAYS_PER_FRAME / config.block_rays
+    return {
+        "config": asdict(config), "arch": f"sm_{arch}",
+        **resource_usage(cubin),
+        "shared_bytes": int(compiled.metadata.shared),
+        "static_instructions": len(rows), "loops": loop_out,
+        "dynamic_instructions_per_thread": dynamic,
+        "thread_instructions_per_ray": round(per_ray),
+        "issue_bound_ms_h100": round(warp_instructions / H100_WARP_ISSUE_PER_S * 1e3, 3),
+        "hot_lines": [{"source": f"{Path(w[0]).name}:{w[1]}" if w else "?",
+                       "per_ray": round(n * threads / config.block_rays),
+                       "text": source_line(*w)[:100] if w else ""}
+                      for w, n in by_line.most_common(top)],
+    }
+
+
+def print_table(results: list[dict]) -> None:
+    print(f"{'configuration':24} {'regs':>4} {'stack':>6} {'smem':>6} "
+          f"{'instr/ray':>10} {'issue-bound ms':>14}")
+    for r in results:
+        print(f"{r['name']:24} {r['registers']:>4} {r['stack_bytes']:>6} {r['shared_bytes']:>6} "
+              f"{r['thread_instructions_per_ray']:>10} {r['issue_bound_ms_h100']:>14.3f}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_sass",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, choices=aot.ARCHS)
+    parser.add_argument("--out", type=Path, help="write the JSON report here")
+    parser.add_argument("--source-lines", type=int, default=12,
+                        help="hot source lines kept per configuration")
+    parser.add_argument("--only", action="append",
+                        help="profile only configurations whose name contains this")
+    args = parser.parse_args(argv)
+    results = []
+    for name, overrides in CONFIGS:
+        if args.only and not any(part in name for part in args.only):
+            continue
+        config = replace(aot.KernelConfig(), **overrides)
+        results.append({"name": name, **profile(config, args.arch, args.source_lines)})
+    print_table(results)
+    if args.out:
+        import triton
+
+        report = {"suite": "export3d kernel_sass", "version": 1,
+                  "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  "triton": triton.__version__, "python": sys.version.split()[0],
+                  "shape": {"rays": RAYS_PER_FRAME, "values": PAPER512_VALUES},
+                  "issue_model": "H100 SXM: 132 SMs x 4 issue/clock x 1.98 GHz",
+                  "configs": results}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The static instruction profile (benchmarks.kernel_sass): Triton compiles the kernel for
+sm_90 on this CPU, the wheel's nvdisasm disassembles it, loops and trip counts are found.
+The checks are on real SASS, so they fail when the profile's parsing breaks or when the
+kernel's compiled code regresses in the ways the profile was built to catch."""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip("compiles real SASS; not under the interpreter", allow_module_level=True)
+
+from benchmarks import kernel_sass  # noqa: E402
+from engines.raymarch import aot  # noqa: E402
+
+TINY = aot.KernelConfig.tiny()  # Sc = Sf = 8, C = Hd... padded to 16
+
+
+def test_profile_finds_both_loops_with_their_trip_counts():
+    result = kernel_sass.profile(TINY, 90)
+    loops = result["loops"]
+    # The serial kernel: coarse pass range(1, SC) and merged pass range(0, SC + SF).
+    assert [loop["trips"] for loop in loops] == [7, 16]
+    assert all(loop["source"].startswith("kernel.py:") for loop in loops)
+    looped = sum(loop["trips"] * loop["instructions_per_trip"] for loop in loops)
+    straight = result["static_instructions"] - sum(loop["instructions_per_trip"]
+                                                   for loop in loops)
+    assert result["dynamic_instructions_per_thread"] == looped + straight
+    threads = 32 * TINY.num_warps
+    assert result["thread_instructions_per_ray"] == round(
+        result["dynamic_instructions_per_thread"] * threads / TINY.block_rays)
+    assert 0 < result["registers"] <= 255 and result["stack_bytes"] >= 0
+    assert result["hot_lines"][0]["per_ray"] >= result["hot_lines"][-1]["per_ray"]
+
+
+def _mix(config):
+    compiled, _ = kernel_sass.compile_like_jit(config, 90)
+    rows = kernel_sass.disassemble(bytes(compiled.asm["cubin"]))
+    return rows, collections.Counter(op for op, *_ in rows)
+
+
+def test_fp16_products_run_on_tensor_cores_and_ieee_ones_do_not():
+    _, fp16 = _mix(replace(TINY, dot_precision="fp16"))
+    _, ieee = _mix(replace(TINY, dot_precision="ieee"))
+    assert fp16["HMMA"] > 0
+    assert ieee["HMMA"] == 0 and ieee["FFMA"] > fp16["FFMA"]
+
+
+def test_softplus_compiles_to_special_function_instructions():
+    # The fast softplus: ex2 and lg2 on the special-function unit plus a few ALU ops per
+    # value. libdevice's accurate log2 (a range reduction and a polynomial) would put about
+    # 20 more instructions per value on this line.
+    rows, _ = _mix(TINY)
+    softplus = [op for op, _, where, _ in rows
+                if where and where[0].endswith("kernel.py")
+                and "_log2(1.0 + tl.exp2" in kernel_sass.source_line(*where)]
+    mufu = softplus.count("MUFU")
+    assert mufu > 0
+    assert len(softplus) <= 6 * mufu
+
+
+def test_cli_writes_a_report(tmp_path):
+    out = tmp_path / "sass.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernel_sass", "--only",
+                           "serial 32x4 fp16", "--out", str(out)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    (config,) = report["configs"]
+    assert config["name"] == "serial 32x4 fp16" and config["arch"] == "sm_90"
+    assert config["thread_instructions_per_ray"] > 0 and config["issue_bound_ms_h100"] > 0
+    assert "serial 32x4 fp16" in proc.stdout
