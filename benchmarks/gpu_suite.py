@@ -13,7 +13,10 @@ loses only what had not run yet):
    tri-planes and cameras at paper512 sizes (128 x 128 rays x (48 + 48) samples, 3 x 32 x 256^2
    planes), fp32/fp16/bf16 tri-planes, batch 1 and 2, plus a dense and an empty volume: max
    abs error per output over every element (the count is written), bit-identical reruns.
-3. ``raymarch_timing``: reference vs kernel latency at those sizes, and the speed-up.
+3. ``raymarch_timing``: reference vs kernel latency at those sizes, and the speed-up; a launch
+   sweep (rays per program, warps, MLP product precision, tri-plane dtype, serial and tiled
+   variants), each row with its error against the reference and whether it is within the
+   kernel tolerance; the summary names the fastest row within tolerance.
 4. ``model``: paper512 with the PyTorch backend, source cached: per-stage latency (generate,
    render, super-resolve; encode_source once) and per-frame latency (p50/p95/p99), peak GPU
    memory and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
@@ -232,8 +235,9 @@ def raymarch_timing(torch, config, device, warmup, iters) -> dict:
                      "speedup_p50": round(ref["p50_ms"] / ker["p50_ms"], 2)}
         print(f"  raymarch {name}: reference {ref['p50_ms']:.3f} ms, kernel {ker['p50_ms']:.3f}"
               f" ms, x{out[name]['speedup_p50']}", flush=True)
-    if device.type == "cuda":
-        out["launch_sweep"] = launch_sweep(torch, config, device, settings, warmup, iters)
+    # On a CPU (dry run) two rows, one per variant, so the sweep's code runs there too.
+    out["launch_sweep"] = launch_sweep(torch, config, device, settings, warmup, iters,
+                                       short=device.type != "cuda")
     out["shape"] = {"rays": config.render_size ** 2, "samples": [config.samples_coarse,
                                                                 config.samples_fine],
                     "triplane": [3, config.triplane_channels, config.triplane_size,
@@ -241,44 +245,54 @@ def raymarch_timing(torch, config, device, warmup, iters) -> dict:
     return out
 
 
-# (rays per program, warps, MLP dot precision): the kernel's launch shape decides how many
-# programs keep each SM busy; "tf32" shows what the full-fp32 MLP products cost.
-SWEEP = ((16, 4, "ieee"), (32, 4, "ieee"), (32, 8, "ieee"), (64, 8, "ieee"), (16, 2, "ieee"),
-         (32, 8, "tf32"), (32, 4, "tf32"), (32, 4, "tf32x3"), (64, 4, "tf32x3"))
-# The sample-parallel variant (engines/raymarch/tiled.py), never measured yet: (rays per
-# program, samples per tile, warps, dot precision); rays x samples = rows per MLP product.
-# Few rows: each compiles for tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
-TILED_SWEEP = ((16, 8, 8, "tf32x3"), (16, 8, 4, "tf32x3"), (16, 16, 8, "tf32x3"),
-               (16, 16, 16, "tf32x3"), (16, 8, 8, "tf32"))
+# (rays per program, warps, MLP dot precision[, tri-plane dtype]): the kernel's launch shape
+# decides how many programs keep each SM busy; the precision what the MLP products cost
+# ("fp16": tensor cores, fp32 accumulation; the op's default for half-precision tri-planes).
+# benchmarks.kernel_sass counts each row's instructions on a CPU; this measures them.
+SWEEP = ((32, 4, "tf32x3"), (32, 4, "ieee"), (32, 4, "tf32"), (64, 4, "tf32x3"),
+         (32, 4, "fp16"), (64, 4, "fp16"), (64, 8, "fp16"), (128, 8, "fp16"), (16, 2, "fp16"),
+         (32, 4, "fp16", "float16"), (64, 4, "fp16", "float16"))
+# The sample-parallel variant (engines/raymarch/tiled.py): (rays per program, samples per tile,
+# warps, dot precision); rays x samples = rows per MLP product. Few rows: each compiles for
+# tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
+TILED_SWEEP = ((16, 8, 8, "tf32x3"), (16, 8, 8, "fp16"), (16, 16, 8, "fp16"),
+               (32, 8, 8, "fp16"))
 
 
-def launch_sweep(torch, config, device, settings, warmup, iters) -> list:
+def launch_sweep(torch, config, device, settings, warmup, iters, short=False) -> list:
     from engines.raymarch import op
     from export3d.renderer import raymarch_reference
 
-    tp, dec, o, d = random_case(torch, config, 1, torch.float32, 7, 0.0, device)
-    args = (tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, settings.near, settings.far,
-            settings.samples_coarse, settings.samples_fine, settings.box_warp,
-            settings.plane_axes)
     rows = []
     with torch.no_grad():
-        ref = raymarch_reference(tp, dec, o, d, settings)
-        plan = [("serial", block, None, warps, precision) for block, warps, precision in SWEEP]
-        plan += [("tiled", *shape) for shape in TILED_SWEEP]
-        for variant, block, tile, warps, precision in plan:
+        cases = {}
+        for name in ("float32", "float16"):
+            tp, dec, o, d = random_case(torch, config, 1, getattr(torch, name), 7, 0.0, device)
+            args = (tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, settings.near, settings.far,
+                    settings.samples_coarse, settings.samples_fine, settings.box_warp,
+                    settings.plane_axes)
+            cases[name] = (args, raymarch_reference(tp, dec, o, d, settings))
+        plan = [("serial", shape[0], None, shape[1], shape[2],
+                 shape[3] if len(shape) > 3 else "float32") for shape in SWEEP]
+        plan += [("tiled", *shape, "float32") for shape in TILED_SWEEP]
+        if short:
+            plan = [plan[len(SWEEP) - 1], plan[len(SWEEP) + 1]]  # fp16 products, both variants
+        for variant, block, tile, warps, precision, dtype in plan:
             row = {"variant": variant, "block_rays": block, "num_warps": warps,
-                   "dot_precision": precision}
+                   "dot_precision": precision, "triplane_dtype": dtype}
             if tile:
                 row["sample_tile"] = tile
+            args, ref = cases[dtype]
             try:
                 def call():
                     return op.launch(*args, block_rays=block, num_warps=warps,
                                      dot_precision=precision, variant=variant,
                                      sample_tile=tile)
                 got = call()
-                row["max_abs_err_features"] = float((got[0] - ref[0]).abs().max())
-                row["max_abs_err_depth"] = float((got[1] - ref[1]).abs().max())
-                row["max_abs_err_opacity"] = float((got[2] - ref[2]).abs().max())
+                for i, name in enumerate(("features", "depth", "opacity")):
+                    row[f"max_abs_err_{name}"] = float((got[i] - ref[i]).abs().max())
+                row["within_tolerance"] = all(row[f"max_abs_err_{n}"] <= tol
+                                              for n, tol in KERNEL_TOLERANCE.items())
                 row.update(stats(time_cuda(call, warmup, iters, torch)))
             except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -536,6 +550,22 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
     return {"preset": preset, "capture_fps": fps, "backend": "torch", "summary": summary}
 
 
+def best_launch(timing: dict) -> dict:
+    """The fastest swept launch whose outputs are within KERNEL_TOLERANCE of the reference at
+    its tri-plane dtype, and its speed-up over the fp32 reference's p50 ({} if none)."""
+    good = [r for r in timing.get("launch_sweep", []) if r.get("within_tolerance")
+            and "p50_ms" in r]
+    if not good or "float32" not in timing:
+        return {}
+    best = min(good, key=lambda r: r["p50_ms"])
+    speedup = round(timing["float32"]["reference"]["p50_ms"] / best["p50_ms"], 2)
+    keys = ("variant", "block_rays", "num_warps", "dot_precision", "triplane_dtype",
+            "sample_tile", "p50_ms")
+    return {"kernel_best_launch": {k: best[k] for k in keys if k in best},
+            "kernel_best_speedup": speedup,
+            "kernel_best_speedup_met": speedup >= TARGET_SPEEDUP}
+
+
 def summary(data: dict, device) -> dict:
     out = {}
     if device.type != "cuda":
@@ -546,6 +576,7 @@ def summary(data: dict, device) -> dict:
         out["kernel_speedup_fp32"] = timing["float32"]["speedup_p50"]
         out["kernel_speedup_target"] = TARGET_SPEEDUP
         out["kernel_speedup_met"] = timing["float32"]["speedup_p50"] >= TARGET_SPEEDUP
+        out.update(best_launch(timing))
     variants = data.get("model", {}).get("variants", {})
     timed = {k: v for k, v in variants.items() if "frame" in v and v.get("finite", False)}
     if timed:

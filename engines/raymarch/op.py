@@ -68,15 +68,25 @@ def validate(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_c
                          "indexing; render in smaller batches.")
 
 
-def default_dot_precision(device) -> str:
-    """The MLP products' precision: "tf32x3" (three TF32 tensor-core products, fp32-accurate)
-    where TF32 exists (sm_80 and newer), else "ieee" (fp32 FMAs). Measured on an H200 at
-    paper512 sizes (benchmarks/results/kernel_sweep-NVIDIA_H200-2026-11-28.json): 3.07 ms vs
-    3.39 ms at 32 rays x 4 warps, both 4.4e-6 from the reference; plain "tf32" is faster
-    (2.58 ms) but 9e-5 off, so it is not the default."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
-        return "tf32x3"
-    return "ieee"
+def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
+    """The MLP products' precision on this device for this tri-plane dtype.
+    fp32 tri-planes: "tf32x3" (three TF32 tensor-core products, fp32-accurate) where TF32
+    exists (sm_80 and newer), else "ieee" (fp32 FMAs). Measured on an H200 at paper512 sizes
+    (benchmarks/results/kernel_sweep-NVIDIA_H200-2026-11-28.json, before the instruction diet):
+    3.07 ms vs 3.39 ms at 32 rays x 4 warps, both 4.4e-6 from the reference; plain "tf32" was
+    faster (2.58 ms) but 9e-5 off.
+    fp16 / bf16 tri-planes (the model in half precision): "fp16" tensor-core products with fp32
+    accumulation (sm_75 and newer). Their operands keep 11 significant bits, more than a bf16
+    tri-plane's 8, where the PyTorch path at that dtype runs the whole MLP in half precision;
+    and they are the fewest instructions (benchmarks.kernel_sass: 0.93 M per ray against
+    1.28 M for "tf32x3"). Their one risk is range: a feature or hidden value beyond 65504
+    would overflow fp16, far outside what the generator produces."""
+    if device.type != "cuda":
+        return "ieee"
+    major = torch.cuda.get_device_capability(device)[0]
+    if triplane_dtype in (torch.float16, torch.bfloat16):
+        return "fp16"
+    return "tf32x3" if major >= 8 else "ieee"
 
 
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
@@ -102,7 +112,7 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
                                 else kernel.DEFAULT_BLOCK_RAYS)
     num_warps = num_warps or (tiled.DEFAULT_NUM_WARPS if variant == "tiled"
                               else kernel.DEFAULT_NUM_WARPS)
-    dot_precision = dot_precision or default_dot_precision(origins.device)
+    dot_precision = dot_precision or default_dot_precision(origins.device, triplane.dtype)
     b, r, _ = origins.shape
     channels, hidden = w1.shape
     features_n = w2.shape[1] - 1

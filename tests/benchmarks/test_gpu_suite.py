@@ -27,6 +27,13 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     empty = next(c for c in check["cases"] if c["kind"] == "empty")
     assert dense["mean_opacity_reference"] > 0.9 and empty["mean_opacity_reference"] < 1e-3
     assert "float32" in report["raymarch_timing"]
+    sweep = report["raymarch_timing"]["launch_sweep"]  # the dry run's two rows
+    assert [(r["variant"], r["dot_precision"]) for r in sweep] == [("serial", "fp16"),
+                                                                   ("tiled", "fp16")]
+    for row in sweep:
+        assert "error" not in row, row
+        assert row["within_tolerance"] and row["max_abs_err_features"] < 2e-3
+        assert row["p50_ms"] > 0
     variants = report["model"]["variants"]
     assert set(variants) == {"fp32-reference", "fp32-kernel"}
     for v in variants.values():
@@ -39,3 +46,19 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert 1 <= s["frames"] <= 8 and s["states"] == {"scripted": s["frames"]}
     assert 0 < s["glass_to_glass"]["p50_ms"] <= s["glass_to_glass"]["p99_ms"]
     assert {"capture", "generator", "sink"} <= set(s["stages"])
+
+
+def test_best_launch_picks_the_fastest_row_within_tolerance():
+    from benchmarks.gpu_suite import best_launch
+
+    timing = {"float32": {"reference": {"p50_ms": 5.0}}, "launch_sweep": [
+        {"variant": "serial", "block_rays": 32, "p50_ms": 0.4, "within_tolerance": False},
+        {"variant": "serial", "block_rays": 64, "p50_ms": 0.8, "within_tolerance": True},
+        {"variant": "tiled", "block_rays": 16, "p50_ms": 1.0, "within_tolerance": True},
+        {"variant": "serial", "block_rays": 128, "error": "OutOfResources"}]}
+    got = best_launch(timing)
+    assert got["kernel_best_launch"] == {"variant": "serial", "block_rays": 64, "p50_ms": 0.8}
+    assert got["kernel_best_speedup"] == 6.25 and got["kernel_best_speedup_met"] is False
+    timing["launch_sweep"][1]["p50_ms"] = 0.5
+    assert best_launch(timing)["kernel_best_speedup_met"] is True
+    assert best_launch({"float32": {"reference": {"p50_ms": 5.0}}}) == {}
