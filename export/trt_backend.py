@@ -166,7 +166,7 @@ def open_tensorrt(engines: str | Path | None, device: str = "cuda", **kwargs) ->
         raise BackendError(str(exc)) from None
     if engines is None:
         raise BackendError("the tensorrt backend needs the folder that 'export3d export engine' "
-                           "wrote (engines=DIR)")
+                           "wrote (export3d live --engines DIR; engines=DIR in Python)")
     import torch
 
     if not torch.cuda.is_available():

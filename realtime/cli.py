@@ -58,6 +58,7 @@ def build_config(args):
                     "realtime": False if args.fast else None},
         "generator": {"backend": args.backend, "device": args.device, "preset": args.preset,
                       "checkpoint": args.checkpoint, "graphs": args.graphs,
+                      "engines": args.engines,
                       "source": _sources(args.source)},
         "sink": {"sink": args.sink, "hud": False if args.no_hud else None, "size": args.size,
                  "side_by_side": True if args.side_by_side else None},
@@ -109,6 +110,8 @@ def register(subparsers) -> None:
                        help="a scripted head (camera orbit, neutral face) without tracking")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="default: torch")
     p.add_argument("--graphs", help="onnxruntime: the folder 'export3d export onnx' wrote")
+    p.add_argument("--engines", help="tensorrt: the folder 'export3d export engine' wrote "
+                   "(the weights are in the engines; no --checkpoint)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
     p.add_argument("--sink", default=None,
                    help="null, file:OUT.mp4|.mkv, window, virtualcam, preview[:PORT] "

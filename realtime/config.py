@@ -37,6 +37,7 @@ class GeneratorConfig:
     preset: str = "tiny"
     checkpoint: str | None = None
     graphs: str | None = None  # onnxruntime: folder written by 'export3d export onnx'
+    engines: str | None = None  # tensorrt: folder written by 'export3d export engine'
     # source portrait(s): a photo, a folder or a list of either ('s' cycles through them);
     # default export3d.media.default_portrait()
     source: str | tuple[str, ...] | None = None

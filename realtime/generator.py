@@ -134,6 +134,10 @@ def _open(config: GeneratorConfig):
         size = encoder_input.shape[-1] if encoder_input is not None else \
             get_config(config.preset).image_size
         return backend, size
+    if config.backend == "tensorrt":  # the engines hold the weights and fix the image size
+        backend = open_backend("tensorrt", engines=config.engines, device=config.device)
+        encoder_input = backend.encoder.buffers[backend.encoder.inputs[0]]
+        return backend, int(encoder_input.shape[-1])
     if config.checkpoint:
         from export3d.checkpoint import load_checkpoint
 

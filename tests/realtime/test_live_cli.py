@@ -73,3 +73,31 @@ def test_compose_scales_the_output_and_puts_the_driver_beside_it():
     both = compose(out, driver, 256)
     assert both.shape == (256, 341 + 256, 3)
     assert (both[:, :341] == 50).all() and (both[:, 341:] == big).all()
+
+
+def test_tensorrt_backend_takes_an_engine_folder_and_fails_in_one_sentence(monkeypatch,
+                                                                            tmp_path):
+    import sys
+    import types
+
+    import torch
+
+    from export3d.errors import UserError
+
+    argv = ["--synthetic", "--frames", "1", "--backend", "tensorrt"]
+    cfg = build_config(parse([*argv, "--engines", str(tmp_path)]))
+    assert cfg.generator.backend == "tensorrt" and cfg.generator.engines == str(tmp_path)
+    # What a user meets, in the order they can act on it (TensorRT is not installable here):
+    # TensorRT missing; then, with a TensorRT present, no engine folder; then no GPU.
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # "import tensorrt" fails
+    args = parse([*argv, "--engines", str(tmp_path)])
+    with pytest.raises(UserError, match="TensorRT cannot be imported here"):
+        args.run(args)
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.8.0"))
+    args = parse(argv)
+    with pytest.raises(UserError, match="--engines DIR"):
+        args.run(args)
+    if not torch.cuda.is_available():
+        args = parse([*argv, "--engines", str(tmp_path)])
+        with pytest.raises(UserError, match="sees none"):
+            args.run(args)
