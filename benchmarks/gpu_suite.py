@@ -213,7 +213,11 @@ def kernel_check(torch, config, device, dtypes) -> dict:
     return {"tolerance_abs": KERNEL_TOLERANCE, "all_passed": ok, "cases": cases}
 
 
-def raymarch_timing(torch, config, device, warmup, iters) -> dict:
+# Seconds of the budget the launch sweep leaves to the model, TensorRT and live sections.
+SWEEP_RESERVE_S = 240.0
+
+
+def raymarch_timing(torch, config, device, warmup, iters, budget=None) -> dict:
     from engines import raymarch as kernel
     from export3d.renderer import RayMarchSettings, raymarch_reference
 
@@ -237,7 +241,7 @@ def raymarch_timing(torch, config, device, warmup, iters) -> dict:
               f" ms, x{out[name]['speedup_p50']}", flush=True)
     # On a CPU (dry run) two rows, one per variant, so the sweep's code runs there too.
     out["launch_sweep"] = launch_sweep(torch, config, device, settings, warmup, iters,
-                                       short=device.type != "cuda")
+                                       short=device.type != "cuda", budget=budget)
     out["shape"] = {"rays": config.render_size ** 2, "samples": [config.samples_coarse,
                                                                 config.samples_fine],
                     "triplane": [3, config.triplane_channels, config.triplane_size,
@@ -259,7 +263,10 @@ TILED_SWEEP = ((16, 8, 8, "tf32x3"), (16, 8, 8, "fp16"), (16, 16, 8, "fp16"),
                (32, 8, 8, "fp16"))
 
 
-def launch_sweep(torch, config, device, settings, warmup, iters, short=False) -> list:
+def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
+                 budget=None) -> list:
+    """Rows in SWEEP then TILED_SWEEP order; a row is skipped (and says so) once less than
+    SWEEP_RESERVE_S of the budget is left, so the later sections still run."""
     from engines.raymarch import op
     from export3d.renderer import raymarch_reference
 
@@ -283,6 +290,10 @@ def launch_sweep(torch, config, device, settings, warmup, iters, short=False) ->
             if tile:
                 row["sample_tile"] = tile
             args, ref = cases[dtype]
+            if budget is not None and budget.left() < SWEEP_RESERVE_S:
+                row["skipped"] = "time budget"
+                rows.append(row)
+                continue
             try:
                 def call():
                     return op.launch(*args, block_rays=block, num_warps=warps,
@@ -667,7 +678,8 @@ def main(argv=None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     if not args.kernel_only:
         section(report, "kernel_check", kernel_check, torch, config, device, dtypes)
-    section(report, "raymarch_timing", raymarch_timing, torch, config, device, warmup, iters)
+    section(report, "raymarch_timing", raymarch_timing, torch, config, device, warmup, iters,
+            None if args.kernel_only else budget)
     # The model runs as a user would run it: TF32 allowed for fp32 matmuls and convolutions.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
