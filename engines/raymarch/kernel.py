@@ -42,13 +42,14 @@ so ~8 GMAC and ~3.6 GB of L2 traffic for 128 x 128 rays.
 
 The MLP runs on ``tl.dot`` (DOT_PRECISION, one of DOT_PRECISIONS): "ieee" fp32 FMAs, as the
 reference; "tf32x3" (three TF32 tensor-core products, fp32-accurate; the op's default on sm_80+);
-"tf32" (one, ~1e-4 off on an H200); "fp16" (operands rounded to fp16, fp32 accumulation, sm_75+;
-fp16 has TF32's 11-bit significand). ``tl.dot`` needs every dim >= 16 and powers of two, so C,
-Hd and F are padded in-kernel by masked loads of the weights (zeros outside; padded hidden
-units give softplus(0) = ln 2 but meet zero rows of w2, padded feature columns are never
-stored). A broadcast-multiply-sum would materialise [BLOCK_R, C, Hd] = 64K values per program,
-far beyond the register file, so the dot is the better choice. The density column of w2 is a
-separate vector (a row sum), so 1 + F = 33 need not pad to 64.
+"tf32" (one, ~1e-4 off on an H200); "fp16" (operands rounded to fp16, fp32 accumulation;
+tensor cores from sm_80, FMAs on sm_75; fp16 has TF32's 11-bit significand). ``tl.dot`` needs
+every dim >= 16 and powers of two, so C, Hd and F are padded in-kernel by masked loads of the
+weights (zeros outside; padded hidden units give softplus(0) = ln 2 but meet zero rows of w2,
+padded feature columns are never stored). A broadcast-multiply-sum would materialise
+[BLOCK_R, C, Hd] = 64K values per program, far beyond the register file, so the dot is the
+better choice. The density column of w2 is a separate vector (a row sum), so 1 + F = 33 need
+not pad to 64.
 
 Instruction diet (``python -m benchmarks.kernel_sass`` counts the SASS a paper512 launch runs,
 per source line, with no GPU): softplus and the feature sigmoid on the special-function unit
@@ -203,7 +204,7 @@ def _load_decoder(w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride
 @triton.jit
 def _matmul(a, b, DOT_PRECISION: tl.constexpr):
     """a [M, K] fp32 @ b [K, N] -> fp32. "fp16": a rounded to fp16 (b already is), fp16
-    tensor-core products with fp32 accumulation; otherwise tl.dot's input_precision."""
+    products with fp32 accumulation; otherwise tl.dot's input_precision."""
     if DOT_PRECISION == "fp16":
         return tl.dot(a.to(tl.float16), b, out_dtype=tl.float32)
     else:
@@ -401,7 +402,7 @@ def raymarch_kernel(
 
 
 # The MLP products: fp32 FMAs; TF32 tensor cores (sm_80+), one product or three (fp32-accurate);
-# fp16 tensor cores (sm_75+) with fp32 accumulation.
+# fp16 operands with fp32 accumulation (tensor cores from sm_80; Triton uses FMAs on sm_75).
 DOT_PRECISIONS = ("ieee", "tf32", "tf32x3", "fp16")
 
 

@@ -76,17 +76,18 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
     3.07 ms vs 3.39 ms at 32 rays x 4 warps, both 4.4e-6 from the reference; plain "tf32" was
     faster (2.58 ms) but 9e-5 off.
     fp16 / bf16 tri-planes (the model in half precision): "fp16" tensor-core products with fp32
-    accumulation (sm_75 and newer). Their operands keep 11 significant bits, more than a bf16
-    tri-plane's 8, where the PyTorch path at that dtype runs the whole MLP in half precision;
-    and they are the fewest instructions (benchmarks.kernel_sass: 0.93 M per ray against
-    1.28 M for "tf32x3"). Their one risk is range: a feature or hidden value beyond 65504
-    would overflow fp16, far outside what the generator produces."""
+    accumulation on sm_80 and newer (Triton emits no fp16 MMA for sm_75: "ieee" there). Their
+    operands keep 11 significant bits, more than a bf16 tri-plane's 8, where the PyTorch path
+    at that dtype runs the whole MLP in half precision; and they are the fewest instructions
+    (benchmarks.kernel_sass: 0.89 M per ray against 1.30 M for "tf32x3"). Their one risk is
+    range: a feature or hidden value beyond 65504 would overflow fp16, far outside what the
+    generator produces."""
     if device.type != "cuda":
         return "ieee"
     major = torch.cuda.get_device_capability(device)[0]
-    if triplane_dtype in (torch.float16, torch.bfloat16):
-        return "fp16"
-    return "tf32x3" if major >= 8 else "ieee"
+    if major < 8:
+        return "ieee"
+    return "fp16" if triplane_dtype in (torch.float16, torch.bfloat16) else "tf32x3"
 
 
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,

@@ -103,3 +103,22 @@ def test_cli_writes_ptx_cubin_and_launch_json(tmp_path):
 def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="triplane_dtype"):
         aot.signature(aot.KernelConfig(triplane_dtype="float64"))
+
+
+@pytest.mark.parametrize("arch", aot.ARCHS)
+def test_fp16_products_every_arch(arch):
+    # dot_precision="fp16" at paper512 sizes: Triton emits fp16 tensor-core MMAs from sm_80 on
+    # (on sm_75 it falls back to FMAs, which still compile), and the fast softplus/sigmoid are
+    # the PTX special-function instructions on every arch.
+    build = aot.compile_arch(aot.KernelConfig(dot_precision="fp16",
+                                              triplane_dtype="float16"), arch)
+    check_build(build, arch)
+    mma = re.search(r"\bmma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32", build.ptx)
+    assert bool(mma) == (arch >= 80), "fp16 tensor-core MMA expected exactly from sm_80 on"
+    assert "lg2.approx.f32" in build.ptx and "rcp.approx.ftz.f32" in build.ptx
+    assert build.launch_params()["config"]["dot_precision"] == "fp16"
+
+
+def test_unknown_dot_precision_is_refused():
+    with pytest.raises(ValueError, match="dot_precision"):
+        aot.signature(aot.KernelConfig(dot_precision="int8"))
