@@ -16,6 +16,8 @@ constexprs) and reports:
 - dynamic instructions per ray (every thread of a program runs the whole stream; a program
   has ``32 * num_warps`` threads and ``block_rays`` rays);
 - the most expensive source lines (dynamic instructions);
+- ``occupancy_h100``: programs resident per H100 SM (registers, shared memory, warp and block
+  limits), warps per SM, and the waves a frame takes;
 - ``issue_bound_ms``: the time at which an ideal H100 SXM (132 SMs x 4 issue slots x 1.98 GHz)
   would merely *issue* the instructions of a 128 x 128-ray frame. A lower bound, not a
   prediction: memory latency, dependencies and occupancy add to it (on an H200 the serial
@@ -43,8 +45,11 @@ if str(ROOT) not in sys.path:
 
 from engines.raymarch import aot  # noqa: E402
 
-# An H100 SXM: 132 SMs, 4 warp schedulers each issuing one instruction per clock, 1.98 GHz.
-H100_WARP_ISSUE_PER_S = 132 * 4 * 1.98e9
+# An H100 SXM: 132 SMs, 4 warp schedulers each issuing one instruction per clock, 1.98 GHz;
+# per SM 64 K registers, 228 KB of shared memory (227 KB per block), 64 warps, 32 blocks.
+H100_SMS = 132
+H100_WARP_ISSUE_PER_S = H100_SMS * 4 * 1.98e9
+SM_REGISTERS, SM_SHARED, SM_WARPS, SM_BLOCKS = 65536, 228 * 1024, 64, 32
 RAYS_PER_FRAME = 128 * 128
 
 # Runtime integer values of a paper512 launch (batch 1, channels-last fp32 tri-plane
@@ -184,6 +189,7 @@ def trip_count(path: str, line: int, constants: dict) -> int | None:
 def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12) -> dict:
     compiled, constants = compile_like_jit(config, arch)
     cubin = bytes(compiled.asm["cubin"])
+    resources = resource_usage(cubin)
     rows = disassemble(cubin)
     in_loop = [1] * len(rows)  # dynamic multiplicity of each row
     loop_out = []
@@ -208,12 +214,14 @@ def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12) -> dict:
     warp_instructions = dynamic * compiled.metadata.num_warps * RAYS_PER_FRAME / config.block_rays
     return {
         "config": asdict(config), "arch": f"sm_{arch}",
-        **resource_usage(cubin),
+        **resources,
         "shared_bytes": int(compiled.metadata.shared),
         "static_instructions": len(rows), "loops": loop_out,
         "dynamic_instructions_per_thread": dynamic,
         "thread_instructions_per_ray": round(per_ray),
         "issue_bound_ms_h100": round(warp_instructions / H100_WARP_ISSUE_PER_S * 1e3, 3),
+        "occupancy_h100": occupancy(resources["registers"], int(compiled.metadata.shared),
+                                    compiled.metadata.num_warps, config.block_rays),
         "hot_lines": [{"source": f"{Path(w[0]).name}:{w[1]}" if w else "?",
                        "per_ray": round(n * threads / config.block_rays),
                        "text": source_line(*w)[:100] if w else ""}
@@ -221,12 +229,27 @@ def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12) -> dict:
     }
 
 
+def occupancy(registers: int, shared: int, num_warps: int, block_rays: int) -> dict:
+    """Blocks (programs) resident per H100 SM, by registers (allocated per warp in units of
+    256), shared memory, warps and blocks; and how many waves a 128 x 128-ray frame takes.
+    Few resident warps leave the gathers' latency exposed; a last partial wave idles SMs."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = SM_REGISTERS // (per_warp * num_warps)
+    by_shared = SM_SHARED // max(shared + 1024, 1)  # + the 1 KB the driver reserves per block
+    blocks = max(0, min(by_registers, by_shared, SM_WARPS // num_warps, SM_BLOCKS))
+    programs = -(-RAYS_PER_FRAME // block_rays)
+    return {"blocks_per_sm": blocks, "warps_per_sm": blocks * num_warps, "programs": programs,
+            "waves": round(programs / (H100_SMS * blocks), 2) if blocks else None}
+
+
 def print_table(results: list[dict]) -> None:
     print(f"{'configuration':24} {'regs':>4} {'stack':>6} {'smem':>6} "
-          f"{'instr/ray':>10} {'issue-bound ms':>14}")
+          f"{'instr/ray':>10} {'issue-bound ms':>14} {'warps/SM':>8} {'waves':>5}")
     for r in results:
+        occ = r["occupancy_h100"]
         print(f"{r['name']:24} {r['registers']:>4} {r['stack_bytes']:>6} {r['shared_bytes']:>6} "
-              f"{r['thread_instructions_per_ray']:>10} {r['issue_bound_ms_h100']:>14.3f}")
+              f"{r['thread_instructions_per_ray']:>10} {r['issue_bound_ms_h100']:>14.3f} "
+              f"{occ['warps_per_sm']:>8} {occ['waves'] or '-':>5}")
 
 
 def main(argv=None) -> int:

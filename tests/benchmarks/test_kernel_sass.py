@@ -77,3 +77,16 @@ def test_cli_writes_a_report(tmp_path):
     assert config["name"] == "serial 32x4 fp16" and config["arch"] == "sm_90"
     assert config["thread_instructions_per_ray"] > 0 and config["issue_bound_ms_h100"] > 0
     assert "serial 32x4 fp16" in proc.stdout
+
+
+def test_occupancy_from_registers_shared_memory_and_warps():
+    # 255 registers x 128 threads: 2 blocks of 4 warps fit the 64 K registers of an SM.
+    occ = kernel_sass.occupancy(255, 8192, 4, 32)
+    assert occ == {"blocks_per_sm": 2, "warps_per_sm": 8, "programs": 512,
+                   "waves": round(512 / 264, 2)}
+    # 128 rays a program: 128 programs, fewer than the 132 SMs.
+    assert kernel_sass.occupancy(255, 8192, 4, 128)["waves"] < 1
+    # Shared memory binds: 100 KB a block leaves room for 2 (228 KB an SM).
+    assert kernel_sass.occupancy(32, 100 * 1024, 4, 32)["blocks_per_sm"] == 2
+    # Few registers: the 64-warp limit binds.
+    assert kernel_sass.occupancy(32, 0, 4, 32)["warps_per_sm"] == 64
