@@ -52,7 +52,8 @@ def test_one_clebs_step_lowers_the_contrastive_loss(dataset):
     opt.step()
     with torch.no_grad():
         after = loss()
-    assert float(after) < float(before) - 1e-4, (float(before), float(after))
+    before = before.item()
+    assert after.item() < before - 1e-4, (before, after.item())
 
 
 def test_one_generator_step_lowers_the_loss_on_a_fixed_batch(dataset, tmp_path):
