@@ -20,7 +20,9 @@ loses only what had not run yet):
 4. ``model``: paper512 with the PyTorch backend, source cached: per-stage latency (generate,
    render, super-resolve; encode_source once) and per-frame latency (p50/p95/p99), peak GPU
    memory and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
-   + kernel, bf16 + channels_last, bf16 + CUDA graph, and bf16 + torch.compile.
+   + kernel, bf16 + channels_last, bf16 + CUDA graph, and bf16 + torch.compile; then bf16 +
+   channels_last eager, CUDA graph and torch.compile again with the sweep's fastest launch on
+   half-precision tri-planes in force (``engines.raymarch.op.default_launch``).
 5. ``tensorrt``: only where ``tensorrt`` imports (elsewhere ``{"skipped": "tensorrt not
    importable"}``): the plugin graphs exported, engines built (build seconds) and per-frame
    latency through the ``tensorrt`` backend, fp32 and fp16, next to the PyTorch p50s.
@@ -312,8 +314,9 @@ def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
     return rows
 
 
-def model_variants(torch, device, dry_run: bool, compile_ok: bool):
-    """(name, dtype, renderer impl, channels_last, mode) in the order they run."""
+def model_variants(torch, device, dry_run: bool, compile_ok: bool, best=None):
+    """(name, dtype, renderer impl, channels_last, mode, kernel launch or None) in the order
+    they run; ``best``: the launch the sweep found fastest for half-precision tri-planes."""
     kernel_impl = "kernel"
     out = [("fp32-reference", torch.float32, "reference", False, "eager"),
            ("fp32-kernel", torch.float32, kernel_impl, False, "eager"),
@@ -327,7 +330,28 @@ def model_variants(torch, device, dry_run: bool, compile_ok: bool):
         out.append(("fp16-kernel-cudagraph", torch.float16, kernel_impl, False, "cudagraph"))
         if compile_ok:
             out.append(("bf16-kernel-compile", torch.bfloat16, kernel_impl, False, "compile"))
+    out = [(*v, None) for v in out]
+    if best:
+        out.append(("bf16-kernel-best-launch", torch.bfloat16, kernel_impl, True, "eager", best))
+        if device.type == "cuda":
+            out.append(("bf16-kernel-best-launch-cudagraph", torch.bfloat16, kernel_impl, True,
+                        "cudagraph", best))
+            if compile_ok:
+                out.append(("bf16-kernel-best-launch-compile", torch.bfloat16, kernel_impl,
+                            True, "compile", best))
     return out
+
+
+def half_precision_launch(timing: dict) -> dict | None:
+    """The fastest launch-sweep row on a half-precision tri-plane within tolerance, as
+    engines.raymarch.op.default_launch options (None when the sweep has none)."""
+    rows = [r for r in timing.get("launch_sweep", []) if r.get("triplane_dtype") == "float16"
+            and r.get("within_tolerance") and "p50_ms" in r]
+    if not rows:
+        return None
+    best = min(rows, key=lambda r: r["p50_ms"])
+    return {k: best[k] for k in ("variant", "block_rays", "num_warps", "dot_precision",
+                                 "sample_tile") if k in best}
 
 
 def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, compile_ok,
@@ -337,15 +361,16 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
     results = {"preset": config.preset, "batch": 1, "variants": {}}
     base = build_model(config, seed=0)
     base.clebs.freeze_basis()
-    for name, dtype, impl, channels_last, mode in model_variants(torch, device, dry_run,
-                                                                 compile_ok):
+    best = half_precision_launch(report.data.get("raymarch_timing", {}))
+    for name, dtype, impl, channels_last, mode, launch in model_variants(
+            torch, device, dry_run, compile_ok, best):
         if budget.left() < (150 if mode == "compile" else 20):
             results["variants"][name] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
             continue
         print(f"  model {name} ...", flush=True)
         try:
             results["variants"][name] = run_variant(torch, base, config, device, dtype, impl,
-                                                    channels_last, mode, warmup, iters)
+                                                    channels_last, mode, warmup, iters, launch)
         except Exception as exc:
             results["variants"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                          "traceback": traceback.format_exc(limit=6)}
@@ -361,7 +386,15 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
     return results
 
 
-def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters):
+def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters,
+                launch=None):
+    if launch:
+        from engines.raymarch.op import default_launch
+
+        with default_launch(**launch):
+            out = run_variant(torch, base, config, device, dtype, impl, channels_last, mode,
+                              warmup, iters)
+        return {**out, "kernel_launch": launch}
     import copy
 
     from export3d.camera import orbit_path

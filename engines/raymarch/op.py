@@ -13,6 +13,7 @@ nothing; the kernel module is imported at the first real call.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -23,6 +24,28 @@ INTERPRETER_BLOCK_RAYS = 256
 INTERPRETER_TILED_BLOCK_RAYS = 64  # 64 rays x 16 samples = 1024 decode rows per program
 VARIANTS = ("serial", "tiled")
 TRIPLANE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+LAUNCH_KEYS = ("block_rays", "num_warps", "dot_precision", "variant", "sample_tile")
+# Launch options the registered op uses when its caller (the renderer, torch.compile'd graphs,
+# CUDA graphs) cannot pass them: set by default_launch(), read at every launch.
+_launch_override: dict = {}
+
+
+@contextlib.contextmanager
+def default_launch(**options):
+    """Within the block, op launches that do not name an option take it from here, e.g.
+    ``with default_launch(block_rays=64, dot_precision="fp16"): model.synthesize(...)``
+    (how the GPU suite runs the model with its sweep's fastest launch). Keys: LAUNCH_KEYS."""
+    unknown = set(options) - set(LAUNCH_KEYS)
+    if unknown:
+        raise ValueError(f"unknown launch option(s) {', '.join(sorted(unknown))}; choose from "
+                         f"{', '.join(LAUNCH_KEYS)}.")
+    global _launch_override
+    saved = _launch_override
+    _launch_override = {**saved, **{k: v for k, v in options.items() if v is not None}}
+    try:
+        yield
+    finally:
+        _launch_override = saved
 
 
 def interpreter_enabled() -> bool:
@@ -92,7 +115,7 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
 
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
-           channels_last=True, dot_precision=None, variant="serial", sample_tile=None):
+           channels_last=True, dot_precision=None, variant=None, sample_tile=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
     contiguous line of C values); the kernel takes any strides. ``variant``: "serial"
@@ -101,6 +124,11 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     experimental until measured on a GPU)."""
     from . import kernel, tiled
 
+    given = dict(block_rays=block_rays, num_warps=num_warps, dot_precision=dot_precision,
+                 variant=variant, sample_tile=sample_tile)
+    chosen = {k: v if v is not None else _launch_override.get(k) for k, v in given.items()}
+    block_rays, num_warps, dot_precision, variant, sample_tile = (chosen[k] for k in LAUNCH_KEYS)
+    variant = variant or "serial"
     if variant not in VARIANTS:
         raise ValueError(f"unknown kernel variant {variant!r}; choose one of: "
                          f"{', '.join(VARIANTS)}.")

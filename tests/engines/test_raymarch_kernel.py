@@ -260,6 +260,27 @@ def test_fp16_tensor_core_products(variant, dtype):
 
 
 @interpreted
+def test_default_launch_reaches_the_registered_op():
+    # The renderer calls the op without launch options; default_launch() supplies them (how
+    # the GPU suite runs the whole model with the sweep's fastest launch).
+    from engines.raymarch import op
+
+    inputs = make_inputs(seed=14)
+    settings = settings_for()
+    plain = run_kernel(inputs, settings)  # through the op: "ieee" on CPU
+    with op.default_launch(dot_precision="fp16", block_rays=128):
+        half = run_kernel(inputs, settings)
+        explicit = run_kernel(inputs, settings, dot_precision="ieee")  # a named option wins
+    assert (half[0] - plain[0]).abs().max() > 1e-6
+    assert_matches(half, run_reference(inputs, settings), FP16_DOT_TOLERANCE)
+    assert torch.equal(explicit[0], run_kernel(inputs, settings, block_rays=128)[0])
+    assert torch.equal(run_kernel(inputs, settings)[0], plain[0])  # restored on exit
+    with pytest.raises(ValueError, match="unknown launch option"):
+        with op.default_launch(blocks=3):
+            pass
+
+
+@interpreted
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_deterministic(variant):
     inputs = make_inputs(b=1, res=8, seed=8)
