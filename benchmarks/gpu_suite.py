@@ -257,7 +257,8 @@ def raymarch_timing(torch, config, device, warmup, iters, budget=None) -> dict:
 # benchmarks.kernel_sass counts each row's instructions on a CPU; this measures them.
 SWEEP = ((32, 4, "tf32x3"), (32, 4, "ieee"), (32, 4, "tf32"), (64, 4, "tf32x3"),
          (32, 4, "fp16"), (64, 4, "fp16"), (64, 8, "fp16"), (128, 8, "fp16"), (16, 2, "fp16"),
-         (32, 4, "fp16", "float16"), (64, 4, "fp16", "float16"))
+         (32, 2, "fp16"), (128, 4, "fp16"), (32, 4, "fp16", "float16"),
+         (32, 2, "fp16", "float16"), (64, 4, "fp16", "float16"))
 # The sample-parallel variant (engines/raymarch/tiled.py): (rays per program, samples per tile,
 # warps, dot precision); rays x samples = rows per MLP product. Few rows: each compiles for
 # tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
