@@ -55,11 +55,12 @@ Instruction diet (``python -m benchmarks.kernel_sass`` counts the SASS a paper51
 per source line, with no GPU): softplus and the feature sigmoid on the special-function unit
 (lg2/ex2/rcp.approx, ~1 ulp) instead of libdevice's accurate log and IEEE divisions, which
 were a third of the instructions; the planes' mean folded into w1; unmasked gathers at
-clamped addresses with zero blend weights outside the plane, 32-bit offsets (op.validate
-bounds the tri-plane); the interval walk above; the midpoint features regrouped to one FMA per
-value. Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray before
-(issue bound 1.0 ms on an H100; it measured 3.39 ms on an H200), 1.25 M after ("ieee"),
-0.89 M with "fp16" products.
+in-plane addresses (the 2 x 2 taps start at clamp(floor(x), 0, P - 2), hat-function weights),
+32-bit offsets (op.validate bounds the tri-plane), per-ray vectors converted to the gathers'
+layout once per plane rather than once per tap; the interval walk above; the midpoint features
+regrouped to one FMA per value. Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M
+thread-instructions per ray before (issue bound 1.0 ms on an H100; it measured 3.39 ms on an
+H200), 1.19 M after ("ieee"), 0.81 M with "fp16" products.
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
 """
 from __future__ import annotations
@@ -140,42 +141,35 @@ def _plane_lookup(acc, triplane_ptr, plane_off, gx, gy, P, Pf, stride_ty, stride
     """acc + bilinear lookup of one plane at normalised (gx, gy) [BLOCK_R] -> [BLOCK_R, C_PAD],
     grid_sample(bilinear, zeros, align_corners=False): pixel = ((g + 1) P - 1) / 2, taps
     outside the plane count 0. plane_off: [BLOCK_R] int32 offsets of each ray's plane (c = 0).
-    No load is masked: every tap reads a clamped, valid address and an outside tap gets blend
-    weight 0 instead (fewer instructions than predicated loads; the padded channels that
-    c_offs repeats meet zero rows of w1)."""
+    The 2 x 2 taps start at x0 = clamp(floor(ix), 0, P - 2) (likewise y), so all four are
+    always inside the plane and no load is masked; each tap's weight is the hat function
+    max(0, 1 - |ix - x|), which is the bilinear weight for a tap the sample touches and 0 for
+    one it does not (a tap outside the plane is never read, as zero padding wants). Only ix,
+    iy and the ray's plane offset are per-ray vectors; the rest is computed where the
+    [BLOCK_R, C_PAD] gathers live (one layout conversion each instead of one per tap and
+    weight). Padded channels (c_offs repeats the last one) meet zero rows of w1."""
     ix = ((gx + 1.0) * Pf - 1.0) * 0.5
     iy = ((gy + 1.0) * Pf - 1.0) * 0.5
     # Far-away points (rays that miss the box) must not overflow the int conversion; beyond
-    # [-2, P + 1] both taps are outside the plane anyway, so clamping changes nothing.
-    ix = tl.minimum(tl.maximum(ix, -2.0), Pf + 1.0)
-    iy = tl.minimum(tl.maximum(iy, -2.0), Pf + 1.0)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
-    wx1 = ix - x0f
-    wx0 = (x0f + 1.0) - ix
-    wy1 = iy - y0f
-    wy0 = (y0f + 1.0) - iy
-    x0 = x0f.to(tl.int32)
-    y0 = y0f.to(tl.int32)
-    x1 = x0 + 1
-    y1 = y0 + 1
-    wx0 = tl.where((x0 >= 0) & (x0 < P), wx0, 0.0)
-    wx1 = tl.where((x1 >= 0) & (x1 < P), wx1, 0.0)
-    wy0 = tl.where((y0 >= 0) & (y0 < P), wy0, 0.0)
-    wy1 = tl.where((y1 >= 0) & (y1 < P), wy1, 0.0)
-    cx0 = tl.minimum(tl.maximum(x0, 0), P - 1) * stride_tx
-    cx1 = tl.minimum(tl.maximum(x1, 0), P - 1) * stride_tx
-    cy0 = plane_off + tl.minimum(tl.maximum(y0, 0), P - 1) * stride_ty
-    cy1 = plane_off + tl.minimum(tl.maximum(y1, 0), P - 1) * stride_ty
-    base = triplane_ptr + c_offs[None, :]
-    f00 = tl.load(base + (cy0 + cx0)[:, None]).to(tl.float32)
-    f01 = tl.load(base + (cy0 + cx1)[:, None]).to(tl.float32)
-    f10 = tl.load(base + (cy1 + cx0)[:, None]).to(tl.float32)
-    f11 = tl.load(base + (cy1 + cx1)[:, None]).to(tl.float32)
-    acc += f00 * (wx0 * wy0)[:, None]
-    acc += f01 * (wx1 * wy0)[:, None]
-    acc += f10 * (wx0 * wy1)[:, None]
-    acc += f11 * (wx1 * wy1)[:, None]
+    # [-2, P + 1] every weight is 0 anyway, so clamping changes nothing.
+    ix = tl.minimum(tl.maximum(ix, -2.0), Pf + 1.0)[:, None]
+    iy = tl.minimum(tl.maximum(iy, -2.0), Pf + 1.0)[:, None]
+    x0f = tl.minimum(tl.maximum(tl.floor(ix), 0.0), Pf - 2.0)
+    y0f = tl.minimum(tl.maximum(tl.floor(iy), 0.0), Pf - 2.0)
+    wx0 = tl.maximum(1.0 - tl.abs(ix - x0f), 0.0)
+    wx1 = tl.maximum(1.0 - tl.abs(ix - (x0f + 1.0)), 0.0)
+    wy0 = tl.maximum(1.0 - tl.abs(iy - y0f), 0.0)
+    wy1 = tl.maximum(1.0 - tl.abs(iy - (y0f + 1.0)), 0.0)
+    base = triplane_ptr + (plane_off[:, None] + y0f.to(tl.int32) * stride_ty
+                           + x0f.to(tl.int32) * stride_tx) + c_offs[None, :]
+    f00 = tl.load(base).to(tl.float32)
+    f01 = tl.load(base + stride_tx).to(tl.float32)
+    f10 = tl.load(base + stride_ty).to(tl.float32)
+    f11 = tl.load(base + (stride_ty + stride_tx)).to(tl.float32)
+    acc += f00 * (wx0 * wy0)
+    acc += f01 * (wx1 * wy0)
+    acc += f10 * (wx0 * wy1)
+    acc += f11 * (wx1 * wy1)
     return acc
 
 

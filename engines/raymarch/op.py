@@ -81,6 +81,9 @@ def validate(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_c
     if not float(far) > float(near):
         raise ValueError(f"far ({far}) must be greater than near ({near}).")
     contract.normalise_plane_axes(plane_axes)
+    if triplane.shape[-1] < 2:  # the 2 x 2 taps start at most at P - 2
+        raise ValueError(f"the tri-plane's planes must be at least 2 x 2, got "
+                         f"{triplane.shape[-2]} x {triplane.shape[-1]}.")
     n_rays = origins.shape[0] * origins.shape[1]
     # The kernel indexes the whole tri-plane (every batch) with 32-bit element offsets, in the
     # given layout or in the channels-last copy the op makes (numel elements).
@@ -102,7 +105,7 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
     accumulation on sm_80 and newer (Triton emits no fp16 MMA for sm_75: "ieee" there). Their
     operands keep 11 significant bits, more than a bf16 tri-plane's 8, where the PyTorch path
     at that dtype runs the whole MLP in half precision; and they are the fewest instructions
-    (benchmarks.kernel_sass: 0.89 M per ray against 1.30 M for "tf32x3"). Their one risk is
+    (benchmarks.kernel_sass: 0.81 M per ray against 1.22 M for "tf32x3"). Their one risk is
     range: a feature or hidden value beyond 65504 would overflow fp16, far outside what the
     generator produces."""
     if device.type != "cuda":

@@ -334,6 +334,9 @@ def test_invalid_inputs_raise_one_sentence_errors():
     with pytest.raises(ValueError, match="samples_coarse"):
         kernel.raymarch(triplane, w1, b1, w2, b2, origins, directions,
                         **{**kw, "samples_coarse": 1})
+    with pytest.raises(ValueError, match="at least 2 x 2"):
+        kernel.raymarch(triplane[..., :1, :1].contiguous(), w1, b1, w2, b2, origins,
+                        directions, **kw)
     # 32-bit offsets cover the whole tri-plane, every batch: 2 x 3 x 8 x 8192^2 > 2^31
     # elements although one batch (1.6e9) is below (meta tensors: nothing is allocated).
     from engines.raymarch import op
