@@ -63,7 +63,8 @@ def test_orbit_paths():
     assert_close(pose[0, :3, 3], torch.tensor([0.0, 0.0, 2.9]))
     assert_close(pose[0, :3, :3], torch.diag(torch.tensor([1.0, -1.0, -1.0])))
     circle, _ = split_label(orbit_path("circle", 8))
-    assert_close((circle[:, :3, 3] - torch.tensor([0.0, 0.0, 0.2])).norm(dim=-1), torch.full((8,), 2.7))
+    assert_close((circle[:, :3, 3] - torch.tensor([0.0, 0.0, 0.2])).norm(dim=-1),
+                 torch.full((8,), 2.7))
     assert len({tuple(p.round(decimals=4).tolist()) for p in circle[:, :3, 3]}) == 8
 
 

@@ -58,7 +58,8 @@ def test_paper512_matches_model_md():
     assert (c.ray_near, c.ray_far, c.box_warp, c.decoder_hidden) == (2.25, 3.3, 1.0, 64)
     t = get_config("tiny")
     assert (t.image_size, t.triplane_size, t.render_size, t.token_grid) == (64, 32, 16, 4)
-    assert (t.triplane_channels, t.samples_coarse, t.samples_fine, t.decoder_hidden) == (8, 8, 8, 16)
+    assert (t.triplane_channels, t.samples_coarse, t.samples_fine,
+            t.decoder_hidden) == (8, 8, 8, 16)
 
 
 def test_split_equals_full_forward_exactly():
@@ -98,6 +99,9 @@ def test_expression_changes_the_frame_once_eadaln_is_trained():
         assert torch.equal(model.generate(source, e0), model.generate(source, e1))
         _perturb_zero_inits(model)
         assert not torch.allclose(model.generate(source, e0), model.generate(source, e1))
+        # ... and reaches the rendered frame (randomly initialised, the frame moves ~1e-5).
+        frames = [model.synthesize(source, e, camera)["image"] for e in (e0, e1)]
+        assert not torch.equal(frames[0], frames[1])
 
 
 def _perturb_zero_inits(model):
@@ -152,7 +156,8 @@ def test_contrastive_loss_hand_computed():
     image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     expr = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])
     tau = 0.5
-    sim = torch.nn.functional.normalize(image, dim=-1) @ torch.nn.functional.normalize(expr, dim=-1).t() / tau
+    normalize = torch.nn.functional.normalize
+    sim = normalize(image, dim=-1) @ normalize(expr, dim=-1).t() / tau
     # decoupled: -log(exp(s_kk) / sum_{j != k} exp(s_jk)), averaged over k
     manual = []
     for k in range(3):

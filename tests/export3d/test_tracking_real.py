@@ -13,7 +13,8 @@ from export3d.tracking.extractor import ExtractorConfig, FaceExtractor
 from export3d.tracking.landmarker import LandmarkerConfig
 from tracking_fixtures import astronaut, grace_hopper, media, model_path
 
-SMILE = [1 + BLENDSHAPE_NAMES.index("mouthSmileLeft"), 1 + BLENDSHAPE_NAMES.index("mouthSmileRight")]
+SMILE = [1 + BLENDSHAPE_NAMES.index("mouthSmileLeft"),
+         1 + BLENDSHAPE_NAMES.index("mouthSmileRight")]
 PHOTOS = ("0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg",
           "single_face.jpg")
 

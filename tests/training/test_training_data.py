@@ -17,7 +17,8 @@ def short_dataset(tmp_path_factory):
     from export3d.assets import asset_path
 
     out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare([asset_path("single_face.mp4", fetch=True)], out, image_size=64, progress=False, log=lambda *_: None)
+    prepare([asset_path("single_face.mp4", fetch=True)], out, image_size=64, progress=False,
+            log=lambda *_: None)
     return out
 
 
