@@ -38,7 +38,7 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert set(variants) == {"fp32-reference", "fp32-kernel", "bf16-kernel-best-launch"}
     # The model ran once more with the sweep's fastest half-precision launch in force.
     assert variants["bf16-kernel-best-launch"]["kernel_launch"] == {
-        "variant": "serial", "block_rays": 64, "num_warps": 4, "dot_precision": "fp16"}
+        "variant": "serial", "block_rays": 32, "num_warps": 4, "dot_precision": "fp16"}
     for v in variants.values():
         assert v["finite"] and v["frame"]["p50_ms"] > 0
         assert set(v["stages"]) == {"generate", "render", "superresolve"}
