@@ -80,7 +80,8 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # instruction each, ~1 ulp); tl.log2 would be libdevice's accurate log2f, ~30 instructions
 # per value, once the largest cost in the kernel's SASS, and the exact division ~10. Triton's
 # interpreter runs no PTX, so there the exact forms stand in: the same formulas, checked on
-# CPU; the PTX ones are checked on a GPU (benchmarks.gpu_suite's kernel_check).
+# CPU; the PTX ones are checked on a GPU (benchmarks.gpu_suite's kernel_check). Read when this
+# module is imported, so TRITON_INTERPRET must be set before that (as Triton itself requires).
 FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
