@@ -62,9 +62,13 @@ def raymarch_trt_kernel(
                     A0, A1, A2, A3, A4, A5, BLOCK_R, DOT_PRECISION)
 
 
-def dot_precision(arch: int) -> str:
-    """As the torch op: fp32-accurate TF32x3 products on sm_80 and newer, plain fp32 before."""
-    return "tf32x3" if int(arch) >= 80 else "ieee"
+def dot_precision(arch: int, triplane_dtype: str = "float32") -> str:
+    """As the torch op (engines.raymarch.op.default_dot_precision): on sm_80 and newer, fp16
+    tensor-core products for half-precision tri-planes and fp32-accurate TF32x3 for fp32 ones;
+    plain fp32 before."""
+    if int(arch) < 80:
+        return "ieee"
+    return "fp16" if triplane_dtype in ("float16", "bfloat16") else "tf32x3"
 
 
 def signature(config: aot.KernelConfig, arch: int) -> tuple[dict, dict]:
@@ -74,7 +78,8 @@ def signature(config: aot.KernelConfig, arch: int) -> tuple[dict, dict]:
                          f"{config.triplane_dtype!r}.")
     consts = kernel.constexprs(config.channels, config.hidden, config.features,
                                config.samples_coarse, config.samples_fine, config.plane_axes,
-                               config.block_rays, dot_precision(arch))
+                               config.block_rays,
+                               dot_precision(arch, config.triplane_dtype))
     sig = {name: "*" + aot.DTYPES[config.triplane_dtype] if name == "triplane_ptr"
            else "*fp32" for name in INPUT_PTRS}
     sig.update({name: "i32" for name in EXTRA_ARGS})

@@ -64,3 +64,18 @@ def test_tensorrt_entry_point_matches_the_reference():
     worst = float(proc.stdout.split("MAX_ABS_ERR")[1])
     # fp32 arithmetic in both; measured 1.2e-5, while a scale 1000 ulps off gives 1.9e-4.
     assert worst < 5e-5, proc.stdout
+
+
+def test_plugin_kernel_precision_follows_the_torch_op():
+    # The plugin's AOT kernel takes the op's products: fp16 MMAs for half-precision tri-planes
+    # on sm_80+, fp32-accurate TF32x3 for fp32 ones, plain fp32 on sm_75; checked in the PTX.
+    import re
+
+    from engines.raymarch import aot
+    from engines.trt import kernel_abi
+
+    assert kernel_abi.dot_precision(75, "float16") == "ieee"
+    assert kernel_abi.dot_precision(90, "float32") == "tf32x3"
+    assert kernel_abi.dot_precision(86, "bfloat16") == "fp16"
+    ptx = kernel_abi.compile_for_tensorrt(aot.KernelConfig.tiny(triplane_dtype="float16"), 90).ptx
+    assert re.search(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32", ptx)
