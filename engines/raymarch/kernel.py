@@ -440,9 +440,10 @@ RUNTIME_ARGS = (
 )
 
 DEFAULT_BLOCK_RAYS = 32
-# Measured on an H200 (paper512, 128x128 rays, fp32, ieee dots; reference 5.27 ms): 32 rays x 4
-# warps 1.87 ms (255 registers, ~300 B of spills), 64 x 8 1.97 ms, 32 x 8 2.65 ms (238
-# registers, no spills), 16 x 4 2.49 ms.
+# Measured on an H200 before the instruction diet (benchmarks/results/kernel_sweep-NVIDIA_H200-
+# 2026-11-28.json; paper512, 128x128 rays, fp32 tri-plane; reference 5.26 ms), "ieee" products:
+# 32 rays x 4 warps 3.39 ms, 16 x 2 3.30, 64 x 8 3.67, 16 x 4 4.77, 32 x 8 4.96; "tf32x3":
+# 32 x 4 3.07, 64 x 4 2.95. The GPU suite's sweep re-measures the launches after it.
 DEFAULT_NUM_WARPS = 4
 # No software pipelining: the loop's loads are data-dependent gathers, and with the default 3
 # stages Triton multi-buffers the dot operands in 120 KB of shared memory (1 program per SM,
