@@ -56,9 +56,8 @@ per source line, with no GPU): softplus and the feature sigmoid on the special-f
 (lg2/ex2/rcp.approx, ~1 ulp) instead of libdevice's accurate log and IEEE divisions, which
 were a third of the instructions; the planes' mean folded into w1; unmasked gathers at
 in-plane addresses (the 2 x 2 taps start at clamp(floor(x), 0, P - 2), hat-function weights),
-32-bit offsets (op.validate bounds the tri-plane), per-ray vectors converted to the gathers'
-layout once per plane rather than once per tap; the interval walk above; the midpoint features
-regrouped to one FMA per value. Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M
+32-bit offsets (op.validate bounds the tri-plane), one per-ray address per plane instead of
+four; the interval walk above; the midpoint features regrouped to one FMA per value. Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M
 thread-instructions per ray before (issue bound 1.0 ms on an H100; it measured 3.39 ms on an
 H200), 1.19 M after ("ieee"), 0.81 M with "fp16" products.
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
@@ -145,10 +144,11 @@ def _plane_lookup(acc, triplane_ptr, plane_off, gx, gy, P, Pf, stride_ty, stride
     The 2 x 2 taps start at x0 = clamp(floor(ix), 0, P - 2) (likewise y), so all four are
     always inside the plane and no load is masked; each tap's weight is the hat function
     max(0, 1 - |ix - x|), which is the bilinear weight for a tap the sample touches and 0 for
-    one it does not (a tap outside the plane is never read, as zero padding wants). Only ix,
-    iy and the ray's plane offset are per-ray vectors; the rest is computed where the
-    [BLOCK_R, C_PAD] gathers live (one layout conversion each instead of one per tap and
-    weight). Padded channels (c_offs repeats the last one) meet zero rows of w1."""
+    one it does not (a tap outside the plane is never read, as zero padding wants). The four
+    taps share one base address plus constant strides, so one per-ray address crosses into
+    the gathers' layout per plane instead of four (the blend weights still cross per tap:
+    Triton's layout choice). Padded channels (c_offs repeats the last one) meet zero rows of
+    w1."""
     ix = ((gx + 1.0) * Pf - 1.0) * 0.5
     iy = ((gy + 1.0) * Pf - 1.0) * 0.5
     # Far-away points (rays that miss the box) must not overflow the int conversion; beyond
