@@ -263,10 +263,10 @@ SWEEP = ((32, 4, "fp16", "float16"), (64, 4, "fp16", "float16"), (32, 2, "fp16",
          (32, 2, "fp16"), (128, 4, "fp16"), (64, 8, "fp16"), (128, 8, "fp16"), (16, 2, "fp16"),
          (32, 4, "tf32"), (32, 4, "ieee"))
 # The sample-parallel variant (engines/raymarch/tiled.py): (rays per program, samples per tile,
-# warps, dot precision); rays x samples = rows per MLP product. Few rows: each compiles for
+# warps, dot precision[, tri-plane dtype]); rays x samples = rows per MLP product. Few rows: each compiles for
 # tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
-TILED_SWEEP = ((16, 8, 8, "tf32x3"), (16, 8, 8, "fp16"), (16, 16, 8, "fp16"),
-               (32, 8, 8, "fp16"))
+TILED_SWEEP = ((16, 8, 8, "fp16", "float16"), (16, 8, 8, "tf32x3"), (16, 8, 8, "fp16"),
+               (16, 16, 8, "fp16"), (32, 8, 8, "fp16"))
 
 
 def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
@@ -287,7 +287,8 @@ def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
             cases[name] = (args, raymarch_reference(tp, dec, o, d, settings))
         plan = [("serial", shape[0], None, shape[1], shape[2],
                  shape[3] if len(shape) > 3 else "float32") for shape in SWEEP]
-        plan += [("tiled", *shape, "float32") for shape in TILED_SWEEP]
+        plan += [("tiled", *shape[:4], shape[4] if len(shape) > 4 else "float32")
+                 for shape in TILED_SWEEP]
         if short:  # fp16 products, one row of each variant
             plan = [next(p for p in plan if p[0] == v and p[4] == "fp16")
                     for v in ("serial", "tiled")]

@@ -28,8 +28,8 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert dense["mean_opacity_reference"] > 0.9 and empty["mean_opacity_reference"] < 1e-3
     assert "float32" in report["raymarch_timing"]
     sweep = report["raymarch_timing"]["launch_sweep"]  # the dry run's two rows
-    assert [(r["variant"], r["dot_precision"]) for r in sweep] == [("serial", "fp16"),
-                                                                   ("tiled", "fp16")]
+    assert [(r["variant"], r["dot_precision"], r["triplane_dtype"]) for r in sweep] == [
+        ("serial", "fp16", "float16"), ("tiled", "fp16", "float16")]
     for row in sweep:
         assert "error" not in row, row
         assert row["within_tolerance"] and row["max_abs_err_features"] < 2e-3
@@ -37,8 +37,11 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     variants = report["model"]["variants"]
     assert set(variants) == {"fp32-reference", "fp32-kernel", "bf16-kernel-best-launch"}
     # The model ran once more with the sweep's fastest half-precision launch in force.
-    assert variants["bf16-kernel-best-launch"]["kernel_launch"] == {
-        "variant": "serial", "block_rays": 32, "num_warps": 4, "dot_precision": "fp16"}
+    fastest = min((r for r in sweep if r["triplane_dtype"] == "float16"),
+                  key=lambda r: r["p50_ms"])
+    launch = variants["bf16-kernel-best-launch"]["kernel_launch"]
+    assert launch == {k: fastest[k] for k in ("variant", "block_rays", "num_warps",
+                                              "dot_precision", "sample_tile") if k in fastest}
     for v in variants.values():
         assert v["finite"] and v["frame"]["p50_ms"] > 0
         assert set(v["stages"]) == {"generate", "render", "superresolve"}
