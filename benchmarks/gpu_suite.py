@@ -263,8 +263,8 @@ SWEEP = ((32, 4, "fp16", "float16"), (64, 4, "fp16", "float16"), (32, 2, "fp16",
          (32, 2, "fp16"), (128, 4, "fp16"), (64, 8, "fp16"), (128, 8, "fp16"), (16, 2, "fp16"),
          (32, 4, "tf32"), (32, 4, "ieee"))
 # The sample-parallel variant (engines/raymarch/tiled.py): (rays per program, samples per tile,
-# warps, dot precision[, tri-plane dtype]); rays x samples = rows per MLP product. Few rows: each compiles for
-# tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
+# warps, dot precision[, tri-plane dtype]); rays x samples = rows per MLP product. Few rows:
+# each compiles for tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
 TILED_SWEEP = ((16, 8, 8, "fp16", "float16"), (16, 8, 8, "tf32x3"), (16, 8, 8, "fp16"),
                (16, 16, 8, "fp16"), (32, 8, 8, "fp16"))
 
