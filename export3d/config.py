@@ -7,7 +7,7 @@ round-trips through JSON (``to_dict`` / ``from_dict``) so a checkpoint can carry
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Version of the expression code the model is conditioned on (tracking.md 4.4, MPX-64).
 # Checkpoints record it; loading refuses a checkpoint trained on another code.
