@@ -70,10 +70,10 @@ import os
 import triton
 import triton.language as tl
 
-FEATURE_CLAMP = 0.001  # as export3d.renderer (engines imports nothing of ours; tests compare)
-_CLAMP = tl.constexpr(FEATURE_CLAMP)
-PDF_WEIGHT_FLOOR = 0.01
-PDF_DENOM_EPS = 1e-5
+# As export3d.renderer (engines imports nothing of ours; the tests compare the two).
+FEATURE_CLAMP = tl.constexpr(0.001)
+PDF_WEIGHT_FLOOR = tl.constexpr(0.01)
+PDF_DENOM_EPS = tl.constexpr(1e-5)
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
 # Compiled, log2 and 1 / x are the hardware's lg2.approx and rcp.approx (one special-function
@@ -177,12 +177,19 @@ def _plane_lookup(acc, triplane_ptr, plane_off, gx, gy, P, Pf, stride_ty, stride
 
 @triton.jit
 def _load_decoder(w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1,
-                  stride_w2h, stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask,
-                  DOT_PRECISION: tl.constexpr):
+                  stride_w2h, stride_w2o, stride_b2, C: tl.constexpr, HD: tl.constexpr,
+                  F: tl.constexpr, C_PAD: tl.constexpr, H_PAD: tl.constexpr,
+                  F_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Decoder weights, zero-padded to [C_PAD, H_PAD] / [H_PAD, F_PAD], loaded once per
     program: w1 / 3 (the mean of the three planes is folded into the first layer), b1, the
     density column of w2 and its bias, the feature columns and biases. fp32, except that w1
     and the feature columns are fp16 when DOT_PRECISION is "fp16" (tensor-core operands)."""
+    ci = tl.arange(0, C_PAD)
+    hi = tl.arange(0, H_PAD)
+    fi = tl.arange(0, F_PAD)
+    c_mask = ci < C
+    h_mask = hi < HD
+    f_mask = fi < F
     w1 = tl.load(w1_ptr + ci[:, None] * stride_w1c + hi[None, :] * stride_w1h,
                  mask=c_mask[:, None] & h_mask[None, :], other=0.0).to(tl.float32) * (1.0 / 3.0)
     b1 = tl.load(b1_ptr + hi * stride_b1, mask=h_mask, other=0.0).to(tl.float32)
@@ -230,10 +237,25 @@ def _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, stride_tk
     sigma = tl.sum(hidden * w2s[None, :], axis=1) + b2s
     if WITH_FEATS:
         out = _matmul(hidden, w2f, DOT_PRECISION) + b2f[None, :]
-        feats = _reciprocal(1.0 + tl.exp2(out * -LOG2E)) * (1.0 + 2.0 * _CLAMP) - _CLAMP
+        feats = (_reciprocal(1.0 + tl.exp2(out * -LOG2E)) * (1.0 + 2.0 * FEATURE_CLAMP)
+                 - FEATURE_CLAMP)
         return sigma, feats
     else:
         return sigma, sigma
+
+
+@triton.jit
+def _load_rays(origins_ptr, directions_ptr, rays, rays_per_batch, stride_tb):
+    """Origin, direction and int32 tri-plane offset (batch * stride_tb; op.validate bounds
+    every offset) of each of the given rays, valid indices (masked-off ones clamped)."""
+    ray64 = rays.to(tl.int64)
+    ox = tl.load(origins_ptr + ray64 * 3 + 0)
+    oy = tl.load(origins_ptr + ray64 * 3 + 1)
+    oz = tl.load(origins_ptr + ray64 * 3 + 2)
+    dx = tl.load(directions_ptr + ray64 * 3 + 0)
+    dy = tl.load(directions_ptr + ray64 * 3 + 1)
+    dz = tl.load(directions_ptr + ray64 * 3 + 2)
+    return ox, oy, oz, dx, dy, dz, (rays // rays_per_batch) * stride_tb
 
 
 @triton.jit
@@ -256,26 +278,13 @@ def raymarch_kernel(
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     ray_mask = rays < n_rays
     rays = tl.where(ray_mask, rays, 0)  # keeps masked-off addresses valid
-    ray64 = rays.to(tl.int64)
-    ox = tl.load(origins_ptr + ray64 * 3 + 0)
-    oy = tl.load(origins_ptr + ray64 * 3 + 1)
-    oz = tl.load(origins_ptr + ray64 * 3 + 2)
-    dx = tl.load(directions_ptr + ray64 * 3 + 0)
-    dy = tl.load(directions_ptr + ray64 * 3 + 1)
-    dz = tl.load(directions_ptr + ray64 * 3 + 2)
-    batch_off = (rays // rays_per_batch) * stride_tb  # int32: op.validate bounds every offset
+    ox, oy, oz, dx, dy, dz, batch_off = _load_rays(origins_ptr, directions_ptr, rays,
+                                                   rays_per_batch, stride_tb)
     Pf = P.to(tl.float32)
-
-    ci = tl.arange(0, C_PAD)
-    hi = tl.arange(0, H_PAD)
-    fi = tl.arange(0, F_PAD)
-    c_mask = ci < C
-    c_offs = _channel_offsets(ci, stride_tc, C, C_PAD)
-    h_mask = hi < HD
-    f_mask = fi < F
+    c_offs = _channel_offsets(tl.arange(0, C_PAD), stride_tc, C, C_PAD)
     w1, b1, w2s, b2s, w2f, b2f = _load_decoder(
         w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1, stride_w2h,
-        stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask, DOT_PRECISION)
+        stride_w2o, stride_b2, C, HD, F, C_PAD, H_PAD, F_PAD, DOT_PRECISION)
 
     cols = tl.arange(0, SC_PAD)
     cdf = tl.zeros((BLOCK_R, SC_PAD), dtype=tl.float32)
@@ -299,13 +308,13 @@ def raymarch_kernel(
             optical = _softplus(0.5 * (sig + sig_prev) - 1.0) * (t - t_prev)
             w = (1.0 - tl.exp(-optical)) * tl.exp(-optical_sum)
             optical_sum += optical
-            smoothed = 0.5 * (tl.maximum(w_m2, w_m1) + tl.maximum(w_m1, w)) + 0.01
+            smoothed = 0.5 * (tl.maximum(w_m2, w_m1) + tl.maximum(w_m1, w)) + PDF_WEIGHT_FLOOR
             cdf = tl.where(cols[None, :] == s - 2, smoothed[:, None], cdf)  # no-op at s = 1
             w_m2 = w_m1
             w_m1 = w
             t_prev = t
             sig_prev = sig
-        smoothed = 0.5 * (tl.maximum(w_m2, w_m1) + w_m1) + 0.01
+        smoothed = 0.5 * (tl.maximum(w_m2, w_m1) + w_m1) + PDF_WEIGHT_FLOOR
         cdf = tl.where(cols[None, :] == SC - 2, smoothed[:, None], cdf)
         # pdf = w' / sum w'; cdf[i + 1] = sum_{k <= i} pdf_k (padding columns hold 0).
         total = tl.sum(cdf, axis=1)
@@ -342,7 +351,7 @@ def raymarch_kernel(
             e_lo = near + (iv + 0.5) * step
             e_hi = near + (iv + 1.5) * step
             denom = cdf_hi - cdf_lo
-            denom = tl.where(denom < 1e-5, 1.0, denom)  # PDF_DENOM_EPS
+            denom = tl.where(denom < PDF_DENOM_EPS, 1.0, denom)
             # max(., e_lo): a fine sample whose interval the walk left at a tie has the depth
             # e_lo exactly (see below); elsewhere u >= cdf_lo and the max changes nothing.
             t_new = tl.maximum(e_lo + (u - cdf_lo) / denom * (e_hi - e_lo), e_lo)
@@ -391,8 +400,10 @@ def raymarch_kernel(
                      t_prev)
     depth = tl.minimum(tl.maximum(depth, t_first), t_prev)
     out_feats = acc_feats * 2.0 - 1.0
+    ray64 = rays.to(tl.int64)
+    fi = tl.arange(0, F_PAD)
     tl.store(features_ptr + ray64[:, None] * F + fi[None, :], out_feats,
-             mask=ray_mask[:, None] & f_mask[None, :])
+             mask=ray_mask[:, None] & (fi < F)[None, :])
     tl.store(depth_ptr + ray64, depth, mask=ray_mask)
     tl.store(opacity_ptr + ray64, acc_weight, mask=ray_mask)
 

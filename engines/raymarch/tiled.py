@@ -61,8 +61,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel import (_channel_offsets, _decode, _load_decoder, _softplus, check_dot_precision,
-                     next_pow2)
+from .kernel import (PDF_DENOM_EPS, PDF_WEIGHT_FLOOR, _channel_offsets, _decode,
+                     _load_decoder, _load_rays, _softplus, check_dot_precision, next_pow2)
 
 DEFAULT_BLOCK_RAYS = 16
 DEFAULT_SAMPLE_TILE = 8
@@ -137,26 +137,14 @@ def raymarch_tiled_kernel(
     rows = tl.arange(0, N)
     rays_n = pid * BLOCK_R + rows // S_TILE
     mask_n = rays_n < n_rays
-    ray64_n = tl.where(mask_n, rays_n, 0).to(tl.int64)
-    ox = tl.load(origins_ptr + ray64_n * 3 + 0)
-    oy = tl.load(origins_ptr + ray64_n * 3 + 1)
-    oz = tl.load(origins_ptr + ray64_n * 3 + 2)
-    dx = tl.load(directions_ptr + ray64_n * 3 + 0)
-    dy = tl.load(directions_ptr + ray64_n * 3 + 1)
-    dz = tl.load(directions_ptr + ray64_n * 3 + 2)
-    batch_off = (tl.where(mask_n, rays_n, 0) // rays_per_batch) * stride_tb  # int32 offsets
+    ox, oy, oz, dx, dy, dz, batch_off = _load_rays(origins_ptr, directions_ptr,
+                                                   tl.where(mask_n, rays_n, 0),
+                                                   rays_per_batch, stride_tb)
     Pf = P.to(tl.float32)
-
-    ci = tl.arange(0, C_PAD)
-    hi = tl.arange(0, H_PAD)
-    fi = tl.arange(0, F_PAD)
-    c_mask = ci < C
-    c_offs = _channel_offsets(ci, stride_tc, C, C_PAD)
-    h_mask = hi < HD
-    f_mask = fi < F
+    c_offs = _channel_offsets(tl.arange(0, C_PAD), stride_tc, C, C_PAD)
     w1, b1, w2s, b2s, w2f, b2f = _load_decoder(
         w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1, stride_w2h,
-        stride_w2o, stride_b2, ci, hi, fi, c_mask, h_mask, f_mask, DOT_PRECISION)
+        stride_w2o, stride_b2, C, HD, F, C_PAD, H_PAD, F_PAD, DOT_PRECISION)
 
     jj = tl.arange(0, S_TILE)
     zeros_rt = tl.zeros((BLOCK_R, S_TILE), dtype=tl.float32)
@@ -193,7 +181,7 @@ def raymarch_tiled_kernel(
         cols = tl.arange(0, SC_PAD)
         x_flat = tl.reshape(x_row, (BLOCK_R, SC_PAD))
         maxed = tl.maximum(x_flat, _shift_row_left(x_flat, cols))
-        smoothed = 0.5 * (maxed + _shift_row_left(maxed, cols)) + 0.01
+        smoothed = 0.5 * (maxed + _shift_row_left(maxed, cols)) + PDF_WEIGHT_FLOOR
         smoothed = tl.where((cols < SC - 1)[None, :], smoothed, 0.0)
         total = tl.sum(smoothed, axis=1)
         cdf = tl.cumsum(smoothed / total[:, None], axis=1)  # column i holds cdf[i + 1]
@@ -215,7 +203,7 @@ def raymarch_tiled_kernel(
             e_lo = near + (idx.to(tl.float32) + 0.5) * step
             e_hi = near + (idx.to(tl.float32) + 1.5) * step
             denom = cdf_hi - cdf_lo
-            denom = tl.where(denom < 1e-5, 1.0, denom)
+            denom = tl.where(denom < PDF_DENOM_EPS, 1.0, denom)
             t_fine = e_lo + (u[None, :] - cdf_lo) / denom * (e_hi - e_lo)
             rank = j[None, :] + _coarse_count(t_fine, near, step, SC)
             rank = tl.where((j < SF)[None, :], rank, _NO_RANK)
@@ -281,8 +269,9 @@ def raymarch_tiled_kernel(
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     ray_mask = rays < n_rays
     ray64 = tl.where(ray_mask, rays, 0).to(tl.int64)
+    fi = tl.arange(0, F_PAD)
     tl.store(features_ptr + ray64[:, None] * F + fi[None, :], acc_feats * 2.0 - 1.0,
-             mask=ray_mask[:, None] & f_mask[None, :])
+             mask=ray_mask[:, None] & (fi < F)[None, :])
     tl.store(depth_ptr + ray64, depth, mask=ray_mask)
     tl.store(opacity_ptr + ray64, acc_weight, mask=ray_mask)
 

@@ -369,6 +369,17 @@ def test_renderer_dispatch_reaches_the_kernel():
     assert_matches(actual, run_reference(inputs, settings), TOLERANCE[torch.float32])
 
 
+def test_kernel_constants_are_the_renderers():
+    # engines may not import export3d, so the kernel keeps its own copies of the reference's
+    # numerical constants; a change on one side must show here.
+    from engines.raymarch import kernel
+    from export3d import renderer
+
+    assert kernel.FEATURE_CLAMP.value == renderer.FEATURE_CLAMP
+    assert kernel.PDF_WEIGHT_FLOOR.value == renderer.PDF_WEIGHT_FLOOR
+    assert kernel.PDF_DENOM_EPS.value == renderer.PDF_DENOM_EPS
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or IN_CHILD, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("variant", VARIANTS)
