@@ -181,6 +181,22 @@ def test_lowpass_and_upsample_preserve_constants():
     assert_close(up[..., 2:-2, 2:-2], torch.full((1, 3, 20, 20), 0.7))
 
 
+def test_upsample_is_the_fir_filter_with_zero_padding():
+    # Reference: [1, 3, 3, 1] x [1, 3, 3, 1] / 64 * 4 as a depthwise transposed convolution
+    # (upfirdn2d's up-sampling), float64 so that only the formula can differ.
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64)
+    kernel = (torch.outer(f, f) / 16).expand(5, 1, 4, 4)
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    reference = F.conv_transpose2d(x, kernel, stride=2, padding=1, groups=5)
+    assert_close(Upsample2x()(x), reference, rtol=0, atol=1e-12)
+    # The border really differs from plain bilinear (zero padding, not clamping).
+    bilinear = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    assert (bilinear[..., 0, :] - reference[..., 0, :]).abs().max() > 0.1
+    # channels-last in, channels-last out (the GPU suite's fast layout).
+    x32 = x.float().contiguous(memory_format=torch.channels_last)
+    assert Upsample2x()(x32).is_contiguous(memory_format=torch.channels_last)
+
+
 def test_triplane_ema_updates_in_training_only():
     model = build_model(get_config("tiny"), seed=0)
     image = torch.rand(2, 3, 64, 64) * 2 - 1
