@@ -22,7 +22,9 @@ loses only what had not run yet):
    memory and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
    + kernel, bf16 + channels_last, bf16 + CUDA graph, and bf16 + torch.compile; then bf16 +
    channels_last eager, CUDA graph and torch.compile again with the sweep's fastest launch on
-   half-precision tri-planes in force (``engines.raymarch.op.default_launch``).
+   half-precision tri-planes in force (``engines.raymarch.op.default_launch``). The two
+   bf16 channels_last eager variants are also profiled stage by stage (torch.profiler):
+   kernel launches and kernel time per frame, and the kernels that take it.
 5. ``tensorrt``: only where ``tensorrt`` imports (elsewhere ``{"skipped": "tensorrt not
    importable"}``): the plugin graphs exported, engines built (build seconds) and per-frame
    latency through the ``tensorrt`` backend, fp32 and fp16, next to the PyTorch p50s.
@@ -258,10 +260,13 @@ def raymarch_timing(torch, config, device, warmup, iters, budget=None) -> dict:
 # Most informative first (the budget may stop the sweep early): the fp16-product launches
 # benchmarks.kernel_sass ranks best, on fp16 and fp32 tri-planes, then the fp32 default and the
 # baselines last measured on the H200.
+# A fifth element caps registers per thread (more programs per SM against the gathers' latency,
+# paid in spills: benchmarks.kernel_sass counts both).
 SWEEP = ((32, 4, "fp16", "float16"), (64, 4, "fp16", "float16"), (32, 2, "fp16", "float16"),
-         (32, 4, "fp16"), (64, 4, "fp16"), (32, 4, "tf32x3"), (64, 4, "tf32x3"),
-         (32, 2, "fp16"), (128, 4, "fp16"), (64, 8, "fp16"), (128, 8, "fp16"), (16, 2, "fp16"),
-         (32, 4, "tf32"), (32, 4, "ieee"))
+         (32, 4, "fp16", "float16", 168), (32, 4, "fp16", "float16", 128),
+         (32, 2, "fp16", "float16", 168), (32, 4, "fp16"), (64, 4, "fp16"), (32, 4, "tf32x3"),
+         (64, 4, "tf32x3"), (32, 2, "fp16"), (128, 4, "fp16"), (64, 8, "fp16"),
+         (128, 8, "fp16"), (16, 2, "fp16"), (32, 4, "tf32"), (32, 4, "ieee"))
 # The sample-parallel variant (engines/raymarch/tiled.py): (rays per program, samples per tile,
 # warps, dot precision[, tri-plane dtype]); rays x samples = rows per MLP product. Few rows:
 # each compiles for tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
@@ -286,17 +291,20 @@ def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
                     settings.plane_axes)
             cases[name] = (args, raymarch_reference(tp, dec, o, d, settings))
         plan = [("serial", shape[0], None, shape[1], shape[2],
-                 shape[3] if len(shape) > 3 else "float32") for shape in SWEEP]
-        plan += [("tiled", *shape[:4], shape[4] if len(shape) > 4 else "float32")
+                 shape[3] if len(shape) > 3 else "float32",
+                 shape[4] if len(shape) > 4 else None) for shape in SWEEP]
+        plan += [("tiled", *shape[:4], shape[4] if len(shape) > 4 else "float32", None)
                  for shape in TILED_SWEEP]
         if short:  # fp16 products, one row of each variant
             plan = [next(p for p in plan if p[0] == v and p[4] == "fp16")
                     for v in ("serial", "tiled")]
-        for variant, block, tile, warps, precision, dtype in plan:
+        for variant, block, tile, warps, precision, dtype, registers in plan:
             row = {"variant": variant, "block_rays": block, "num_warps": warps,
                    "dot_precision": precision, "triplane_dtype": dtype}
             if tile:
                 row["sample_tile"] = tile
+            if registers:
+                row["max_registers"] = registers
             args, ref = cases[dtype]
             if budget is not None and budget.left() < SWEEP_RESERVE_S:
                 row["skipped"] = "time budget"
@@ -306,7 +314,7 @@ def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
                 def call():
                     return op.launch(*args, block_rays=block, num_warps=warps,
                                      dot_precision=precision, variant=variant,
-                                     sample_tile=tile)
+                                     sample_tile=tile, max_registers=registers)
                 got = call()
                 for i, name in enumerate(("features", "depth", "opacity")):
                     row[f"max_abs_err_{name}"] = float((got[i] - ref[i]).abs().max())
@@ -357,7 +365,7 @@ def half_precision_launch(timing: dict) -> dict | None:
         return None
     best = min(rows, key=lambda r: r["p50_ms"])
     return {k: best[k] for k in ("variant", "block_rays", "num_warps", "dot_precision",
-                                 "sample_tile") if k in best}
+                                 "sample_tile", "max_registers") if k in best}
 
 
 def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, compile_ok,
@@ -375,8 +383,9 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
             continue
         print(f"  model {name} ...", flush=True)
         try:
-            results["variants"][name] = run_variant(torch, base, config, device, dtype, impl,
-                                                    channels_last, mode, warmup, iters, launch)
+            results["variants"][name] = run_variant(
+                torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters,
+                launch, profile_stages=name in PROFILED_VARIANTS)
         except Exception as exc:
             results["variants"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                          "traceback": traceback.format_exc(limit=6)}
@@ -393,13 +402,13 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
 
 
 def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters,
-                launch=None):
+                launch=None, profile_stages=False):
     if launch:
         from engines.raymarch.op import default_launch
 
         with default_launch(**launch):
             out = run_variant(torch, base, config, device, dtype, impl, channels_last, mode,
-                              warmup, iters)
+                              warmup, iters, profile_stages=profile_stages)
         return {**out, "kernel_launch": launch}
     import copy
 
@@ -431,6 +440,9 @@ def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, w
 
         if mode == "eager":
             out["stages"] = stage_timing(torch, model, source, expr, camera, warmup, iters)
+            if profile_stages:
+                out["profile"] = stage_profile(torch, model, source, expr, camera,
+                                               max(1, min(10, iters)))
             step = frame
         elif mode == "cudagraph":
             step = cuda_graph(torch, frame, warmup)
@@ -488,6 +500,61 @@ def stage_timing(torch, model, source, expr, camera, warmup, iters) -> dict:
         records.append(ev)
     torch.cuda.synchronize()
     return {n: stats([r[i].elapsed_time(r[i + 1]) for r in records]) for i, n in enumerate(names)}
+
+
+# Eager variants whose stages are also profiled kernel by kernel (stage_profile).
+PROFILED_VARIANTS = ("bf16-kernel-channels_last", "bf16-kernel-best-launch")
+PROFILE_TOP = 12
+
+
+def stage_profile(torch, model, source, expr, camera, frames: int) -> dict:
+    """Where each stage's time goes, kernel by kernel (torch.profiler over ``frames`` runs of
+    the stage): launches per frame, summed kernel time per frame, and the PROFILE_TOP kernels
+    by time with their calls and microseconds per frame. A stage whose kernel time is far
+    below its measured latency is launch-bound (CUDA graphs, torch.compile); one that is not
+    is bound by the kernels listed. On a CPU the rows are aten operators and CPU time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    state = {"triplane": model.generate(source, expr)}
+    state["features"] = model.render(state["triplane"], camera)[0]
+    calls = {"generate": lambda: model.generate(source, expr),
+             "render": lambda: model.render(state["triplane"], camera),
+             "superresolve": lambda: model.superresolve(state["features"])}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    out = {"frames": frames, "unit": "us per frame",
+           "rows": "CUDA kernels" if cuda else "aten operators (CPU)"}
+    for name, call in calls.items():
+        call()
+        if cuda:
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            for _ in range(frames):
+                call()
+            if cuda:
+                torch.cuda.synchronize()
+        rows = []
+        for e in prof.key_averages():
+            if cuda:
+                if e.device_type != DeviceType.CUDA:
+                    continue
+                us = getattr(e, "self_device_time_total", None)
+                us = us if us is not None else e.self_cuda_time_total
+            else:
+                if not e.key.startswith("aten::"):
+                    continue
+                us = e.self_cpu_time_total
+            rows.append({"name": e.key[:160], "calls": e.count / frames,
+                         "us": round(us / frames, 2)})
+        rows.sort(key=lambda r: -r["us"])
+        total = sum(r["us"] for r in rows)
+        for r in rows:
+            r["share"] = round(r["us"] / total, 4) if total else 0.0
+        out[name] = {"launches" if cuda else "operators": sum(r["calls"] for r in rows),
+                     "kernel_us" if cuda else "self_us": round(total, 2),
+                     "top": rows[:PROFILE_TOP]}
+    return out
 
 
 def cuda_graph(torch, fn, warmup):
@@ -610,7 +677,7 @@ def best_launch(timing: dict) -> dict:
     best = min(good, key=lambda r: r["p50_ms"])
     speedup = round(timing["float32"]["reference"]["p50_ms"] / best["p50_ms"], 2)
     keys = ("variant", "block_rays", "num_warps", "dot_precision", "triplane_dtype",
-            "sample_tile", "p50_ms")
+            "sample_tile", "max_registers", "p50_ms")
     return {"kernel_best_launch": {k: best[k] for k in keys if k in best},
             "kernel_best_speedup": speedup,
             "kernel_best_speedup_met": speedup >= TARGET_SPEEDUP}
@@ -653,6 +720,18 @@ def print_table(data: dict) -> None:
                  ("generate", "render", "superresolve")]
         print(f"{name:<30} {v['frame']['p50_ms']:9.3f} {v['frame']['p95_ms']:8.3f} "
               f"{v['fps']:7.1f} {' '.join(cells)} {v.get('peak_memory_mib', 0):9.0f}")
+    for name, v in data.get("model", {}).get("variants", {}).items():
+        prof = v.get("profile")
+        if not prof:
+            continue
+        print(f"\n{name}, per frame ({prof['rows']}):")
+        for stage in ("generate", "render", "superresolve"):
+            p = prof[stage]
+            count = p.get("launches", p.get("operators"))
+            busy = p.get("kernel_us", p.get("self_us")) / 1e3
+            top = ", ".join(f"{r['name'][:40]} {r['us']:.0f} us" for r in p["top"][:3])
+            print(f"  {stage:<13} {count:6.0f} {'launches' if 'launches' in p else 'ops'}, "
+                  f"{busy:7.3f} ms busy; top: {top}")
     live = data.get("live", {}).get("summary")
     if live:
         g = live["glass_to_glass"]

@@ -68,6 +68,10 @@ CONFIGS = (
     ("serial 32x4 tf32", dict(dot_precision="tf32")),
     ("serial 32x4 fp16", dict(dot_precision="fp16")),
     ("serial 64x4 fp16", dict(dot_precision="fp16", block_rays=64)),
+    ("serial 32x2 fp16", dict(dot_precision="fp16", num_warps=2)),
+    # Capped registers: more programs per SM to hide the gathers' latency, paid in spills.
+    ("serial r168 32x4 fp16", dict(dot_precision="fp16", max_registers=168)),
+    ("serial r128 32x4 fp16", dict(dot_precision="fp16", max_registers=128)),
     ("tiled 16x8 w8 ieee", dict(variant="tiled", block_rays=16, num_warps=8)),
     ("tiled 16x8 w8 tf32x3", dict(variant="tiled", block_rays=16, num_warps=8,
                                   dot_precision="tf32x3")),
@@ -116,8 +120,7 @@ def compile_like_jit(config: aot.KernelConfig, arch: int, values: dict = PAPER51
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constants,
                                        attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", int(arch), 32),
-                          options={"num_warps": config.num_warps,
-                                   "num_stages": config.num_stages}), constants
+                          options=aot.compile_options(config)), constants
 
 
 def resource_usage(cubin: bytes) -> dict:

@@ -44,6 +44,7 @@ class KernelConfig:
     variant: str = "serial"  # or "tiled" (engines.raymarch.tiled; same runtime arguments)
     sample_tile: int = 8  # samples per decode tile, "tiled" only (16 overflows sm_75's smem)
     dot_precision: str = "ieee"  # the MLP products: "ieee", "tf32x3", "tf32" (sm_80+), "fp16"
+    max_registers: int | None = None  # ptxas .maxnreg (None: the compiler's choice, <= 255)
 
     @classmethod
     def tiny(cls, **overrides) -> "KernelConfig":
@@ -114,6 +115,14 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
     return sig, consts
 
 
+def compile_options(config: KernelConfig) -> dict:
+    """Triton's compile options for ``config`` (as a JIT launch with the same settings)."""
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    if config.max_registers:
+        options["maxnreg"] = int(config.max_registers)
+    return options
+
+
 def compile_arch(config: KernelConfig, arch: int) -> Build:
     """Compile for one compute capability (e.g. 90 for sm_90)."""
     import triton
@@ -123,8 +132,7 @@ def compile_arch(config: KernelConfig, arch: int) -> Build:
     source = triton.compiler.ASTSource(fn=kernel_fn(config), signature=sig,
                                        constexprs=consts)
     compiled = triton.compile(source, target=GPUTarget("cuda", int(arch), 32),
-                              options={"num_warps": config.num_warps,
-                                       "num_stages": config.num_stages})
+                              options=compile_options(config))
     meta = compiled.metadata
     if meta.global_scratch_size or meta.profile_scratch_size:
         raise RuntimeError("the kernel now needs Triton scratch memory; the plugin's launch "

@@ -24,7 +24,8 @@ INTERPRETER_BLOCK_RAYS = 256
 INTERPRETER_TILED_BLOCK_RAYS = 64  # 64 rays x 16 samples = 1024 decode rows per program
 VARIANTS = ("serial", "tiled")
 TRIPLANE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-LAUNCH_KEYS = ("block_rays", "num_warps", "dot_precision", "variant", "sample_tile")
+LAUNCH_KEYS = ("block_rays", "num_warps", "dot_precision", "variant", "sample_tile",
+               "max_registers")
 # Launch options the registered op uses when its caller (the renderer, torch.compile'd graphs,
 # CUDA graphs) cannot pass them: set by default_launch(), read at every launch.
 _launch_override: dict = {}
@@ -118,19 +119,23 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
 
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
-           channels_last=True, dot_precision=None, variant=None, sample_tile=None):
+           channels_last=True, dot_precision=None, variant=None, sample_tile=None,
+           max_registers=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
     contiguous line of C values); the kernel takes any strides. ``variant``: "serial"
     (``kernel.raymarch_kernel``, one sample per ray per step, the default) or "tiled"
     (``tiled.raymarch_tiled_kernel``, BLOCK_R rays x ``sample_tile`` samples per decode;
-    experimental until measured on a GPU)."""
+    experimental until measured on a GPU). ``max_registers`` caps registers per thread
+    (ptxas ``.maxnreg``: more programs per SM to hide the gathers' latency, paid in spills;
+    ``python -m benchmarks.kernel_sass`` counts both); None leaves it to the compiler."""
     from . import kernel, tiled
 
     given = dict(block_rays=block_rays, num_warps=num_warps, dot_precision=dot_precision,
-                 variant=variant, sample_tile=sample_tile)
+                 variant=variant, sample_tile=sample_tile, max_registers=max_registers)
     chosen = {k: v if v is not None else _launch_override.get(k) for k, v in given.items()}
-    block_rays, num_warps, dot_precision, variant, sample_tile = (chosen[k] for k in LAUNCH_KEYS)
+    block_rays, num_warps, dot_precision, variant, sample_tile, max_registers = (
+        chosen[k] for k in LAUNCH_KEYS)
     variant = variant or "serial"
     if variant not in VARIANTS:
         raise ValueError(f"unknown kernel variant {variant!r}; choose one of: "
@@ -179,7 +184,8 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
         n_rays, r, planes.shape[-1], sb, sk, sc, sy, sx,
         w1.stride(0), w1.stride(1), b1.stride(0), w2.stride(0), w2.stride(1), b2.stride(0),
         float(near), step, 2.0 / float(box_warp), **consts, num_warps=num_warps,
-        num_stages=kernel.DEFAULT_NUM_STAGES)
+        num_stages=kernel.DEFAULT_NUM_STAGES,
+        **({"maxnreg": int(max_registers)} if max_registers else {}))
     return features, depth, opacity
 
 

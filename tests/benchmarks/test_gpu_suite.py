@@ -41,10 +41,24 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
                   key=lambda r: r["p50_ms"])
     launch = variants["bf16-kernel-best-launch"]["kernel_launch"]
     assert launch == {k: fastest[k] for k in ("variant", "block_rays", "num_warps",
-                                              "dot_precision", "sample_tile") if k in fastest}
+                                              "dot_precision", "sample_tile",
+                                              "max_registers") if k in fastest}
     for v in variants.values():
         assert v["finite"] and v["frame"]["p50_ms"] > 0
         assert set(v["stages"]) == {"generate", "render", "superresolve"}
+    # The best-launch variant is profiled stage by stage (aten operators on a CPU): each
+    # stage's rows are its own (the generator's attention is not in super-resolution's).
+    profile = variants["bf16-kernel-best-launch"]["profile"]
+    assert "profile" not in variants["fp32-kernel"]
+    for stage in ("generate", "render", "superresolve"):
+        top = profile[stage]["top"]
+        assert profile[stage]["operators"] > 0 and len(top) > 0
+        assert [r["us"] for r in top] == sorted((r["us"] for r in top), reverse=True)
+        assert 0 < sum(r["share"] for r in top) <= 1.0 + 1e-6
+    names = {stage: {r["name"] for r in profile[stage]["top"]} for stage in profile
+             if stage in ("generate", "render", "superresolve")}
+    assert any("convolution" in n for n in names["superresolve"])
+    assert not any("attention" in n for n in names["superresolve"])
     assert report["summary"]["kernel_check_passed"] is True
     live = report["live"]
     assert "error" not in live, live.get("traceback")

@@ -66,6 +66,18 @@ def test_softplus_compiles_to_special_function_instructions():
     assert len(softplus) <= 6 * mufu
 
 
+def test_a_register_cap_reaches_the_cubin_and_costs_spills():
+    # max_registers is ptxas .maxnreg (the launch option the GPU suite sweeps): the profile
+    # reads the cap back from the cubin, with the spills (stack, extra instructions) it costs
+    # and the occupancy it buys.
+    free = kernel_sass.profile(TINY, 90)
+    capped = kernel_sass.profile(replace(TINY, max_registers=64), 90)
+    assert free["registers"] > 64 and capped["registers"] <= 64
+    assert capped["stack_bytes"] > free["stack_bytes"]
+    assert capped["thread_instructions_per_ray"] > free["thread_instructions_per_ray"]
+    assert capped["occupancy_h100"]["warps_per_sm"] > free["occupancy_h100"]["warps_per_sm"]
+
+
 def test_cli_writes_a_report(tmp_path):
     out = tmp_path / "sass.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.kernel_sass", "--only",
