@@ -138,41 +138,59 @@ def _pick(cx, cy, cz, A: tl.constexpr):
 
 
 @triton.jit
-def _plane_lookup(acc, triplane_ptr, plane_off, gx, gy, P, Pf, stride_ty, stride_tx, c_offs):
-    """acc + bilinear lookup of one plane at normalised (gx, gy) [BLOCK_R] -> [BLOCK_R, C_PAD],
-    grid_sample(bilinear, zeros, align_corners=False): pixel = ((g + 1) P - 1) / 2, taps
-    outside the plane count 0. plane_off: [BLOCK_R] int32 offsets of each ray's plane (c = 0).
-    The 2 x 2 taps start at x0 = clamp(floor(ix), 0, P - 2) (likewise y), so all four are
-    always inside the plane and no load is masked; each tap's weight is the hat function
-    max(0, 1 - |ix - x|), which is the bilinear weight for a tap the sample touches and 0 for
-    one it does not (a tap outside the plane is never read, as zero padding wants). The four
-    taps share one base address plus constant strides, so one per-ray address crosses into
-    the gathers' layout per plane instead of four (the blend weights still cross per tap:
-    Triton's layout choice). Padded channels (c_offs repeats the last one) meet zero rows of
-    w1."""
-    ix = ((gx + 1.0) * Pf - 1.0) * 0.5
-    iy = ((gy + 1.0) * Pf - 1.0) * 0.5
+def _axis_taps(g, half_p, Pf):
+    """The two taps along one axis for normalised coordinates g [BLOCK_R]: the first tap's
+    index (int32) and both taps' weights, grid_sample(bilinear, zeros, align_corners=False):
+    pixel = ((g + 1) P - 1) / 2 (as g * P/2 + (P - 1)/2), taps outside the plane count 0.
+    The taps start at i0 = clamp(floor(pixel), 0, P - 2), so both are always inside the plane
+    and no load is masked; each weight is the hat function max(0, 1 - |pixel - i|), which is
+    the bilinear weight for a tap the sample touches and 0 for one it does not (a tap outside
+    the plane is never read, as zero padding wants). An axis feeds two of the three planes, so
+    this runs three times per sample, not six."""
+    pixel = g * half_p + (half_p - 0.5)
     # Far-away points (rays that miss the box) must not overflow the int conversion; beyond
     # [-2, P + 1] every weight is 0 anyway, so clamping changes nothing.
-    ix = tl.minimum(tl.maximum(ix, -2.0), Pf + 1.0)[:, None]
-    iy = tl.minimum(tl.maximum(iy, -2.0), Pf + 1.0)[:, None]
-    x0f = tl.minimum(tl.maximum(tl.floor(ix), 0.0), Pf - 2.0)
-    y0f = tl.minimum(tl.maximum(tl.floor(iy), 0.0), Pf - 2.0)
-    wx0 = tl.maximum(1.0 - tl.abs(ix - x0f), 0.0)
-    wx1 = tl.maximum(1.0 - tl.abs(ix - (x0f + 1.0)), 0.0)
-    wy0 = tl.maximum(1.0 - tl.abs(iy - y0f), 0.0)
-    wy1 = tl.maximum(1.0 - tl.abs(iy - (y0f + 1.0)), 0.0)
-    base = triplane_ptr + (plane_off[:, None] + y0f.to(tl.int32) * stride_ty
-                           + x0f.to(tl.int32) * stride_tx) + c_offs[None, :]
+    pixel = tl.minimum(tl.maximum(pixel, -2.0), Pf + 1.0)
+    i0 = tl.minimum(tl.maximum(tl.floor(pixel), 0.0), Pf - 2.0)
+    w0 = tl.maximum(1.0 - tl.abs(pixel - i0), 0.0)
+    w1 = tl.maximum(1.0 - tl.abs(pixel - (i0 + 1.0)), 0.0)
+    return i0.to(tl.int32), w0, w1
+
+
+@triton.jit
+def _plane_lookup(acc, triplane_ptr, plane_off, x0, wx0, wx1, y0, wy0, wy1, stride_ty,
+                  stride_tx, c_offs):
+    """acc + the bilinear lookup of one plane -> [BLOCK_R, C_PAD], from its x and y axes' taps
+    (``_axis_taps``). plane_off: [BLOCK_R] int32 offsets of each ray's plane (c = 0). The four
+    taps share one base address plus constant strides, so one per-ray address crosses into
+    the gathers' layout per plane. Padded channels (c_offs repeats the last one) meet zero
+    rows of w1."""
+    base = triplane_ptr + (plane_off + y0 * stride_ty + x0 * stride_tx)[:, None] + c_offs[None, :]
     f00 = tl.load(base).to(tl.float32)
     f01 = tl.load(base + stride_tx).to(tl.float32)
     f10 = tl.load(base + stride_ty).to(tl.float32)
     f11 = tl.load(base + (stride_ty + stride_tx)).to(tl.float32)
-    acc += f00 * (wx0 * wy0)
-    acc += f01 * (wx1 * wy0)
-    acc += f10 * (wx0 * wy1)
-    acc += f11 * (wx1 * wy1)
+    acc += f00 * (wx0 * wy0)[:, None]
+    acc += f01 * (wx1 * wy0)[:, None]
+    acc += f10 * (wx0 * wy1)[:, None]
+    acc += f11 * (wx1 * wy1)[:, None]
     return acc
+
+
+@triton.jit
+def _operand(x):
+    """x, materialised where it stands. Compiled, an opaque register move that Triton's layout
+    pass cannot look through: without it the pass moves the MLP's operand layout up through
+    the sum of the twelve weighted taps to the loads, and every tap (and its weight) makes a
+    round trip through shared memory to reach it, twelve per sample instead of one (and the
+    sum runs in that layout, which replicates rows across warps below 16 rows per warp):
+    ``python -m benchmarks.kernel_sass`` counted 809 K -> 699 K instructions per ray at 32 rays
+    x 4 warps with fp16 products. Under the interpreter, x itself."""
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=False, pack=1)
+    else:
+        return x
 
 
 @triton.jit
@@ -215,7 +233,7 @@ def _matmul(a, b, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, stride_tk, P, Pf,
+def _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, stride_tk, Pf,
             stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
             A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
             A4: tl.constexpr, A5: tl.constexpr, WITH_FEATS: tl.constexpr,
@@ -223,17 +241,28 @@ def _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, stride_tk
     """Decode one sample per ray at depth t [BLOCK_R] -> raw density [BLOCK_R] and features
     [BLOCK_R, F_PAD] in (-0.001, 1.001) (only when WITH_FEATS, else density twice).
     batch_off: [BLOCK_R] int32 offset of each ray's tri-plane (batch * stride_tb)."""
-    cx = (ox + t * dx) * scale
-    cy = (oy + t * dy) * scale
-    cz = (oz + t * dz) * scale
+    half_p = 0.5 * Pf
+    i0x, w0x, w1x = _axis_taps((ox + t * dx) * scale, half_p, Pf)
+    i0y, w0y, w1y = _axis_taps((oy + t * dy) * scale, half_p, Pf)
+    i0z, w0z, w1z = _axis_taps((oz + t * dz) * scale, half_p, Pf)
     feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float32)
-    feat = _plane_lookup(feat, triplane_ptr, batch_off, _pick(cx, cy, cz, A0),
-                         _pick(cx, cy, cz, A1), P, Pf, stride_ty, stride_tx, c_offs)
-    feat = _plane_lookup(feat, triplane_ptr, batch_off + stride_tk, _pick(cx, cy, cz, A2),
-                         _pick(cx, cy, cz, A3), P, Pf, stride_ty, stride_tx, c_offs)
-    feat = _plane_lookup(feat, triplane_ptr, batch_off + 2 * stride_tk, _pick(cx, cy, cz, A4),
-                         _pick(cx, cy, cz, A5), P, Pf, stride_ty, stride_tx, c_offs)
-    hidden = _softplus(_matmul(feat, w1, DOT_PRECISION) + b1[None, :])  # w1 holds w1 / 3
+    # Plane k's x and y axes are (A0, A1), (A2, A3), (A4, A5).
+    feat = _plane_lookup(feat, triplane_ptr, batch_off,
+                         _pick(i0x, i0y, i0z, A0), _pick(w0x, w0y, w0z, A0),
+                         _pick(w1x, w1y, w1z, A0), _pick(i0x, i0y, i0z, A1),
+                         _pick(w0x, w0y, w0z, A1), _pick(w1x, w1y, w1z, A1),
+                         stride_ty, stride_tx, c_offs)
+    feat = _plane_lookup(feat, triplane_ptr, batch_off + stride_tk,
+                         _pick(i0x, i0y, i0z, A2), _pick(w0x, w0y, w0z, A2),
+                         _pick(w1x, w1y, w1z, A2), _pick(i0x, i0y, i0z, A3),
+                         _pick(w0x, w0y, w0z, A3), _pick(w1x, w1y, w1z, A3),
+                         stride_ty, stride_tx, c_offs)
+    feat = _plane_lookup(feat, triplane_ptr, batch_off + 2 * stride_tk,
+                         _pick(i0x, i0y, i0z, A4), _pick(w0x, w0y, w0z, A4),
+                         _pick(w1x, w1y, w1z, A4), _pick(i0x, i0y, i0z, A5),
+                         _pick(w0x, w0y, w0z, A5), _pick(w1x, w1y, w1z, A5),
+                         stride_ty, stride_tx, c_offs)
+    hidden = _softplus(_matmul(_operand(feat), w1, DOT_PRECISION) + b1[None, :])  # w1 / 3
     sigma = tl.sum(hidden * w2s[None, :], axis=1) + b2s
     if WITH_FEATS:
         out = _matmul(hidden, w2f, DOT_PRECISION) + b2f[None, :]
@@ -294,7 +323,7 @@ def raymarch_kernel(
         # once w_i is known (w_{-1} = w_{Sc-1} = 0).
         t_prev = near + 0.5 * step + tl.zeros((BLOCK_R,), dtype=tl.float32)
         sig_prev, _unused = _decode(t_prev, ox, oy, oz, dx, dy, dz, scale, triplane_ptr,
-                                    batch_off, stride_tk, P, Pf, stride_ty, stride_tx, c_offs, w1,
+                                    batch_off, stride_tk, Pf, stride_ty, stride_tx, c_offs, w1,
                                     b1, w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False,
                                     DOT_PRECISION)
         optical_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -303,7 +332,7 @@ def raymarch_kernel(
         for s in range(1, SC):
             t = near + (s + 0.5) * step + tl.zeros((BLOCK_R,), dtype=tl.float32)
             sig, _unused = _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off,
-                                   stride_tk, P, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
+                                   stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
                                    b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False, DOT_PRECISION)
             optical = _softplus(0.5 * (sig + sig_prev) - 1.0) * (t - t_prev)
             w = (1.0 - tl.exp(-optical)) * tl.exp(-optical_sum)
@@ -346,7 +375,7 @@ def raymarch_kernel(
     for k in range(0, SC + SF):
         t_coarse = near + (ic.to(tl.float32) + 0.5) * step
         if SF > 0:
-            u = (jf.to(tl.float32) + 0.5) / SF
+            u = (jf.to(tl.float32) + 0.5) * (1.0 / SF)
             iv = tl.minimum(ic - 1, SC - 2).to(tl.float32)
             e_lo = near + (iv + 0.5) * step
             e_hi = near + (iv + 1.5) * step
@@ -354,7 +383,7 @@ def raymarch_kernel(
             denom = tl.where(denom < PDF_DENOM_EPS, 1.0, denom)
             # max(., e_lo): a fine sample whose interval the walk left at a tie has the depth
             # e_lo exactly (see below); elsewhere u >= cdf_lo and the max changes nothing.
-            t_new = tl.maximum(e_lo + (u - cdf_lo) / denom * (e_hi - e_lo), e_lo)
+            t_new = tl.maximum(e_lo + (u - cdf_lo) * _reciprocal(denom) * (e_hi - e_lo), e_lo)
             ready = pend | ((ic >= 1) & ((u < cdf_hi) | (ic >= SC - 1)))
             t_fine = tl.where(pend, t_pend, t_new)
             take_coarse = (ic < SC) & ((jf >= SF) | (ready == 0) | (t_coarse <= t_fine))
@@ -374,7 +403,7 @@ def raymarch_kernel(
             t = t_coarse
             ic += 1
         sig, feats = _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off,
-                             stride_tk, P, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s,
+                             stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s,
                              w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
         first = k == 0
         # Interval [t_prev, t]: at k = 0 there is none (delta 0 gives weight 0).

@@ -162,7 +162,7 @@ def raymarch_tiled_kernel(
             t = near + (s.to(tl.float32) + 0.5) * step  # [T], the reference's coarse depths
             t_prev = near + ((s - 1).to(tl.float32) + 0.5) * step
             sig, _unused = _decode(tl.reshape(t[None, :] + zeros_rt, (N,)), ox, oy, oz, dx, dy,
-                                   dz, scale, triplane_ptr, batch_off, stride_tk, P, Pf,
+                                   dz, scale, triplane_ptr, batch_off, stride_tk, Pf,
                                    stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
                                    A0, A1, A2, A3, A4, A5, False, DOT_PRECISION)
             sig = tl.reshape(sig, (BLOCK_R, S_TILE))
@@ -236,7 +236,7 @@ def raymarch_tiled_kernel(
         else:
             t = near + (m.to(tl.float32) + 0.5) * step + zeros_rt
         sig, feats = _decode(tl.reshape(t, (N,)), ox, oy, oz, dx, dy, dz, scale, triplane_ptr,
-                             batch_off, stride_tk, P, Pf, stride_ty, stride_tx, c_offs, w1, b1,
+                             batch_off, stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1,
                              w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
         sig = tl.reshape(sig, (BLOCK_R, S_TILE))
         feats = tl.reshape(feats, (BLOCK_R, S_TILE, F_PAD))
