@@ -196,10 +196,14 @@ def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12) -> dict:
     rows = disassemble(cubin)
     in_loop = [1] * len(rows)  # dynamic multiplicity of each row
     loop_out = []
+    unresolved = []  # loops counted once: no range(...) on their source line
     for first, last in loops(rows):
+        if first == last:  # the branch-to-self after EXIT that pads every kernel: never runs
+            continue
         where = rows[last][2]
         trips = trip_count(*where, constants) if where else None
         if trips is None:
+            unresolved.append(f"{Path(where[0]).name}:{where[1]}" if where else "?")
             continue
         body = rows[first:last + 1]
         for i in range(first, last + 1):
@@ -219,7 +223,7 @@ def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12) -> dict:
         "config": asdict(config), "arch": f"sm_{arch}",
         **resources,
         "shared_bytes": int(compiled.metadata.shared),
-        "static_instructions": len(rows), "loops": loop_out,
+        "static_instructions": len(rows), "loops": loop_out, "unresolved_loops": unresolved,
         "dynamic_instructions_per_thread": dynamic,
         "thread_instructions_per_ray": round(per_ray),
         "issue_bound_ms_h100": round(warp_instructions / H100_WARP_ISSUE_PER_S * 1e3, 3),
@@ -253,6 +257,9 @@ def print_table(results: list[dict]) -> None:
         print(f"{r['name']:24} {r['registers']:>4} {r['stack_bytes']:>6} {r['shared_bytes']:>6} "
               f"{r['thread_instructions_per_ray']:>10} {r['issue_bound_ms_h100']:>14.3f} "
               f"{occ['warps_per_sm']:>8} {occ['waves'] or '-':>5}")
+        if r.get("unresolved_loops"):
+            print(f"  ! loops counted once (no range(...) on their line; source edited since "
+                  f"import?): {', '.join(r['unresolved_loops'])}")
 
 
 def main(argv=None) -> int:

@@ -57,10 +57,12 @@ per source line, with no GPU): softplus and the feature sigmoid on the special-f
 were a third of the instructions; the planes' mean folded into w1; unmasked gathers at
 in-plane addresses (the 2 x 2 taps start at clamp(floor(x), 0, P - 2), hat-function weights),
 32-bit offsets (op.validate bounds the tri-plane), one per-ray address per plane instead of
-four; the interval walk above; the midpoint features regrouped to one FMA per value. Serial
-kernel, 32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray before (issue bound
-1.0 ms on an H100; it measured 3.39 ms on an H200), 1.19 M after ("ieee"), 0.81 M with
-"fp16" products.
+four; the interval walk above; the midpoint features regrouped to one FMA per value; each
+axis's taps set up once for the two planes that use it; the tap sum kept in its load layout
+(``_operand``). Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray
+before (issue bound 1.0 ms on an H100; it measured 3.39 ms on an H200), 1.17 M after
+("ieee"), 0.68 M with "fp16" products; 0.58-0.59 M at 64 x 4 and 32 x 2, where a warp's 16
+MMA rows hold 16 rays (at 32 x 4 the per-ray work is replicated across warp pairs).
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
 """
 from __future__ import annotations

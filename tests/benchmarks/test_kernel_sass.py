@@ -28,6 +28,7 @@ def test_profile_finds_both_loops_with_their_trip_counts():
     loops = result["loops"]
     # The serial kernel: coarse pass range(1, SC) and merged pass range(0, SC + SF).
     assert [loop["trips"] for loop in loops] == [7, 16]
+    assert result["unresolved_loops"] == []
     assert all(loop["source"].startswith("kernel.py:") for loop in loops)
     looped = sum(loop["trips"] * loop["instructions_per_trip"] for loop in loops)
     straight = result["static_instructions"] - sum(loop["instructions_per_trip"]
