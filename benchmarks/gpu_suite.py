@@ -253,30 +253,49 @@ def raymarch_timing(torch, config, device, warmup, iters, budget=None) -> dict:
     return out
 
 
-# (rays per program, warps, MLP dot precision[, tri-plane dtype]): the kernel's launch shape
-# decides how many programs keep each SM busy; the precision what the MLP products cost
-# ("fp16": tensor cores, fp32 accumulation; the op's default for half-precision tri-planes).
-# benchmarks.kernel_sass counts each row's instructions on a CPU; this measures them.
-# Most informative first (the budget may stop the sweep early): the fp16-product launches
-# benchmarks.kernel_sass ranks best, on fp16 and fp32 tri-planes, then the fp32 default and the
-# baselines last measured on the H200.
-# A fifth element caps registers per thread (more programs per SM against the gathers' latency,
-# paid in spills: benchmarks.kernel_sass counts both).
-SWEEP = ((32, 4, "fp16", "float16"), (64, 4, "fp16", "float16"), (32, 2, "fp16", "float16"),
-         (32, 4, "fp16", "float16", 168), (32, 4, "fp16", "float16", 128),
-         (32, 2, "fp16", "float16", 168), (32, 4, "fp16"), (64, 4, "fp16"), (32, 4, "tf32x3"),
-         (64, 4, "tf32x3"), (32, 2, "fp16"), (128, 4, "fp16"), (64, 8, "fp16"),
-         (128, 8, "fp16"), (16, 2, "fp16"), (32, 4, "tf32"), (32, 4, "ieee"))
-# The sample-parallel variant (engines/raymarch/tiled.py): (rays per program, samples per tile,
-# warps, dot precision[, tri-plane dtype]); rays x samples = rows per MLP product. Few rows:
-# each compiles for tens of seconds ("ieee" at 256 rows is a long unrolled FMA dot).
-TILED_SWEEP = ((16, 8, 8, "fp16", "float16"), (16, 8, 8, "tf32x3"), (16, 8, 8, "fp16"),
-               (16, 16, 8, "fp16"), (32, 8, 8, "fp16"))
+def _serial(block_rays, num_warps, dot_precision, triplane_dtype="float32", **extra):
+    return {"variant": "serial", "block_rays": block_rays, "num_warps": num_warps,
+            "dot_precision": dot_precision, "triplane_dtype": triplane_dtype, **extra}
+
+
+def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="float32"):
+    return {"variant": "tiled", "block_rays": block_rays, "sample_tile": sample_tile,
+            "num_warps": num_warps, "dot_precision": dot_precision,
+            "triplane_dtype": triplane_dtype}
+
+
+# The launch sweep, one op.launch configuration per row, plus the tri-plane dtype it runs on.
+# The launch shape (rays per program x warps) decides how many programs keep each SM busy and
+# whether a warp's 16 MMA rows hold 16 different rays; the precision what the MLP products
+# cost ("fp16": tensor cores, fp32 accumulation; the op's default for half-precision
+# tri-planes); max_registers trades spills for programs per SM; prefetch asks L1 for the
+# next sample's taps (1: coarse pass, 2: both passes). benchmarks.kernel_sass counts each
+# row's instructions on a CPU; this measures them. Most informative first (the budget may
+# stop the sweep early): the fp16-product launches kernel_sass ranks best, on fp16
+# tri-planes, the latency options, then fp32 tri-planes and the baselines last measured on
+# the H200. Tiled rows (engines/raymarch/tiled.py: rays x samples = rows per MLP product)
+# come last: each compiles for tens of seconds.
+SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
+         _serial(32, 2, "fp16", "float16"), _serial(16, 1, "fp16", "float16"),
+         _serial(32, 2, "fp16", "float16", prefetch=1),
+         _serial(32, 2, "fp16", "float16", prefetch=2),
+         _serial(32, 4, "fp16", "float16", max_registers=168),
+         _serial(32, 4, "fp16", "float16", max_registers=128),
+         _serial(32, 2, "fp16", "float16", max_registers=168),
+         _serial(32, 4, "fp16"), _serial(64, 4, "fp16"), _serial(32, 2, "fp16"),
+         _serial(32, 4, "tf32x3"), _serial(64, 4, "tf32x3"), _serial(128, 4, "fp16"),
+         _serial(64, 8, "fp16"), _serial(128, 8, "fp16"), _serial(16, 2, "fp16"),
+         _serial(32, 4, "tf32"), _serial(32, 4, "ieee"),
+         _tiled(16, 8, 8, "fp16", "float16"), _tiled(16, 8, 8, "tf32x3"),
+         _tiled(16, 8, 8, "fp16"), _tiled(16, 16, 8, "fp16"), _tiled(32, 8, 8, "fp16"))
+# What op.launch takes of a row (the rest describes the data it runs on).
+LAUNCH_FIELDS = ("variant", "block_rays", "num_warps", "dot_precision", "sample_tile",
+                 "max_registers", "prefetch")
 
 
 def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
                  budget=None) -> list:
-    """Rows in SWEEP then TILED_SWEEP order; a row is skipped (and says so) once less than
+    """Rows in SWEEP order; a row is skipped (and says so) once less than
     SWEEP_RESERVE_S of the budget is left, so the later sections still run."""
     from engines.raymarch import op
     from export3d.renderer import raymarch_reference
@@ -290,21 +309,14 @@ def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
                     settings.samples_coarse, settings.samples_fine, settings.box_warp,
                     settings.plane_axes)
             cases[name] = (args, raymarch_reference(tp, dec, o, d, settings))
-        plan = [("serial", shape[0], None, shape[1], shape[2],
-                 shape[3] if len(shape) > 3 else "float32",
-                 shape[4] if len(shape) > 4 else None) for shape in SWEEP]
-        plan += [("tiled", *shape[:4], shape[4] if len(shape) > 4 else "float32", None)
-                 for shape in TILED_SWEEP]
-        if short:  # fp16 products, one row of each variant
-            plan = [next(p for p in plan if p[0] == v and p[4] == "fp16")
-                    for v in ("serial", "tiled")]
-        for variant, block, tile, warps, precision, dtype, registers in plan:
-            row = {"variant": variant, "block_rays": block, "num_warps": warps,
-                   "dot_precision": precision, "triplane_dtype": dtype}
-            if tile:
-                row["sample_tile"] = tile
-            if registers:
-                row["max_registers"] = registers
+        plan = list(SWEEP)
+        if short:  # fp16 products on fp16 tri-planes, one row of each variant
+            plan = [next(r for r in plan if r["variant"] == v and r["dot_precision"] == "fp16"
+                         and r["triplane_dtype"] == "float16") for v in ("serial", "tiled")]
+        for launch in plan:
+            row = dict(launch)
+            launch = {k: v for k, v in launch.items() if k in LAUNCH_FIELDS}
+            dtype = row["triplane_dtype"]
             args, ref = cases[dtype]
             if budget is not None and budget.left() < SWEEP_RESERVE_S:
                 row["skipped"] = "time budget"
@@ -312,9 +324,7 @@ def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
                 continue
             try:
                 def call():
-                    return op.launch(*args, block_rays=block, num_warps=warps,
-                                     dot_precision=precision, variant=variant,
-                                     sample_tile=tile, max_registers=registers)
+                    return op.launch(*args, **launch)
                 got = call()
                 for i, name in enumerate(("features", "depth", "opacity")):
                     row[f"max_abs_err_{name}"] = float((got[i] - ref[i]).abs().max())
@@ -364,8 +374,7 @@ def half_precision_launch(timing: dict) -> dict | None:
     if not rows:
         return None
     best = min(rows, key=lambda r: r["p50_ms"])
-    return {k: best[k] for k in ("variant", "block_rays", "num_warps", "dot_precision",
-                                 "sample_tile", "max_registers") if k in best}
+    return {k: best[k] for k in LAUNCH_FIELDS if k in best}
 
 
 def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, compile_ok,
@@ -676,8 +685,7 @@ def best_launch(timing: dict) -> dict:
         return {}
     best = min(good, key=lambda r: r["p50_ms"])
     speedup = round(timing["float32"]["reference"]["p50_ms"] / best["p50_ms"], 2)
-    keys = ("variant", "block_rays", "num_warps", "dot_precision", "triplane_dtype",
-            "sample_tile", "max_registers", "p50_ms")
+    keys = (*LAUNCH_FIELDS, "triplane_dtype", "p50_ms")
     return {"kernel_best_launch": {k: best[k] for k in keys if k in best},
             "kernel_best_speedup": speedup,
             "kernel_best_speedup_met": speedup >= TARGET_SPEEDUP}

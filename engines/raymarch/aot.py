@@ -45,6 +45,7 @@ class KernelConfig:
     sample_tile: int = 8  # samples per decode tile, "tiled" only (16 overflows sm_75's smem)
     dot_precision: str = "ieee"  # the MLP products: "ieee", "tf32x3", "tf32" (sm_80+), "fp16"
     max_registers: int | None = None  # ptxas .maxnreg (None: the compiler's choice, <= 255)
+    prefetch: int = 0  # "serial" only: kernel.PREFETCH_LEVELS (next sample's taps into L1)
 
     @classmethod
     def tiny(cls, **overrides) -> "KernelConfig":
@@ -99,6 +100,8 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
                          f"{config.triplane_dtype!r}.")
     kernel_fn(config)  # validates the variant
     ptr = "*" + DTYPES[config.triplane_dtype]
+    if config.prefetch and config.variant != "serial":
+        raise ValueError("prefetch is an option of the serial kernel variant only.")
     if config.variant == "tiled":
         consts = tiled.constexprs(config.channels, config.hidden, config.features,
                                   config.samples_coarse, config.samples_fine,
@@ -109,7 +112,8 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
         consts = kernel.constexprs(config.channels, config.hidden, config.features,
                                    config.samples_coarse, config.samples_fine,
                                    config.plane_axes, config.block_rays,
-                                   dot_precision=config.dot_precision)
+                                   dot_precision=config.dot_precision,
+                                   prefetch=config.prefetch)
     sig = {name: (ptr if kind == "*triplane" else kind) for name, kind in kernel.RUNTIME_ARGS}
     sig.update({name: "constexpr" for name in consts})
     return sig, consts

@@ -25,7 +25,7 @@ INTERPRETER_TILED_BLOCK_RAYS = 64  # 64 rays x 16 samples = 1024 decode rows per
 VARIANTS = ("serial", "tiled")
 TRIPLANE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAUNCH_KEYS = ("block_rays", "num_warps", "dot_precision", "variant", "sample_tile",
-               "max_registers")
+               "max_registers", "prefetch")
 # Launch options the registered op uses when its caller (the renderer, torch.compile'd graphs,
 # CUDA graphs) cannot pass them: set by default_launch(), read at every launch.
 _launch_override: dict = {}
@@ -120,7 +120,7 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
            channels_last=True, dot_precision=None, variant=None, sample_tile=None,
-           max_registers=None):
+           max_registers=None, prefetch=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
     contiguous line of C values); the kernel takes any strides. ``variant``: "serial"
@@ -128,18 +128,24 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     (``tiled.raymarch_tiled_kernel``, BLOCK_R rays x ``sample_tile`` samples per decode;
     experimental until measured on a GPU). ``max_registers`` caps registers per thread
     (ptxas ``.maxnreg``: more programs per SM to hide the gathers' latency, paid in spills;
-    ``python -m benchmarks.kernel_sass`` counts both); None leaves it to the compiler."""
+    ``python -m benchmarks.kernel_sass`` counts both); None leaves it to the compiler.
+    ``prefetch`` ("serial" only, ``kernel.PREFETCH_LEVELS``): ask L1 for the next sample's
+    taps while the current one decodes, in the coarse pass (1) or both passes (2): hides the
+    gathers' L2 latency, or costs more than it hides; the GPU suite's sweep measures it."""
     from . import kernel, tiled
 
     given = dict(block_rays=block_rays, num_warps=num_warps, dot_precision=dot_precision,
-                 variant=variant, sample_tile=sample_tile, max_registers=max_registers)
+                 variant=variant, sample_tile=sample_tile, max_registers=max_registers,
+                 prefetch=prefetch)
     chosen = {k: v if v is not None else _launch_override.get(k) for k, v in given.items()}
-    block_rays, num_warps, dot_precision, variant, sample_tile, max_registers = (
+    block_rays, num_warps, dot_precision, variant, sample_tile, max_registers, prefetch = (
         chosen[k] for k in LAUNCH_KEYS)
     variant = variant or "serial"
     if variant not in VARIANTS:
         raise ValueError(f"unknown kernel variant {variant!r}; choose one of: "
                          f"{', '.join(VARIANTS)}.")
+    if prefetch and variant != "serial":
+        raise ValueError("prefetch is an option of the serial kernel variant only.")
     # The interpreter pays per program, not per ray: one big block keeps CPU tests fast.
     interpreted = origins.device.type == "cpu"
     if variant == "tiled":
@@ -174,7 +180,8 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
         fn = tiled.raymarch_tiled_kernel
     else:
         consts = kernel.constexprs(channels, hidden, features_n, samples_coarse,
-                                   samples_fine, axes, block_rays, dot_precision)
+                                   samples_fine, axes, block_rays, dot_precision,
+                                   prefetch)
         fn = kernel.raymarch_kernel
     step = (float(far) - float(near)) / int(samples_coarse)
     sb, sk, sc, sy, sx = planes.stride()

@@ -40,9 +40,9 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     fastest = min((r for r in sweep if r["triplane_dtype"] == "float16"),
                   key=lambda r: r["p50_ms"])
     launch = variants["bf16-kernel-best-launch"]["kernel_launch"]
-    assert launch == {k: fastest[k] for k in ("variant", "block_rays", "num_warps",
-                                              "dot_precision", "sample_tile",
-                                              "max_registers") if k in fastest}
+    from benchmarks.gpu_suite import LAUNCH_FIELDS
+
+    assert launch == {k: fastest[k] for k in LAUNCH_FIELDS if k in fastest}
     for v in variants.values():
         assert v["finite"] and v["frame"]["p50_ms"] > 0
         assert set(v["stages"]) == {"generate", "render", "superresolve"}
@@ -82,3 +82,23 @@ def test_best_launch_picks_the_fastest_row_within_tolerance():
     timing["launch_sweep"][1]["p50_ms"] = 0.5
     assert best_launch(timing)["kernel_best_speedup_met"] is True
     assert best_launch({"float32": {"reference": {"p50_ms": 5.0}}}) == {}
+
+
+def test_every_sweep_row_is_a_valid_launch():
+    # Each row must be something op.launch accepts (a typo would only show as an error row
+    # on the next GPU loan), on a tri-plane dtype the sweep prepares.
+    import inspect
+
+    from benchmarks.gpu_suite import LAUNCH_FIELDS, SWEEP
+    from engines.raymarch import kernel, op
+
+    accepted = set(inspect.signature(op.launch).parameters)
+    assert set(LAUNCH_FIELDS) <= accepted
+    assert len({tuple(sorted(r.items())) for r in SWEEP}) == len(SWEEP)  # no duplicates
+    for row in SWEEP:
+        assert set(row) - {"triplane_dtype"} <= set(LAUNCH_FIELDS), row
+        assert row["triplane_dtype"] in ("float32", "float16")
+        kernel.check_dot_precision(row["dot_precision"])
+        kernel.check_prefetch(row.get("prefetch"))
+        assert row["variant"] in op.VARIANTS
+        assert not (row.get("prefetch") and row["variant"] != "serial"), row

@@ -122,3 +122,18 @@ def test_fp16_products_every_arch(arch):
 def test_unknown_dot_precision_is_refused():
     with pytest.raises(ValueError, match="dot_precision"):
         aot.signature(aot.KernelConfig(dot_precision="int8"))
+
+
+def test_prefetch_levels_emit_l1_prefetches():
+    # prefetch 1: the coarse pass's loop asks L1 for the next sample's 12 tap lines; 2: the
+    # merged pass's too (its depth from the walk one step ahead). The prefetch is PTX's
+    # prefetch.global.L1 (SASS CCTL): none without the option, more at 2 than at 1.
+    counts = []
+    for level in (0, 1, 2):
+        build = aot.compile_arch(aot.KernelConfig.tiny(prefetch=level), 90)
+        check_build(build, 90)
+        assert build.launch_params()["config"]["prefetch"] == level
+        counts.append(build.ptx.count("prefetch.global.L1"))
+    assert counts[0] == 0 and 12 <= counts[1] < counts[2]
+    with pytest.raises(ValueError, match="serial kernel variant only"):
+        aot.signature(aot.KernelConfig.tiny(prefetch=1, variant="tiled"))

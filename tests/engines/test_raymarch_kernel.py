@@ -281,6 +281,25 @@ def test_default_launch_reaches_the_registered_op():
 
 
 @interpreted
+def test_prefetch_levels_leave_every_output_bit_identical():
+    # prefetch 2 runs the merged pass's walk one step ahead of the decodes; prefetching itself
+    # is a cache hint (compiled only), so every level must give the same bits. Several
+    # programs with a masked tail, so the walk's extra step past the last sample is exercised.
+    inputs = make_inputs(b=1, channels=16, hidden=32, plane=24, res=7, seed=3)
+    settings = settings_for(samples_coarse=12, samples_fine=12)
+    base = run_kernel(inputs, settings, block_rays=16)
+    for level in (1, 2):
+        got = run_kernel(inputs, settings, block_rays=16, prefetch=level)
+        for a, b in zip(got, base):
+            assert torch.equal(a, b), level
+    assert_matches(base, run_reference(inputs, settings), TOLERANCE[torch.float32])
+    with pytest.raises(ValueError, match="serial kernel variant only"):
+        run_kernel(inputs, settings, "tiled", prefetch=1)
+    with pytest.raises(ValueError, match="prefetch must be one of"):
+        run_kernel(inputs, settings, prefetch=3)
+
+
+@interpreted
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_deterministic(variant):
     inputs = make_inputs(b=1, res=8, seed=8)
