@@ -27,10 +27,12 @@ class Upsample2x(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         h, w = up.shape[-2:]
-        gain_y = torch.ones(h, 1, dtype=x.dtype, device=x.device)
-        gain_x = torch.ones(1, w, dtype=x.dtype, device=x.device)
-        gain_y[[0, -1]] = 0.75
-        gain_x[:, [0, -1]] = 0.75
+        # The 3/4 border as constant padding of ones (the value a kernel argument): no tensor
+        # built from Python data, which would be a host-to-device copy inside a captured
+        # CUDA graph.
+        ones = dict(dtype=x.dtype, device=x.device)
+        gain_y = F.pad(torch.ones(h - 2, 1, **ones), (0, 0, 1, 1), value=0.75)
+        gain_x = F.pad(torch.ones(1, w - 2, **ones), (1, 1), value=0.75)
         return up * (gain_y * gain_x)
 
 

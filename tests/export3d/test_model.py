@@ -219,3 +219,35 @@ def test_bad_input_shapes_are_named():
         model.encode_source(torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match=r"\[B, 64\]"):
         model.expression_code(torch.zeros(1, 10))
+
+
+def test_per_frame_stages_build_no_tensors_from_python_data():
+    # CUDA-graph capture (the GPU suite's fastest variants, the live pipeline) fails on a
+    # host-to-device copy inside the captured frame, e.g. an index tensor from a Python list
+    # or a value assigned into a slice. On a CPU such tensors show as aten.lift_fresh: the
+    # per-frame stages (generate, super-resolution) must have none.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class FromPython(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "lift_fresh" in str(func):
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    model = build_model(get_config("tiny"), seed=0).eval()
+    c = model.config
+    with torch.no_grad():
+        source = model.encode_source(torch.zeros(1, 3, c.image_size, c.image_size))
+        code = model.expression_code(torch.zeros(1, c.expr_dim))
+        with FromPython() as mode:
+            triplane = model.generator.generate(source, code)
+            model.superresolve(torch.zeros(1, c.triplane_channels, 16, 16))
+    assert triplane.shape[1] == 3 and mode.seen == []
+    with FromPython() as mode:  # the check can fail
+        t = torch.ones(4)
+        t[[0, -1]] = 0.5
+    assert mode.seen
