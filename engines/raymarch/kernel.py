@@ -561,15 +561,29 @@ RUNTIME_ARGS = (
 )
 
 DEFAULT_BLOCK_RAYS = 32
+# With tensor-core products ("tf32", "tf32x3", "fp16"): 64 rays x 4 warps, 16 rays per warp,
+# one per row of the m16n8 MMA tile. At 32 x 4 a warp's 16 rows hold 8 rays twice over and the
+# per-ray work runs twice (sm_90 SASS, fp16 products: 0.68 M instructions per ray at 32 x 4,
+# 0.58 M at 64 x 4).
+DEFAULT_BLOCK_RAYS_MMA = 64
 # Measured on an H200 before the instruction diet (benchmarks/results/kernel_sweep-NVIDIA_H200-
 # 2026-11-28.json; paper512, 128x128 rays, fp32 tri-plane; reference 5.26 ms), "ieee" products:
 # 32 rays x 4 warps 3.39 ms, 16 x 2 3.30, 64 x 8 3.67, 16 x 4 4.77, 32 x 8 4.96; "tf32x3":
-# 32 x 4 3.07, 64 x 4 2.95. The GPU suite's sweep re-measures the launches after it.
+# 32 x 4 3.07, 64 x 4 2.95 (the one tensor-core comparison measured: 16 rays per warp won).
+# The GPU suite's sweep re-measures the launches after it.
 DEFAULT_NUM_WARPS = 4
 # No software pipelining: the loop's loads are data-dependent gathers, and with the default 3
 # stages Triton multi-buffers the dot operands in 120 KB of shared memory (1 program per SM,
 # and over sm_75's 64 KB); with 1 stage it is 24 KB at paper512 sizes.
 DEFAULT_NUM_STAGES = 1
+
+
+def default_block_rays(dot_precision: str) -> int:
+    """Rays per program when the caller does not say: DEFAULT_BLOCK_RAYS_MMA for tensor-core
+    products, DEFAULT_BLOCK_RAYS for fp32 FMA ("ieee") ones."""
+    if check_dot_precision(dot_precision) == "ieee":
+        return DEFAULT_BLOCK_RAYS
+    return DEFAULT_BLOCK_RAYS_MMA
 
 
 def grid(n_rays: int, block_rays: int = DEFAULT_BLOCK_RAYS) -> tuple[int, int, int]:

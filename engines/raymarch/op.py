@@ -151,11 +151,11 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     if variant == "tiled":
         block_rays = block_rays or (INTERPRETER_TILED_BLOCK_RAYS if interpreted
                                     else tiled.DEFAULT_BLOCK_RAYS)
+    dot_precision = dot_precision or default_dot_precision(origins.device, triplane.dtype)
     block_rays = block_rays or (INTERPRETER_BLOCK_RAYS if interpreted
-                                else kernel.DEFAULT_BLOCK_RAYS)
+                                else kernel.default_block_rays(dot_precision))
     num_warps = num_warps or (tiled.DEFAULT_NUM_WARPS if variant == "tiled"
                               else kernel.DEFAULT_NUM_WARPS)
-    dot_precision = dot_precision or default_dot_precision(origins.device, triplane.dtype)
     b, r, _ = origins.shape
     channels, hidden = w1.shape
     features_n = w2.shape[1] - 1

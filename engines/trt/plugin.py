@@ -40,7 +40,9 @@ PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 ATTRIBUTE_TYPES = {a.name: {"float": float, "int": int}[a.type] for a in contract.ATTRIBUTES}
 FLOAT_TYPES = ("float32", "float16", "bfloat16")
 INT32_MAX = 2 ** 31 - 1
-DEFAULT_BLOCK_RAYS = 32  # as the torch op (engines.raymarch.kernel.DEFAULT_BLOCK_RAYS)
+# The torch op's fp32-FMA launch (engines.raymarch.kernel.DEFAULT_BLOCK_RAYS); the op uses 64
+# rays with tensor-core products (kernel.default_block_rays), unmeasured under TensorRT.
+DEFAULT_BLOCK_RAYS = 32
 DEFAULT_NUM_WARPS = 4
 
 _REGISTERED = False

@@ -137,3 +137,16 @@ def test_prefetch_levels_emit_l1_prefetches():
     assert counts[0] == 0 and 12 <= counts[1] < counts[2]
     with pytest.raises(ValueError, match="serial kernel variant only"):
         aot.signature(aot.KernelConfig.tiny(prefetch=1, variant="tiled"))
+
+
+def test_default_launch_puts_one_ray_on_each_mma_row():
+    # Tensor-core products: 16 rays per warp, the m16n8 tile's 16 rows (fewer rays per warp
+    # run the per-ray work twice, as benchmarks.kernel_sass counts); fp32 FMA products keep
+    # the launch measured best for them on the H200.
+    from engines.raymarch import kernel
+
+    for precision in ("tf32", "tf32x3", "fp16"):
+        assert kernel.default_block_rays(precision) == 16 * kernel.DEFAULT_NUM_WARPS
+    assert kernel.default_block_rays("ieee") == kernel.DEFAULT_BLOCK_RAYS == 32
+    with pytest.raises(ValueError, match="dot_precision"):
+        kernel.default_block_rays("int8")
