@@ -450,8 +450,11 @@ def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, w
         if mode == "eager":
             out["stages"] = stage_timing(torch, model, source, expr, camera, warmup, iters)
             if profile_stages:
-                out["profile"] = stage_profile(torch, model, source, expr, camera,
-                                               max(1, min(10, iters)))
+                try:  # a profiler failure (no CUPTI, say) must not cost the timings above
+                    out["profile"] = stage_profile(torch, model, source, expr, camera,
+                                                   max(1, min(10, iters)))
+                except Exception as exc:
+                    out["profile"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             step = frame
         elif mode == "cudagraph":
             step = cuda_graph(torch, frame, warmup)
@@ -730,7 +733,7 @@ def print_table(data: dict) -> None:
               f"{v['fps']:7.1f} {' '.join(cells)} {v.get('peak_memory_mib', 0):9.0f}")
     for name, v in data.get("model", {}).get("variants", {}).items():
         prof = v.get("profile")
-        if not prof:
+        if not prof or "error" in prof:
             continue
         print(f"\n{name}, per frame ({prof['rows']}):")
         for stage in ("generate", "render", "superresolve"):
