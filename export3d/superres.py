@@ -20,9 +20,10 @@ class Upsample2x(nn.Module):
     where the filter meets the zero padding (3/4 of the edge pixel) and bilinear clamps (all of
     it). So: bilinear, then the first and last output row and column times 3/4. The same
     numbers as a depthwise transposed convolution with the 4 x 4 kernel (the test keeps that
-    form as the reference), but a grouped transposed convolution is one of cuDNN's slow paths
-    (pytorch/pytorch#47341: 25x slower than the dense one) while bilinear resizing is a plain
-    memory-bound kernel, channels-last included, and ONNX ``Resize`` for the exported graph."""
+    form as the reference), but grouped transposed convolutions are one of the slow paths of
+    PyTorch's CUDA convolutions (pytorch/pytorch#47341 reports a depthwise ConvTranspose1d 25x
+    slower than the dense one) while bilinear resizing is a plain memory-bound kernel,
+    channels-last included, and ONNX ``Resize`` in the exported graph."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
