@@ -23,9 +23,9 @@ loses only what had not run yet):
    + kernel, bf16 + channels_last, bf16 and fp16 + CUDA graph; then bf16 + channels_last
    eager, CUDA graph and torch.compile with the sweep's fastest launch on half-precision
    tri-planes in force (``engines.raymarch.op.default_launch``); last, as the budget allows,
-   bf16 + torch.compile with the default launch. The two
-   bf16 channels_last eager variants are also profiled stage by stage (torch.profiler):
-   kernel launches and kernel time per frame, and the kernels that take it.
+   bf16 + torch.compile with the default launch. The two bf16 channels_last eager variants
+   are also profiled stage by stage (torch.profiler): kernel launches and kernel time per
+   frame, and the kernels that take it.
 5. ``tensorrt``: only where ``tensorrt`` imports (elsewhere ``{"skipped": "tensorrt not
    importable"}``): the plugin graphs exported, engines built (build seconds) and per-frame
    latency through the ``tensorrt`` backend, fp32 and fp16, next to the PyTorch p50s.
