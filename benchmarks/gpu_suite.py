@@ -679,7 +679,11 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
         summary = Pipeline(config).run()
     finally:
         live_generator.prepare_source = original
-    return {"preset": preset, "capture_fps": fps, "backend": "torch", "summary": summary}
+    dtype, channels_last = live_generator.torch_precision(config.generator.precision,
+                                                          config.generator.device)
+    return {"preset": preset, "capture_fps": fps, "backend": "torch",
+            "dtype": str(dtype).replace("torch.", ""), "channels_last": channels_last,
+            "summary": summary}
 
 
 def best_launch(timing: dict) -> dict:

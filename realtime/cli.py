@@ -58,7 +58,7 @@ def build_config(args):
                     "realtime": False if args.fast else None},
         "generator": {"backend": args.backend, "device": args.device, "preset": args.preset,
                       "checkpoint": args.checkpoint, "graphs": args.graphs,
-                      "engines": args.engines,
+                      "engines": args.engines, "precision": args.precision,
                       "source": _sources(args.source)},
         "sink": {"sink": args.sink, "hud": False if args.no_hud else None, "size": args.size,
                  "side_by_side": True if args.side_by_side else None},
@@ -93,6 +93,8 @@ def register(subparsers) -> None:
     from export.backend import BACKENDS
     from export3d.config import PRESETS
 
+    from .config import PRECISIONS
+
     p = subparsers.add_parser("live", help="live reenactment: webcam to a virtual camera, a "
                               "window, a browser preview or a file")
     p.add_argument("--demo", action="store_true", help="no webcam, no GPU, no download: the "
@@ -113,6 +115,9 @@ def register(subparsers) -> None:
     p.add_argument("--engines", help="tensorrt: the folder 'export3d export engine' wrote "
                    "(the weights are in the engines; no --checkpoint)")
     p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="torch backend: auto (default: bf16 on GPUs from sm_80, fp16 before, "
+                   "fp32 on the CPU), fp32, fp16 or bf16")
     p.add_argument("--sink", default=None,
                    help="null, file:OUT.mp4|.mkv, window, virtualcam, preview[:PORT] "
                         "(default: null)")

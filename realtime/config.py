@@ -30,6 +30,9 @@ class TrackingConfig:
     relative_camera: bool = True  # use camera_relative (cross-identity) instead of camera
 
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # GeneratorConfig.precision (torch backend)
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     backend: str = "torch"
@@ -38,6 +41,9 @@ class GeneratorConfig:
     checkpoint: str | None = None
     graphs: str | None = None  # onnxruntime: folder written by 'export3d export onnx'
     engines: str | None = None  # tensorrt: folder written by 'export3d export engine'
+    # torch backend: auto | fp32 | fp16 | bf16. auto: bf16 on a CUDA GPU that has it (sm_80+),
+    # fp16 on older ones, fp32 on the CPU. On CUDA the convolutions also run channels-last.
+    precision: str = "auto"
     # source portrait(s): a photo, a folder or a list of either ('s' cycles through them);
     # default export3d.media.default_portrait()
     source: str | tuple[str, ...] | None = None

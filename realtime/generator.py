@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .buffers import CudaStreams, DoubleBuffer, ThreadStreams
-from .config import GeneratorConfig
+from .config import PRECISIONS, GeneratorConfig
 
 DRIVING = 64 + 25  # expr [64] + camera [25], one host input slot
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -123,9 +123,37 @@ class Generator:
             self.backend.close()
 
 
+def torch_precision(precision: str, device: str, capability=None):
+    """(dtype, channels_last) for the torch backend. "auto": bf16 on a CUDA GPU with bf16
+    tensor cores (compute capability 8.0+), fp16 on older GPUs, fp32 on the CPU; channels-last
+    convolutions on CUDA (the GPU suite's fastest eager layout). ``capability``: (major,
+    minor), read from the device when None."""
+    import torch
+
+    from export3d.errors import UserError
+
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    cuda = str(device).startswith("cuda")
+    if cuda and capability is None:
+        capability = torch.cuda.get_device_capability(torch.device(device))
+    if precision == "auto":
+        precision = "fp32" if not cuda else "bf16" if capability >= (8, 0) else "fp16"
+    if precision == "bf16" and cuda and capability < (8, 0):
+        raise UserError(f"this GPU (compute capability {capability[0]}.{capability[1]}) has no "
+                        "bf16 tensor cores; use --precision fp16")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return dtype, cuda
+
+
 def _open(config: GeneratorConfig):
     from export.backend import open_backend
     from export3d.config import get_config
+    from export3d.errors import UserError
+
+    if config.backend != "torch" and config.precision != "auto":
+        raise UserError(f"--precision is the torch backend's; {config.backend} runs in the "
+                        "precision its graphs or engines were exported with")
 
     if config.backend == "onnxruntime":
         providers = ("cuda", "cpu") if config.device.startswith("cuda") else ("cpu",)
@@ -148,5 +176,7 @@ def _open(config: GeneratorConfig):
 
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
         model = build_model(get_config(config.preset), seed=0)
-    backend = open_backend(config.backend, model=model, device=config.device)
+    dtype, channels_last = torch_precision(config.precision, config.device)
+    backend = open_backend(config.backend, model=model, device=config.device, dtype=dtype,
+                           channels_last=channels_last)
     return backend, model.config.image_size

@@ -62,6 +62,7 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert report["summary"]["kernel_check_passed"] is True
     live = report["live"]
     assert "error" not in live, live.get("traceback")
+    assert live["dtype"] == "float32" and live["channels_last"] is False  # --precision auto, CPU
     s = live["summary"]
     assert 1 <= s["frames"] <= 8 and s["states"] == {"scripted": s["frames"]}
     assert 0 < s["glass_to_glass"]["p50_ms"] <= s["glass_to_glass"]["p99_ms"]

@@ -101,3 +101,54 @@ def test_tensorrt_backend_takes_an_engine_folder_and_fails_in_one_sentence(monke
         args = parse([*argv, "--engines", str(tmp_path)])
         with pytest.raises(UserError, match="sees none"):
             args.run(args)
+
+
+def test_precision_picks_bf16_on_ampere_and_later_and_refuses_what_cannot_run():
+    import torch
+
+    from export3d.errors import UserError
+    from realtime.generator import _open, torch_precision
+    from realtime.config import GeneratorConfig
+
+    assert build_config(parse(["--precision", "bf16"])).generator.precision == "bf16"
+    assert build_config(parse([])).generator.precision == "auto"
+    # auto: fp32 on the CPU; on CUDA bf16 from sm_80, fp16 before; channels-last on CUDA.
+    assert torch_precision("auto", "cpu") == (torch.float32, False)
+    assert torch_precision("auto", "cuda", (9, 0)) == (torch.bfloat16, True)
+    assert torch_precision("auto", "cuda:1", (7, 5)) == (torch.float16, True)
+    assert torch_precision("fp16", "cpu") == (torch.float16, False)
+    with pytest.raises(UserError, match="no bf16 tensor cores; use --precision fp16"):
+        torch_precision("bf16", "cuda", (7, 5))
+    with pytest.raises(UserError, match="unknown precision 'fp8'"):
+        torch_precision("fp8", "cpu")
+    # ONNX graphs and engines carry their own precision: naming one is an error, not ignored.
+    with pytest.raises(UserError, match="--precision is the torch backend's"):
+        _open(GeneratorConfig(backend="onnxruntime", precision="fp16"))
+
+
+def test_torch_backend_in_bf16_channels_last_stays_close_to_fp32():
+    # What --precision auto gives a CUDA user, run on the CPU: same frame within bf16's
+    # rounding (the ray march stays fp32), and channels-last alone changes nothing.
+    import numpy as np
+    import torch
+
+    from export.backend import TorchBackend
+    from export3d import get_config
+    from export3d.camera import orbit_path
+    from export3d.model import build_model
+
+    image = np.random.default_rng(0).uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
+    expr = np.random.default_rng(1).normal(size=(1, 64)).astype(np.float32)
+    camera = orbit_path("circle", 3)[1:2].numpy()
+    frames = {}
+    for dtype, channels_last in ((torch.float32, False), (torch.float32, True),
+                                 (torch.bfloat16, True)):
+        with TorchBackend(build_model(get_config("tiny"), seed=0), dtype=dtype,
+                          channels_last=channels_last) as backend:
+            backend.encode_source(image)
+            frames[dtype, channels_last] = backend.frame(expr, camera)["image"]
+    reference = frames[torch.float32, False]
+    assert reference.std() > 0.05  # not a flat image
+    assert np.abs(frames[torch.float32, True] - reference).max() < 1e-5
+    bf16 = np.abs(frames[torch.bfloat16, True] - reference)
+    assert bf16.mean() < 0.01 and bf16.max() < 0.05 and bf16.max() > 0  # really ran in bf16
