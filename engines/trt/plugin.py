@@ -40,8 +40,8 @@ PLUGIN_ID = f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}"
 ATTRIBUTE_TYPES = {a.name: {"float": float, "int": int}[a.type] for a in contract.ATTRIBUTES}
 FLOAT_TYPES = ("float32", "float16", "bfloat16")
 INT32_MAX = 2 ** 31 - 1
-# The torch op's fp32-FMA launch (engines.raymarch.kernel.DEFAULT_BLOCK_RAYS); the op uses 64
-# rays with tensor-core products (kernel.default_block_rays), unmeasured under TensorRT.
+# As the torch op: 32 rays a program with fp32 FMA products; the engine build asks
+# launch_block_rays, which gives 64 (16 per warp, one per MMA row) with tensor-core products.
 DEFAULT_BLOCK_RAYS = 32
 DEFAULT_NUM_WARPS = 4
 
@@ -136,6 +136,16 @@ def launch_plan(shapes, attrs: dict, *, block_rays: int, num_warps: int, shared:
                              "indexing; render in smaller batches.")
     return {"grid": (cdiv(n_rays, block_rays), 1, 1), "block": (32 * num_warps, 1, 1),
             "shared_mem": int(shared), "extra_args": [(n, values[n]) for n in EXTRA_ARGS]}
+
+
+def launch_block_rays(arch: int, triplane_dtype: str) -> int:
+    """Rays per program for the engine's kernel: the torch op's default for the MLP product
+    precision this arch and dtype get (``kernel_abi.dot_precision``)."""
+    from engines.raymarch.kernel import default_block_rays
+
+    from .kernel_abi import dot_precision
+
+    return default_block_rays(dot_precision(arch, triplane_dtype))
 
 
 def current_arch() -> int:
@@ -262,8 +272,10 @@ def register_plugin() -> str:
         attrs = {"near": near, "far": far, "samples_coarse": samples_coarse,
                  "samples_fine": samples_fine, "box_warp": box_warp,
                  "eg3d_plane_axes": eg3d_plane_axes}
-        config = kernel_config(shapes, dtypes, attrs)
-        build = compiled_kernel(config, current_arch())
+        arch = current_arch()
+        config = kernel_config(shapes, dtypes, attrs,
+                               block_rays=launch_block_rays(arch, str(dtypes[0])))
+        build = compiled_kernel(config, arch)
         plan = launch_plan(shapes, attrs, block_rays=build.block_rays,
                            num_warps=build.num_warps, shared=build.shared,
                            cdiv=lambda a, b: _int_cdiv(a, b) if isinstance(a, int)

@@ -164,6 +164,11 @@ def test_aot_impl_returns_kernel_ptx_and_launch(monkeypatch):
     name, ptx, params, extra = aot(*descs, **ATTRS, outputs=())
     assert (name, ptx) == ("raymarch_trt_kernel", ".version 8.7\n")
     assert compiled[0][1] == 89 and compiled[0][0].channels == C
+    # sm_89, fp32 tri-plane: TF32x3 tensor-core products, so 16 rays per warp (the op's rule);
+    # fp32 FMA products on sm_75 keep 32 rays a program.
+    assert compiled[0][0].block_rays == 64
+    assert plugin.launch_block_rays(75, "float32") == 32
+    assert plugin.launch_block_rays(90, "bfloat16") == 64
     assert (params.grid_x, params.grid_y, params.block_x, params.shared_mem) == (2, 1, 128, 2048)
     assert len(extra) == 17 and all(isinstance(e, trtp.SymInt32) for e in extra)
     assert extra[0].value == B * R
