@@ -26,12 +26,15 @@ loses only what had not run yet):
    bf16 + torch.compile with the default launch. The two bf16 channels_last eager variants
    are also profiled stage by stage (torch.profiler): kernel launches and kernel time per
    frame, and the kernels that take it.
-5. ``tensorrt``: only where ``tensorrt`` imports (elsewhere ``{"skipped": "tensorrt not
+5. ``roofline``: the static per-stage floors of ``benchmarks.roofline`` for this card
+   (generate and super-resolution, bf16); the summary divides the bf16 channels_last eager
+   stages by them.
+6. ``tensorrt``: only where ``tensorrt`` imports (elsewhere ``{"skipped": "tensorrt not
    importable"}``): the plugin graphs exported, engines built (build seconds) and per-frame
    latency through the ``tensorrt`` backend, fp32 and fp16, next to the PyTorch p50s.
-6. ``live``: the live pipeline (``realtime``) end to end on the torch backend, a scripted
+7. ``live``: the live pipeline (``realtime``) end to end on the torch backend, a scripted
    head at 60 fps, random source, null sink: glass-to-glass p50/p95/p99 and per stage.
-7. ``summary``: the targets (kernel >= 10x the reference; per-frame p50 <= 5 ms on an H100)
+8. ``summary``: the targets (kernel >= 10x the reference; per-frame p50 <= 5 ms on an H100)
    against the numbers measured.
 """
 from __future__ import annotations
@@ -686,6 +689,29 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
             "summary": summary}
 
 
+def roofline_section(preset: str, gpu_name: str | None) -> dict:
+    """The static floors of ``benchmarks.roofline`` for this card (H100 figures for a card it
+    does not list), so the summary can say how far each measured stage is from its floor."""
+    from benchmarks import roofline
+
+    name = (gpu_name or "").upper()
+    key = "h200" if "H200" in name else "h100"
+    out = roofline.roofline(preset, key, "bfloat16")
+    if key.upper() not in name:
+        out["note"] = f"{gpu_name or 'no GPU'} is not in benchmarks.roofline.GPUS: H100 figures"
+    return out
+
+
+def floor_ratios(data: dict) -> dict:
+    """Measured eager p50 / static eager floor, per stage, for the bf16 channels_last variant
+    (the roofline's dtype and an eager run): how far from its floor each stage ran."""
+    floors = data.get("roofline", {}).get("stages", {})
+    stages = data.get("model", {}).get("variants", {}).get("bf16-kernel-channels_last",
+                                                          {}).get("stages", {})
+    return {name: round(stages[name]["p50_ms"] / floor["eager_ms"], 2)
+            for name, floor in floors.items() if name in stages and floor["eager_ms"] > 0}
+
+
 def best_launch(timing: dict) -> dict:
     """The fastest swept launch whose outputs are within KERNEL_TOLERANCE of the reference at
     its tri-plane dtype, and its speed-up over the fp32 reference's p50 ({} if none)."""
@@ -722,6 +748,9 @@ def summary(data: dict, device) -> dict:
         out["frame_target_p50_ms"] = TARGET_FRAME_P50_MS
         out["frame_target_met"] = timed[best]["frame"]["p50_ms"] <= TARGET_FRAME_P50_MS
         out["frame_target_note"] = "the target is stated for one H100; compare on that card"
+    ratios = floor_ratios(data)
+    if ratios:
+        out["bf16_channels_last_over_eager_floor"] = ratios
     out["kernel_check_passed"] = data.get("kernel_check", {}).get("all_passed")
     return out
 
@@ -822,6 +851,9 @@ def main(argv=None) -> int:
     if not args.kernel_only:
         section(report, "model", model_timing, torch, config, device, warmup, iters, budget,
                 args.dry_run, not args.no_compile and not args.dry_run, report)
+    if not args.kernel_only:
+        section(report, "roofline", roofline_section, config.preset,
+                report.data["machine"].get("gpu"))
     if not args.kernel_only:
         section(report, "tensorrt", tensorrt_section, torch, config, device, warmup, iters,
                 budget, report.data)

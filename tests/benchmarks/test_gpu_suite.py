@@ -60,6 +60,9 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert any("convolution" in n for n in names["superresolve"])
     assert not any("attention" in n for n in names["superresolve"])
     assert report["summary"]["kernel_check_passed"] is True
+    roof = report["roofline"]  # the dry run's preset, H100 figures (no GPU here)
+    assert "error" not in roof, roof.get("traceback")
+    assert set(roof["stages"]) == {"generate", "superresolve"} and "not in" in roof["note"]
     live = report["live"]
     assert "error" not in live, live.get("traceback")
     assert live["dtype"] == "float32" and live["channels_last"] is False  # --precision auto, CPU
@@ -103,3 +106,15 @@ def test_every_sweep_row_is_a_valid_launch():
         kernel.check_prefetch(row.get("prefetch"))
         assert row["variant"] in op.VARIANTS
         assert not (row.get("prefetch") and row["variant"] != "serial"), row
+
+
+def test_floor_ratios_divide_the_eager_stages_by_their_floors():
+    from benchmarks.gpu_suite import floor_ratios
+
+    data = {"roofline": {"stages": {"generate": {"eager_ms": 1.5},
+                                    "superresolve": {"eager_ms": 0.5}}},
+            "model": {"variants": {"bf16-kernel-channels_last": {"stages": {
+                "generate": {"p50_ms": 4.2}, "render": {"p50_ms": 5.0},
+                "superresolve": {"p50_ms": 2.75}}}}}}
+    assert floor_ratios(data) == {"generate": 2.8, "superresolve": 5.5}
+    assert floor_ratios({"roofline": data["roofline"]}) == {}
