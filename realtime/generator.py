@@ -177,6 +177,12 @@ def _open(config: GeneratorConfig):
         print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
         model = build_model(get_config(config.preset), seed=0)
     dtype, channels_last = torch_precision(config.precision, config.device)
+    if config.device.startswith("cuda"):
+        import torch
+
+        # Every frame has the same shapes: let cuDNN time its convolution algorithms once
+        # (on the first frames) and keep the fastest, as the GPU suite does.
+        torch.backends.cudnn.benchmark = True
     backend = open_backend(config.backend, model=model, device=config.device, dtype=dtype,
                            channels_last=channels_last)
     return backend, model.config.image_size
