@@ -272,8 +272,10 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # The launch shape (rays per program x warps) decides how many programs keep each SM busy and
 # whether a warp's 16 MMA rows hold 16 different rays; the precision what the MLP products
 # cost ("fp16": tensor cores, fp32 accumulation; the op's default for half-precision
-# tri-planes); max_registers trades spills for programs per SM; prefetch asks L1 for the
-# next sample's taps (1: coarse pass, 2: both passes). benchmarks.kernel_sass counts each
+# tri-planes); prefetch asks L1 for the next sample's taps (1: coarse pass, 2: both passes),
+# on the default launch; max_registers trades spills for programs per SM, on launches with 4
+# threads a ray (a paper512 frame has 16384 rays: at 64 x 4 its 1024 warps already all fit
+# at 255 registers, 8 per SM, so a cap there buys nothing). benchmarks.kernel_sass counts each
 # row's instructions on a CPU; this measures them. Most informative first (the budget may
 # stop the sweep early): the fp16-product launches kernel_sass ranks best, on fp16
 # tri-planes, the latency options, then fp32 tri-planes and the baselines last measured on
@@ -281,8 +283,8 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # come last: each compiles for tens of seconds.
 SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
          _serial(32, 2, "fp16", "float16"), _serial(16, 1, "fp16", "float16"),
-         _serial(32, 2, "fp16", "float16", prefetch=1),
-         _serial(32, 2, "fp16", "float16", prefetch=2),
+         _serial(64, 4, "fp16", "float16", prefetch=1),
+         _serial(64, 4, "fp16", "float16", prefetch=2),
          _serial(32, 4, "fp16", "float16", max_registers=168),
          _serial(32, 4, "fp16", "float16", max_registers=128),
          _serial(32, 2, "fp16", "float16", max_registers=168),
@@ -661,6 +663,7 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
     if budget.left() < 30:
         return {"skipped": "time budget spent"}
     import numpy as np
+    import torch
 
     import realtime.generator as live_generator
     from realtime.config import CaptureConfig, GeneratorConfig, PipelineConfig, SinkConfig
@@ -679,13 +682,14 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
     original = live_generator.prepare_source
     live_generator.prepare_source = random_source  # no photo, no face model needed
     try:
-        summary = Pipeline(config).run()
+        pipeline = Pipeline(config)
+        summary = pipeline.run()
     finally:
         live_generator.prepare_source = original
-    dtype, channels_last = live_generator.torch_precision(config.generator.precision,
-                                                          config.generator.device)
+    backend = pipeline.generator.backend  # what ran (--precision auto's choice)
     return {"preset": preset, "capture_fps": fps, "backend": "torch",
-            "dtype": str(dtype).replace("torch.", ""), "channels_last": channels_last,
+            "dtype": str(backend.dtype).replace("torch.", ""),
+            "channels_last": backend.memory_format == torch.channels_last,
             "summary": summary}
 
 

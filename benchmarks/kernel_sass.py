@@ -71,8 +71,8 @@ CONFIGS = (
     ("serial 32x2 fp16", dict(dot_precision="fp16", num_warps=2)),
     ("serial 16x1 fp16", dict(dot_precision="fp16", block_rays=16, num_warps=1)),
     # L1 prefetch of the next sample's taps: coarse pass (pf1), both passes (pf2).
-    ("serial pf1 32x2 fp16", dict(dot_precision="fp16", num_warps=2, prefetch=1)),
-    ("serial pf2 32x2 fp16", dict(dot_precision="fp16", num_warps=2, prefetch=2)),
+    ("serial pf1 64x4 fp16", dict(dot_precision="fp16", block_rays=64, prefetch=1)),
+    ("serial pf2 64x4 fp16", dict(dot_precision="fp16", block_rays=64, prefetch=2)),
     # Capped registers: more programs per SM to hide the gathers' latency, paid in spills.
     ("serial r168 32x4 fp16", dict(dot_precision="fp16", max_registers=168)),
     ("serial r128 32x4 fp16", dict(dot_precision="fp16", max_registers=128)),

@@ -160,6 +160,13 @@ def _axis_taps(g, half_p, Pf):
 
 
 @triton.jit
+def _tap_lines(triplane_ptr, plane_off, x0, y0, stride_ty, stride_tx):
+    """[BLOCK_R] pointers to channel 0 of each ray's first tap (x0, y0) on one plane; the
+    other three taps are at + stride_tx, + stride_ty and + both."""
+    return triplane_ptr + (plane_off + y0 * stride_ty + x0 * stride_tx)
+
+
+@triton.jit
 def _plane_lookup(acc, triplane_ptr, plane_off, x0, wx0, wx1, y0, wy0, wy1, stride_ty,
                   stride_tx, c_offs):
     """acc + the bilinear lookup of one plane -> [BLOCK_R, C_PAD], from its x and y axes' taps
@@ -167,7 +174,8 @@ def _plane_lookup(acc, triplane_ptr, plane_off, x0, wx0, wx1, y0, wy0, wy1, stri
     taps share one base address plus constant strides, so one per-ray address crosses into
     the gathers' layout per plane. Padded channels (c_offs repeats the last one) meet zero
     rows of w1."""
-    base = triplane_ptr + (plane_off + y0 * stride_ty + x0 * stride_tx)[:, None] + c_offs[None, :]
+    base = _tap_lines(triplane_ptr, plane_off, x0, y0, stride_ty, stride_tx)[:, None] \
+        + c_offs[None, :]
     f00 = tl.load(base).to(tl.float32)
     f01 = tl.load(base + stride_tx).to(tl.float32)
     f10 = tl.load(base + stride_ty).to(tl.float32)
@@ -208,12 +216,12 @@ def _prefetch_sample(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, 
         i0x, _w0x, _w1x = _axis_taps((ox + t * dx) * scale, half_p, Pf)
         i0y, _w0y, _w1y = _axis_taps((oy + t * dy) * scale, half_p, Pf)
         i0z, _w0z, _w1z = _axis_taps((oz + t * dz) * scale, half_p, Pf)
-        base0 = triplane_ptr + (batch_off + _pick(i0x, i0y, i0z, A1) * stride_ty
-                                + _pick(i0x, i0y, i0z, A0) * stride_tx)
-        base1 = triplane_ptr + (batch_off + stride_tk + _pick(i0x, i0y, i0z, A3) * stride_ty
-                                + _pick(i0x, i0y, i0z, A2) * stride_tx)
-        base2 = triplane_ptr + (batch_off + 2 * stride_tk + _pick(i0x, i0y, i0z, A5) * stride_ty
-                                + _pick(i0x, i0y, i0z, A4) * stride_tx)
+        base0 = _tap_lines(triplane_ptr, batch_off, _pick(i0x, i0y, i0z, A0),
+                           _pick(i0x, i0y, i0z, A1), stride_ty, stride_tx)
+        base1 = _tap_lines(triplane_ptr, batch_off + stride_tk, _pick(i0x, i0y, i0z, A2),
+                           _pick(i0x, i0y, i0z, A3), stride_ty, stride_tx)
+        base2 = _tap_lines(triplane_ptr, batch_off + 2 * stride_tk, _pick(i0x, i0y, i0z, A4),
+                           _pick(i0x, i0y, i0z, A5), stride_ty, stride_tx)
         return tl.inline_asm_elementwise(
             "prefetch.global.L1 [$1];\n\tprefetch.global.L1 [$2];\n\t"
             "prefetch.global.L1 [$3];\n\tprefetch.global.L1 [$4];\n\t"
