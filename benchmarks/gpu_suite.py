@@ -26,15 +26,19 @@ loses only what had not run yet):
    bf16 + torch.compile with the default launch. The two bf16 channels_last eager variants
    are also profiled stage by stage (torch.profiler): kernel launches and kernel time per
    frame, and the kernels that take it.
-5. ``roofline``: the static per-stage floors of ``benchmarks.roofline`` for this card
+5. ``ops`` (runs before ``model``): ``benchmarks.ops``, the candidate forms of generate's
+   attention (each SDPA backend), Mix-FFN depthwise and Gaussian low-pass operators against
+   the model's own, on the inputs a bf16 channels-last frame gives them: error, p50, calls
+   per frame, and the saving per frame of the fastest form within tolerance.
+6. ``roofline``: the static per-stage floors of ``benchmarks.roofline`` for this card
    (generate and super-resolution, bf16); the summary divides the bf16 channels_last eager
    stages by them.
-6. ``tensorrt``: only where ``tensorrt`` imports (elsewhere ``{"skipped": "tensorrt not
+7. ``tensorrt``: only where ``tensorrt`` imports (elsewhere ``{"skipped": "tensorrt not
    importable"}``): the plugin graphs exported, engines built (build seconds) and per-frame
    latency through the ``tensorrt`` backend, fp32 and fp16, next to the PyTorch p50s.
-7. ``live``: the live pipeline (``realtime``) end to end on the torch backend, a scripted
+8. ``live``: the live pipeline (``realtime``) end to end on the torch backend, a scripted
    head at 60 fps, random source, null sink: glass-to-glass p50/p95/p99 and per stage.
-8. ``summary``: the targets (kernel >= 10x the reference; per-frame p50 <= 5 ms on an H100)
+9. ``summary``: the targets (kernel >= 10x the reference; per-frame p50 <= 5 ms on an H100)
    against the numbers measured.
 """
 from __future__ import annotations
@@ -693,6 +697,24 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
             "summary": summary}
 
 
+def ops_section(torch, device, dry_run: bool, warmup, iters, budget: Budget) -> dict:
+    """``benchmarks.ops``: the candidate forms of generate's attention, depthwise and low-pass
+    operators against the model's, at their real inputs (bf16 + channels-last on a GPU, as
+    the frame's best eager variant runs; fp32 at tiny size in a dry run)."""
+    from benchmarks import ops
+
+    if budget.left() < 60:
+        return {"skipped": f"time budget ({budget.left():.0f} s left)"}
+    preset, dtype = ("tiny", torch.float32) if dry_run else ("paper512", torch.bfloat16)
+    model, source, expr = ops.prepared_model(preset, dtype, device, channels_last=True)
+    out = {"preset": preset, "dtype": str(dtype).replace("torch.", ""), "channels_last": True,
+           **ops.op_candidates(model, source, expr, warmup, min(iters, 30))}
+    del model, source
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
 def roofline_section(preset: str, gpu_name: str | None) -> dict:
     """The static floors of ``benchmarks.roofline`` for this card (H100 figures for a card it
     does not list), so the summary can say how far each measured stage is from its floor."""
@@ -752,6 +774,12 @@ def summary(data: dict, device) -> dict:
         out["frame_target_p50_ms"] = TARGET_FRAME_P50_MS
         out["frame_target_met"] = timed[best]["frame"]["p50_ms"] <= TARGET_FRAME_P50_MS
         out["frame_target_note"] = "the target is stated for one H100; compare on that card"
+    ops = data.get("ops", {})
+    if "sites" in ops:
+        out["ops_saving_ms_per_frame"] = ops["saving_ms_per_frame"]
+        out["ops_fastest_forms"] = {
+            f"{s['kind']} {'x'.join(map(str, s['shapes'][0]))}": s["fastest_within"]
+            for s in ops["sites"] if "fastest_within" in s}
     ratios = floor_ratios(data)
     if ratios:
         out["bf16_channels_last_over_eager_floor"] = ratios
@@ -783,6 +811,11 @@ def print_table(data: dict) -> None:
             top = ", ".join(f"{r['name'][:40]} {r['us']:.0f} us" for r in p["top"][:3])
             print(f"  {stage:<13} {count:6.0f} {'launches' if 'launches' in p else 'ops'}, "
                   f"{busy:7.3f} ms busy; top: {top}")
+    if "sites" in data.get("ops", {}):
+        print("\ngenerate's operators, candidate forms (benchmarks.ops):")
+        from benchmarks import ops
+
+        ops.print_table(data["ops"])
     live = data.get("live", {}).get("summary")
     if live:
         g = live["glass_to_glass"]
@@ -852,6 +885,9 @@ def main(argv=None) -> int:
     # The model runs as a user would run it: TF32 allowed for fp32 matmuls and convolutions.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    if not args.kernel_only:
+        # Before the model section: seconds, and it says which forms would cut generate.
+        section(report, "ops", ops_section, torch, device, args.dry_run, warmup, iters, budget)
     if not args.kernel_only:
         section(report, "model", model_timing, torch, config, device, warmup, iters, budget,
                 args.dry_run, not args.no_compile and not args.dry_run, report)

@@ -60,6 +60,10 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert any("convolution" in n for n in names["superresolve"])
     assert not any("attention" in n for n in names["superresolve"])
     assert report["summary"]["kernel_check_passed"] is True
+    ops = report["ops"]  # generate's candidate forms, tiny and fp32 in the dry run
+    assert "error" not in ops, ops.get("traceback")
+    assert {s["kind"] for s in ops["sites"]} == {"attention", "depthwise", "lowpass"}
+    assert all(s["forms"]["model"]["within"] and "fastest_within" in s for s in ops["sites"])
     roof = report["roofline"]  # the dry run's preset, H100 figures (no GPU here)
     assert "error" not in roof, roof.get("traceback")
     assert set(roof["stages"]) == {"generate", "superresolve"} and "not in" in roof["note"]

@@ -1,0 +1,300 @@
+"""Candidate forms of the generator's per-frame operators, timed against the model's own form
+on the inputs the model gives them: what adopting each would save per frame.
+
+``python -m benchmarks.ops [--preset paper512] [--dtype bfloat16] [--device cuda] [--json F]``
+(also a section of ``benchmarks.gpu_suite``; on a CPU at ``tiny`` size it only proves it runs)
+
+Why: generate is the largest stage of a frame (4.2 ms of the H200's 11.9 ms in bf16 +
+channels-last, 2.4x its eager roofline floor), and three of its operator kinds have forms
+whose speed depends on the card, its cuDNN and its attention kernels, not on arithmetic:
+- ``attention``: ``F.scaled_dot_product_attention`` with 4 heads of 256 channels, 1024 tokens
+  per low-resolution block and 16384 queries x 4096 keys in the fusion block (275 GFLOP of the
+  frame's ~1000). Candidates: each SDPA backend forced (flash, memory-efficient, cuDNN, math);
+  the model lets PyTorch choose.
+- ``depthwise``: Mix-FFN's 3x3 depthwise convolution on 2048 channels; the model hands it the
+  token grid as a channels-last view, which routes it to cuDNN. Candidates: contiguous NCHW
+  (PyTorch's own depthwise kernel), an explicit channels-last copy.
+- ``lowpass``: the fixed 5-tap Gaussian after each pixel shuffle, two grouped 1-D convolutions
+  after a replicate pad (the SR up-sampler's depthwise transposed convolution was one of
+  cuDNN's slow paths). Candidates: one depthwise 5 x 5 (the outer product), channels folded
+  into the batch (single-channel convolutions), the model's form on a channels-last copy.
+The sites are found by running ``model.generate`` once (a torch-function mode records the
+attention calls, forward hooks the depthwise and low-pass modules), so the inputs have the
+shapes, dtype and memory layout the model really produces, and the calls per frame are
+counted. Every candidate is checked against the model's form computed in fp32 on the same
+inputs: ``max_abs_err``, and ``within`` = at most twice the model's own form's error (its
+rounding in the working dtype) plus 1e-4 of the output's scale. ``saving_ms_per_frame`` =
+(model p50 - fastest candidate within tolerance p50) x calls per frame. Adopting a form is a
+code change in ``export3d.generator`` made after a GPU has measured it here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# SDPA backends forced one at a time (torch.nn.attention.SDPBackend member names).
+ATTENTION_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+RELATIVE_TOLERANCE = 1e-4
+
+
+class _RecordAttention(TorchFunctionMode):
+    """Records the (q, k, v) of every scaled_dot_product_attention call under it."""
+
+    def __init__(self, record):
+        super().__init__()
+        self.record = record
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self.record("attention", args[:3], kwargs)
+        return func(*args, **kwargs)
+
+
+def _layout(t: torch.Tensor) -> str:
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+            memory_format=torch.channels_last):
+        return "channels_last"
+    return "contiguous" if t.is_contiguous() else f"strides {tuple(t.stride())}"
+
+
+def capture_sites(model, source, expr) -> list[dict]:
+    """Run ``model.generate(source, expr)`` once and return its candidate sites: kind, the
+    first call's inputs (cloned with their strides), the module or keyword arguments, and the
+    number of calls per frame with those shapes and layout."""
+    from export3d.generator import GaussianLowPass, MixFFN
+
+    sites: dict = {}
+
+    def record(kind, inputs, extra):
+        key = (kind, tuple((tuple(t.shape), t.dtype, t.stride()) for t in inputs))
+        if key in sites:
+            sites[key]["calls"] += 1
+        else:
+            sites[key] = {"kind": kind, "inputs": [t.clone() for t in inputs], "extra": extra,
+                          "calls": 1}
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, GaussianLowPass):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args: record("lowpass", args[:1], m)))
+        elif isinstance(module, MixFFN):
+            handles.append(module.dwconv.register_forward_pre_hook(
+                lambda m, args: record("depthwise", args[:1], m)))
+    try:
+        with torch.inference_mode(), _RecordAttention(record):
+            model.generate(source, expr)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(sites.values())
+
+
+# --------------------------------------------------------------------------- candidate forms
+
+def _attention(q, k, v, backend: str | None, kwargs):
+    if backend is None:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([getattr(SDPBackend, backend)]):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def attention_forms(q, k, v, kwargs) -> dict:
+    forms = {"model": lambda: _attention(q, k, v, None, kwargs)}
+    for backend in ATTENTION_BACKENDS:
+        if hasattr(torch.nn.attention.SDPBackend, backend):
+            forms[backend.lower()] = (lambda b=backend: _attention(q, k, v, b, kwargs))
+    return forms
+
+
+def depthwise_forms(x, conv) -> dict:
+    """x: the [B, C, h, w] token-grid view Mix-FFN passes its depthwise conv (channels-last
+    strides); each form ends in a tensor the next Linear reads as tokens without a copy."""
+    return {"model": lambda: conv(x),
+            "nchw": lambda: conv(x.contiguous()),
+            "channels_last": lambda: conv(x.contiguous(memory_format=torch.channels_last))}
+
+
+def lowpass_forms(x, lowpass) -> dict:
+    """x: [B, C, H, W] after a pixel shuffle; every form is replicate padding and the same
+    separable 5-tap Gaussian, summed in a different order."""
+    c = x.shape[1]
+    pad = lowpass.pad
+    k1 = lowpass.kernel.to(x.dtype)
+    k2 = (k1[:, None] * k1[None, :]).expand(c, 1, -1, -1)  # the outer product, [C, 1, 5, 5]
+
+    def single_5x5():
+        return F.conv2d(F.pad(x, (pad,) * 4, mode="replicate"), k2, groups=c)
+
+    def folded():  # channels into the batch: single-channel convolutions, NCHW
+        b, _, h, w = x.shape
+        y = F.pad(x.contiguous().reshape(b * c, 1, h, w), (pad,) * 4, mode="replicate")
+        y = F.conv2d(y, k1.reshape(1, 1, 1, -1))
+        return F.conv2d(y, k1.reshape(1, 1, -1, 1)).reshape(b, c, h, w)
+
+    return {"model": lambda: lowpass(x), "depthwise_5x5": single_5x5, "batch_folded": folded,
+            "channels_last": lambda: lowpass(x.contiguous(memory_format=torch.channels_last))}
+
+
+def _forms(site) -> dict:
+    inputs = site["inputs"]
+    if site["kind"] == "attention":
+        return attention_forms(*inputs, site["extra"])
+    if site["kind"] == "depthwise":
+        return depthwise_forms(inputs[0], site["extra"])
+    return lowpass_forms(inputs[0], site["extra"])
+
+
+def _fp32_reference(site) -> torch.Tensor:
+    """The model's form in fp32 on the same (upcast) inputs: the truth the candidates and
+    the model's own form are compared with."""
+    import copy
+
+    inputs = [t.float() for t in site["inputs"]]
+    extra = site["extra"]
+    # No TF32 in the truth (the suite allows it for the model's fp32 variants).
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        if site["kind"] == "attention":
+            return _attention(*inputs, "MATH" if inputs[0].is_cuda else None, extra)
+        return copy.deepcopy(extra).float()(inputs[0])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def measure_site(site, warmup: int, iters: int) -> dict:
+    from benchmarks.gpu_suite import stats, time_cuda
+
+    first = site["inputs"][0]
+    out = {"kind": site["kind"], "calls_per_frame": site["calls"],
+           "shapes": [list(t.shape) for t in site["inputs"]],
+           "dtype": str(first.dtype).replace("torch.", ""), "layout": _layout(first),
+           "forms": {}}
+    with torch.inference_mode():
+        reference = _fp32_reference(site)
+        scale = float(reference.abs().max())
+        for name, fn in _forms(site).items():
+            row: dict = {}
+            try:
+                result = fn()
+                row["max_abs_err"] = float((result.float() - reference).abs().max())
+                row["out_layout"] = _layout(result)
+                row.update(stats(time_cuda(fn, warmup, iters, torch)))
+            except Exception as exc:  # a backend that refuses these shapes or this card
+                row = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+            out["forms"][name] = row
+    model_row = out["forms"]["model"]
+    if "p50_ms" not in model_row:
+        out["error"] = f"the model's own form failed: {model_row.get('error')}"
+        return out
+    tolerance = 2.0 * model_row["max_abs_err"] + RELATIVE_TOLERANCE * scale
+    out["tolerance"] = tolerance
+    good = {}
+    for name, row in out["forms"].items():
+        if "p50_ms" in row:
+            row["within"] = row["max_abs_err"] <= tolerance
+            if row["within"]:
+                good[name] = row["p50_ms"]
+    best = min(good, key=good.get)
+    out["fastest_within"] = best
+    out["saving_ms_per_frame"] = round((model_row["p50_ms"] - good[best]) * site["calls"], 4)
+    return out
+
+
+def op_candidates(model, source, expr, warmup: int, iters: int) -> dict:
+    """Every site of ``model.generate`` measured (see the module docstring), and the total
+    saving per frame if each site took its fastest form within tolerance."""
+    sites = [measure_site(site, warmup, iters) for site in capture_sites(model, source, expr)]
+    sites.sort(key=lambda s: -s.get("saving_ms_per_frame", 0.0))
+    return {"sites": sites,
+            "saving_ms_per_frame": round(sum(s.get("saving_ms_per_frame", 0.0)
+                                             for s in sites), 4)}
+
+
+def print_table(result: dict) -> None:
+    print(f"{'site':12} {'shape':28} {'calls':>5}  form             p50 ms   max err   within")
+    for s in result["sites"]:
+        shape = "x".join(map(str, s["shapes"][0]))
+        for i, (name, row) in enumerate(s["forms"].items()):
+            head = (f"{s['kind']:12} {shape:28} {s['calls_per_frame']:>5}" if i == 0
+                    else " " * 47)
+            if "p50_ms" in row:
+                print(f"{head}  {name:15} {row['p50_ms']:8.4f} {row['max_abs_err']:9.2e}   "
+                      f"{row.get('within', '-')}")
+            else:
+                print(f"{head}  {name:15} {row.get('error', '')[:60]}")
+        if "fastest_within" in s:
+            print(f"{'':47}  -> {s['fastest_within']}, saves {s['saving_ms_per_frame']:.4f} "
+                  f"ms per frame")
+    print(f"total saving per frame: {result['saving_ms_per_frame']:.4f} ms")
+
+
+def prepared_model(preset: str, dtype, device, channels_last: bool):
+    """A randomly initialised model of ``preset`` in ``dtype`` on ``device`` with a cached
+    source and an expression code, as the suite's model variants run it."""
+    from export3d import get_config
+    from export3d.model import build_model
+
+    config = get_config(preset)
+    model = build_model(config, seed=0).eval()
+    model.clebs.freeze_basis()
+    model = model.to(device=device, dtype=dtype)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=memory_format)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, config.image_size, config.image_size, generator=generator) * 2 - 1
+    image = image.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
+    expr = torch.randn(1, config.expr_dim, generator=generator).to(device=device, dtype=dtype)
+    with torch.inference_mode():
+        source = model.encode_source(image)
+    return model, source, expr
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ops",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default=None, help="default: paper512 on CUDA, tiny on CPU")
+    parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    preset = args.preset or ("paper512" if cuda else "tiny")
+    dtype = getattr(torch, args.dtype or ("bfloat16" if cuda else "float32"))
+    model, source, expr = prepared_model(preset, dtype, device, not args.no_channels_last)
+    iters = args.iters or (50 if cuda else 3)
+    result = {"preset": preset, "dtype": str(dtype).replace("torch.", ""),
+              "device": torch.cuda.get_device_name() if cuda else "cpu",
+              "channels_last": not args.no_channels_last,
+              **op_candidates(model, source, expr, 5 if cuda else 1, iters)}
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

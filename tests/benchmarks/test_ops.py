@@ -1,0 +1,74 @@
+"""benchmarks.ops finds every candidate site of generate with its real inputs and calls per
+frame, its candidate forms compute what the model's form computes, and a wrong form is caught."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import ops
+from export3d import get_config
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return ops.prepared_model("tiny", torch.float32, torch.device("cpu"), channels_last=True)
+
+
+def test_sites_are_the_models_calls_with_their_inputs(tiny):
+    config = get_config("tiny")
+    sites = ops.capture_sites(*tiny)
+    calls = {kind: sum(s["calls"] for s in sites if s["kind"] == kind)
+             for kind in ("attention", "depthwise", "lowpass")}
+    blocks = config.vit_blocks + config.fusion_blocks
+    assert calls == {"attention": blocks, "depthwise": blocks, "lowpass": 2}
+    g, d, heads = config.token_grid, config.token_dim, config.heads
+    low = [s for s in sites if s["kind"] == "attention" and s["calls"] == config.vit_blocks]
+    assert [list(t.shape) for t in low[0]["inputs"]] == [[1, heads, g * g, d // heads]] * 3
+    for site in sites:
+        if site["kind"] == "depthwise":  # the token grid reaches the conv as a channels-last view
+            assert ops._layout(site["inputs"][0]) == "channels_last"
+            assert site["inputs"][0].shape[1] in (d * config.mlp_ratio,
+                                                  config.fusion_dim * config.mlp_ratio)
+
+
+def test_every_form_matches_the_model_and_the_saving_is_the_fastest_within(tiny):
+    result = ops.op_candidates(*tiny, warmup=0, iters=2)
+    assert {s["kind"] for s in result["sites"]} == {"attention", "depthwise", "lowpass"}
+    for site in result["sites"]:
+        forms = site["forms"]
+        assert forms["model"]["max_abs_err"] == 0.0  # fp32: the model's form is the truth
+        expected = {"attention": {"flash_attention", "math"},
+                    "depthwise": {"nchw", "channels_last"},
+                    "lowpass": {"depthwise_5x5", "batch_folded", "channels_last"}}[site["kind"]]
+        for name in expected:  # every CPU-capable form ran and agrees with the model
+            assert forms[name]["within"], (site["kind"], name, forms[name])
+            assert forms[name]["max_abs_err"] <= 1e-5
+        within = {n: r["p50_ms"] for n, r in forms.items() if r.get("within")}
+        assert site["fastest_within"] == min(within, key=within.get)
+        assert site["saving_ms_per_frame"] == round(
+            (forms["model"]["p50_ms"] - within[site["fastest_within"]]) * site["calls_per_frame"],
+            4)
+        assert site["saving_ms_per_frame"] >= 0
+    assert result["saving_ms_per_frame"] == round(
+        sum(s["saving_ms_per_frame"] for s in result["sites"]), 4)
+
+
+def test_a_wrong_form_is_not_within_tolerance(tiny, monkeypatch):
+    import torch.nn.functional as F
+
+    real = ops.lowpass_forms
+
+    def with_a_wrong_one(x, lowpass):
+        forms = real(x, lowpass)
+        k = lowpass.kernel.reshape(1, 1, 1, -1).expand(x.shape[1], 1, 1, -1)
+        # The horizontal pass only: a plausible bug that a loose check would pass.
+        forms["horizontal_only"] = lambda: F.conv2d(
+            F.pad(x, (lowpass.pad, lowpass.pad, 0, 0), mode="replicate"), k, groups=x.shape[1])
+        return forms
+
+    monkeypatch.setattr(ops, "lowpass_forms", with_a_wrong_one)
+    sites = [s for s in ops.capture_sites(*tiny) if s["kind"] == "lowpass"]
+    measured = ops.measure_site(sites[0], warmup=0, iters=1)
+    assert measured["forms"]["horizontal_only"]["within"] is False
+    assert measured["forms"]["horizontal_only"]["max_abs_err"] > 10 * measured["tolerance"]
+    assert measured["fastest_within"] != "horizontal_only"
