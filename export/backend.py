@@ -50,12 +50,14 @@ class _ContextMixin:
 class TorchBackend(_ContextMixin):
     """The PyTorch reference behind the protocol: ``Export3D`` on ``device`` in ``dtype``
     (float16 keeps the ray march in float32, as the model itself does); ``channels_last``
-    runs the convolutions in that memory format (faster on CUDA)."""
+    runs the convolutions in that memory format (faster on CUDA); ``compile`` runs the
+    per-frame path through ``torch.compile`` (on CUDA with CUDA graphs, mode
+    "reduce-overhead": its outputs are overwritten by the next frame, so read them first)."""
 
     name = "torch"
 
     def __init__(self, model, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 impl: str | None = None, channels_last: bool = False):
+                 impl: str | None = None, channels_last: bool = False, compile: bool = False):
         self.device = torch.device(device)
         self.dtype = dtype
         self.impl = impl
@@ -66,23 +68,40 @@ class TorchBackend(_ContextMixin):
         if dtype != torch.float32:
             self.model.renderer.float()
         self.model.clebs.freeze_basis()
+        self.compiled = compile
+        self._synthesize = self.model.synthesize
+        if compile:
+            self._synthesize = torch.compile(
+                self.model.synthesize, dynamic=False,
+                mode="reduce-overhead" if self.device.type == "cuda" else None)
         self._source = None
 
     def encode_source(self, image) -> None:
         image = torch.as_tensor(np.asarray(image)).to(self.device, self.dtype)
         image = image.contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
-            self._source = self.model.encode_source(image)
+            source = self.model.encode_source(image)
+            if self.compiled and self._source is not None:
+                # A new portrait goes into the tensors the compiled frame was traced with:
+                # same object, same addresses, no re-trace on a swap.
+                self._source.high.copy_(source.high)
+                self._source.tokens.copy_(source.tokens)
+            else:
+                self._source = source
 
-    def frame(self, expr, camera) -> dict[str, np.ndarray]:
+    def synthesize(self, expr: torch.Tensor, camera: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's per-frame path on the encoded source (compiled when asked): ``expr
+        [1, 64]`` in the backend's dtype and ``camera [1, 25]`` float32, on its device."""
         if self._source is None:
             raise BackendError("call encode_source(image) before frame()")
+        return self._synthesize(self._source, expr, camera, impl=self.impl)
+
+    def frame(self, expr, camera) -> dict[str, np.ndarray]:
         expr = torch.as_tensor(np.asarray(expr, dtype=np.float32)).reshape(1, -1)
         camera = torch.as_tensor(np.asarray(camera, dtype=np.float32)).reshape(1, 25)
         with torch.inference_mode():
-            out = self.model.synthesize(self._source, expr.to(self.device, self.dtype),
-                                        camera.to(self.device), impl=self.impl)
-        return {k: out[k].float().cpu().numpy() for k in FRAME_KEYS}
+            out = self.synthesize(expr.to(self.device, self.dtype), camera.to(self.device))
+            return {k: out[k].float().cpu().numpy() for k in FRAME_KEYS}
 
     def close(self) -> None:
         self._source = None

@@ -37,6 +37,16 @@ def coordinate_channels(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([image, coords], dim=1)
 
 
+def replicate_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """``F.pad(x, (pad,) * 4, mode="replicate")`` for ``[B, C, H, W]``, as two concatenations
+    of the edge rows and columns."""
+    *lead, h, w = x.shape
+    x = torch.cat([x[..., :1].expand(*lead, h, pad), x, x[..., -1:].expand(*lead, h, pad)], -1)
+    w = w + 2 * pad
+    return torch.cat([x[..., :1, :].expand(*lead, pad, w), x,
+                      x[..., -1:, :].expand(*lead, pad, w)], -2)
+
+
 class GaussianLowPass(nn.Module):
     """Fixed separable 5-tap Gaussian (sigma from config), replicate padding, per channel."""
 
@@ -50,7 +60,12 @@ class GaussianLowPass(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         k = self.kernel.to(x.dtype)
-        x = F.pad(x, (self.pad,) * 4, mode="replicate")
+        if torch.compiler.is_compiling():
+            # The same values by concatenation: torch 2.13's Inductor fails on a replicate pad
+            # of a pixel-shuffled tensor ("vr must not be None for symbol q1").
+            x = replicate_pad(x, self.pad)
+        else:
+            x = F.pad(x, (self.pad,) * 4, mode="replicate")
         x = F.conv2d(x, k.reshape(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
         return F.conv2d(x, k.reshape(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 

@@ -59,6 +59,7 @@ def build_config(args):
         "generator": {"backend": args.backend, "device": args.device, "preset": args.preset,
                       "checkpoint": args.checkpoint, "graphs": args.graphs,
                       "engines": args.engines, "precision": args.precision,
+                      "compile": True if args.compile else None,
                       "source": _sources(args.source)},
         "sink": {"sink": args.sink, "hud": False if args.no_hud else None, "size": args.size,
                  "side_by_side": True if args.side_by_side else None},
@@ -118,6 +119,8 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="torch backend: auto (default: bf16 on GPUs from sm_80, fp16 before, "
                    "fp32 on the CPU), fp32, fp16 or bf16")
+    p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the "
+                   "frame (with CUDA graphs on CUDA); compiles once at start, a minute or more")
     p.add_argument("--sink", default=None,
                    help="null, file:OUT.mp4|.mkv, window, virtualcam, preview[:PORT] "
                         "(default: null)")

@@ -44,6 +44,9 @@ class GeneratorConfig:
     # torch backend: auto | fp32 | fp16 | bf16. auto: bf16 on a CUDA GPU that has it (sm_80+),
     # fp16 on older ones, fp32 on the CPU. On CUDA the convolutions also run channels-last.
     precision: str = "auto"
+    # torch backend: torch.compile the per-frame path (CUDA graphs on CUDA); the first frame
+    # waits for the compile
+    compile: bool = False
     # source portrait(s): a photo, a folder or a list of either ('s' cycles through them);
     # default export3d.media.default_portrait()
     source: str | tuple[str, ...] | None = None

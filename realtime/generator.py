@@ -65,6 +65,8 @@ class Generator:
         self.photos = source_photos(config.source)
         self.source = self.photos[0]
         self.backend.encode_source(prepare_source(self.source, image_size))
+        if getattr(backend, "compiled", False):
+            warm_up_compiled(backend)
         shape = (image_size, image_size, 3)
         if getattr(backend, "name", "") == "torch" and str(backend.device).startswith("cuda"):
             import torch
@@ -104,8 +106,8 @@ class Generator:
 
         b = self.backend  # TorchBackend: model and encoded source live on this device
         with torch.inference_mode():
-            out = b.model.synthesize(b._source, d_in[None, :64].to(b.dtype), d_in[None, 64:],
-                                     impl=b.impl)["image"][0].float()  # [3, S, S]
+            out = b.synthesize(d_in[None, :64].to(b.dtype),
+                               d_in[None, 64:])["image"][0].float()  # [3, S, S]
             d_out.copy_(((out.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0))
 
     # -- source portrait ---------------------------------------------------------------------
@@ -121,6 +123,24 @@ class Generator:
             self.buffer.close()
         finally:
             self.backend.close()
+
+
+def warm_up_compiled(backend) -> None:
+    """Trace and compile the torch backend's frame before the first real one (a minute or
+    more at paper512 size), saying so, so that the pipeline does not look hung; then one more
+    frame, which on CUDA records the CUDA graph."""
+    import time
+
+    from export3d.camera import orbit_camera
+
+    print("compiling the frame (torch.compile, once per run; this can take a minute) ...",
+          file=sys.stderr, flush=True)
+    start = time.monotonic()
+    expr = np.zeros((1, 64), np.float32)
+    camera = orbit_camera(0.0).numpy()
+    for _ in range(2):
+        backend.frame(expr, camera)
+    print(f"compiled in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def torch_precision(precision: str, device: str, capability=None):
@@ -154,6 +174,9 @@ def _open(config: GeneratorConfig):
     if config.backend != "torch" and config.precision != "auto":
         raise UserError(f"--precision is the torch backend's; {config.backend} runs in the "
                         "precision its graphs or engines were exported with")
+    if config.backend != "torch" and config.compile:
+        raise UserError(f"--compile is the torch backend's; {config.backend} runs its own "
+                        "compiled graphs or engines")
 
     if config.backend == "onnxruntime":
         providers = ("cuda", "cpu") if config.device.startswith("cuda") else ("cpu",)
@@ -184,5 +207,5 @@ def _open(config: GeneratorConfig):
         # (on the first frames) and keep the fastest, as the GPU suite does.
         torch.backends.cudnn.benchmark = True
     backend = open_backend(config.backend, model=model, device=config.device, dtype=dtype,
-                           channels_last=channels_last)
+                           channels_last=channels_last, compile=config.compile)
     return backend, model.config.image_size

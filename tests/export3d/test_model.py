@@ -181,6 +181,17 @@ def test_lowpass_and_upsample_preserve_constants():
     assert_close(up[..., 2:-2, 2:-2], torch.full((1, 3, 20, 20), 0.7))
 
 
+def test_replicate_pad_by_concatenation_is_f_pad():
+    # The low-pass's padding under torch.compile (export3d.generator.replicate_pad): the same
+    # values as F.pad's replicate mode, on a non-square, channels-last input, exactly.
+    from export3d.generator import replicate_pad
+
+    x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    for t in (x, x.contiguous(memory_format=torch.channels_last)):
+        for pad in (1, 2):
+            assert torch.equal(replicate_pad(t, pad), F.pad(t, (pad,) * 4, mode="replicate"))
+
+
 def test_upsample_is_the_fir_filter_with_zero_padding():
     # Reference: [1, 3, 3, 1] x [1, 3, 3, 1] / 64 * 4 as a depthwise transposed convolution
     # (upfirdn2d's up-sampling), float64 so that only the formula can differ.

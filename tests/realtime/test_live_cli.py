@@ -152,3 +152,52 @@ def test_torch_backend_in_bf16_channels_last_stays_close_to_fp32():
     assert np.abs(frames[torch.float32, True] - reference).max() < 1e-5
     bf16 = np.abs(frames[torch.bfloat16, True] - reference)
     assert bf16.mean() < 0.01 and bf16.max() < 0.05 and bf16.max() > 0  # really ran in bf16
+
+
+def test_compiled_torch_backend_matches_eager_and_swaps_sources_without_retracing():
+    # --compile on the CPU (Inductor's C++ code; CUDA adds CUDA graphs, GPU suite only): the
+    # same frames as eager, and a new portrait goes into the traced tensors, no new compile.
+    import numpy as np
+    import torch
+    import torch._dynamo
+
+    from export.backend import TorchBackend
+    from export3d.camera import orbit_path
+    from export3d.errors import UserError
+    from realtime.config import GeneratorConfig
+    from realtime.generator import _open
+
+    from export3d import demo
+    from export3d.checkpoint import load_checkpoint
+    from realtime.generator import prepare_source
+
+    # The shipped demo model (trained weights: a new portrait really changes the frame).
+    def model():
+        return load_checkpoint(demo.checkpoint())
+
+    size = model().config.image_size
+    photo = prepare_source(demo.source_photo(), size)
+    images = [photo, photo[..., ::-1].copy()]  # the portrait and its mirror image
+    expr = np.random.default_rng(0).normal(size=(1, 64)).astype(np.float32)
+    cameras = orbit_path("circle", 3).numpy()
+    eager, compiled = {}, {}
+    with TorchBackend(model()) as backend:
+        for i, image in enumerate(images):
+            backend.encode_source(image)
+            for j in range(2):
+                eager[i, j] = backend.frame(expr, cameras[j:j + 1])["image"]
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    with TorchBackend(model(), compile=True) as backend:
+        for i, image in enumerate(images):
+            backend.encode_source(image)
+            for j in range(2):
+                compiled[i, j] = backend.frame(expr, cameras[j:j + 1])["image"]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert np.abs(eager[0, 0] - eager[1, 0]).max() > 0.01  # the swap changed the frame
+    for key in eager:
+        np.testing.assert_allclose(compiled[key], eager[key], atol=2e-4, rtol=0)
+    with pytest.raises(UserError, match="--compile is the torch backend's"):
+        _open(GeneratorConfig(backend="onnxruntime", compile=True))
+    assert build_config(parse(["--compile"])).generator.compile is True
+    assert build_config(parse([])).generator.compile is False
