@@ -59,10 +59,13 @@ in-plane addresses (the 2 x 2 taps start at clamp(floor(x), 0, P - 2), hat-funct
 32-bit offsets (op.validate bounds the tri-plane), one per-ray address per plane instead of
 four; the interval walk above; the midpoint features regrouped to one FMA per value; each
 axis's taps set up once for the two planes that use it; the tap sum kept in its load layout
-(``_operand``). Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray
-before (issue bound 1.0 ms on an H100; it measured 3.39 ms on an H200), 1.17 M after
-("ieee"), 0.68 M with "fp16" products; 0.58-0.59 M at 64 x 4 and 32 x 2, where a warp's 16
-MMA rows hold 16 rays (at 32 x 4 the per-ray work is replicated across warp pairs).
+(``_operand``); each ray's line folded into pixel units once (one FMA per axis and sample,
+``_load_rays``; the per-ray work runs replicated across the 8 threads that share a ray's
+gathers, so per-ray savings count eightfold). Serial kernel, 32 rays x 4 warps, sm_90:
+2.03 M thread-instructions per ray before (issue bound 1.0 ms on an H100; it measured
+3.39 ms on an H200), 1.14 M after ("ieee"), 0.64 M with "fp16" products; 0.54-0.57 M at
+64 x 4, 32 x 2 and 16 x 1, where a warp's 16 MMA rows hold 16 rays (at 32 x 4 the per-ray
+work is replicated across warp pairs).
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
 """
 from __future__ import annotations
@@ -140,22 +143,22 @@ def _pick(cx, cy, cz, A: tl.constexpr):
 
 
 @triton.jit
-def _axis_taps(g, half_p, Pf):
-    """The two taps along one axis for normalised coordinates g [BLOCK_R]: the first tap's
-    index (int32) and both taps' weights, grid_sample(bilinear, zeros, align_corners=False):
-    pixel = ((g + 1) P - 1) / 2 (as g * P/2 + (P - 1)/2), taps outside the plane count 0.
+def _axis_taps(pixel, Pf):
+    """The two taps along one axis at ``pixel`` [BLOCK_R] (the sample's coordinate in pixel
+    units, ``_load_rays``): the first tap's index (int32) and both taps' weights,
+    grid_sample(bilinear, zeros, align_corners=False), where taps outside the plane count 0.
     The taps start at i0 = clamp(floor(pixel), 0, P - 2), so both are always inside the plane
     and no load is masked; each weight is the hat function max(0, 1 - |pixel - i|), which is
     the bilinear weight for a tap the sample touches and 0 for one it does not (a tap outside
-    the plane is never read, as zero padding wants). An axis feeds two of the three planes, so
-    this runs three times per sample, not six."""
-    pixel = g * half_p + (half_p - 0.5)
-    # Far-away points (rays that miss the box) must not overflow the int conversion; beyond
-    # [-2, P + 1] every weight is 0 anyway, so clamping changes nothing.
-    pixel = tl.minimum(tl.maximum(pixel, -2.0), Pf + 1.0)
+    the plane is never read, as zero padding wants). pixel - i0 is exact (an integer taken
+    from a float within 3 of it), so one difference serves both weights. Far-away points
+    (rays that miss the box) need no clamp of their own: i0 is clamped before the int
+    conversion and their weights are 0. An axis feeds two of the three planes, so this runs
+    three times per sample, not six."""
     i0 = tl.minimum(tl.maximum(tl.floor(pixel), 0.0), Pf - 2.0)
-    w0 = tl.maximum(1.0 - tl.abs(pixel - i0), 0.0)
-    w1 = tl.maximum(1.0 - tl.abs(pixel - (i0 + 1.0)), 0.0)
+    frac = pixel - i0
+    w0 = tl.maximum(1.0 - tl.abs(frac), 0.0)
+    w1 = tl.maximum(1.0 - tl.abs(frac - 1.0), 0.0)
     return i0.to(tl.int32), w0, w1
 
 
@@ -204,7 +207,7 @@ def _operand(x):
 
 
 @triton.jit
-def _prefetch_sample(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, stride_tk, Pf,
+def _prefetch_sample(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
                      stride_ty, stride_tx, A0: tl.constexpr, A1: tl.constexpr,
                      A2: tl.constexpr, A3: tl.constexpr, A4: tl.constexpr, A5: tl.constexpr):
     """Ask L1 for the lines of the 2 x 2 taps of a sample at depth t [BLOCK_R] on the three
@@ -212,10 +215,9 @@ def _prefetch_sample(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, 
     gathers of the next decode travel from L2 while this one runs its MLP. Compiled only
     (the interpreter has no caches); returns a dummy int32 [BLOCK_R]."""
     if FAST_MATH:
-        half_p = 0.5 * Pf
-        i0x, _w0x, _w1x = _axis_taps((ox + t * dx) * scale, half_p, Pf)
-        i0y, _w0y, _w1y = _axis_taps((oy + t * dy) * scale, half_p, Pf)
-        i0z, _w0z, _w1z = _axis_taps((oz + t * dz) * scale, half_p, Pf)
+        i0x, _w0x, _w1x = _axis_taps(ax + t * bx, Pf)
+        i0y, _w0y, _w1y = _axis_taps(ay + t * by, Pf)
+        i0z, _w0z, _w1z = _axis_taps(az + t * bz, Pf)
         base0 = _tap_lines(triplane_ptr, batch_off, _pick(i0x, i0y, i0z, A0),
                            _pick(i0x, i0y, i0z, A1), stride_ty, stride_tx)
         base1 = _tap_lines(triplane_ptr, batch_off + stride_tk, _pick(i0x, i0y, i0z, A2),
@@ -278,18 +280,18 @@ def _matmul(a, b, DOT_PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off, stride_tk, Pf,
+def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
             stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
             A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
             A4: tl.constexpr, A5: tl.constexpr, WITH_FEATS: tl.constexpr,
             DOT_PRECISION: tl.constexpr):
     """Decode one sample per ray at depth t [BLOCK_R] -> raw density [BLOCK_R] and features
     [BLOCK_R, F_PAD] in (-0.001, 1.001) (only when WITH_FEATS, else density twice).
+    (ax, bx), (ay, by), (az, bz): each ray's pixel coordinate a + t b per axis (_load_rays).
     batch_off: [BLOCK_R] int32 offset of each ray's tri-plane (batch * stride_tb)."""
-    half_p = 0.5 * Pf
-    i0x, w0x, w1x = _axis_taps((ox + t * dx) * scale, half_p, Pf)
-    i0y, w0y, w1y = _axis_taps((oy + t * dy) * scale, half_p, Pf)
-    i0z, w0z, w1z = _axis_taps((oz + t * dz) * scale, half_p, Pf)
+    i0x, w0x, w1x = _axis_taps(ax + t * bx, Pf)
+    i0y, w0y, w1y = _axis_taps(ay + t * by, Pf)
+    i0z, w0z, w1z = _axis_taps(az + t * bz, Pf)
     feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float32)
     # Plane k's x and y axes are (A0, A1), (A2, A3), (A4, A5).
     feat = _plane_lookup(feat, triplane_ptr, batch_off,
@@ -364,17 +366,22 @@ def _walk_step(ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC: 
 
 
 @triton.jit
-def _load_rays(origins_ptr, directions_ptr, rays, rays_per_batch, stride_tb):
-    """Origin, direction and int32 tri-plane offset (batch * stride_tb; op.validate bounds
-    every offset) of each of the given rays, valid indices (masked-off ones clamped)."""
+def _load_rays(origins_ptr, directions_ptr, rays, rays_per_batch, stride_tb, scale, Pf):
+    """Each of the given rays (valid indices; masked-off ones clamped) as lines in the planes'
+    pixel units: a sample at depth t has the coordinate a + t b on each axis (ax, ay, az, bx,
+    by, bz; grid_sample's ((g + 1) P - 1) / 2 of g = (o + t d) scale, folded once per ray so
+    that a sample costs one FMA per axis), and the ray's int32 tri-plane offset (batch *
+    stride_tb; op.validate bounds every offset)."""
     ray64 = rays.to(tl.int64)
-    ox = tl.load(origins_ptr + ray64 * 3 + 0)
-    oy = tl.load(origins_ptr + ray64 * 3 + 1)
-    oz = tl.load(origins_ptr + ray64 * 3 + 2)
-    dx = tl.load(directions_ptr + ray64 * 3 + 0)
-    dy = tl.load(directions_ptr + ray64 * 3 + 1)
-    dz = tl.load(directions_ptr + ray64 * 3 + 2)
-    return ox, oy, oz, dx, dy, dz, (rays // rays_per_batch) * stride_tb
+    half_p = 0.5 * Pf
+    gain = scale * half_p
+    ax = tl.load(origins_ptr + ray64 * 3 + 0) * gain + (half_p - 0.5)
+    ay = tl.load(origins_ptr + ray64 * 3 + 1) * gain + (half_p - 0.5)
+    az = tl.load(origins_ptr + ray64 * 3 + 2) * gain + (half_p - 0.5)
+    bx = tl.load(directions_ptr + ray64 * 3 + 0) * gain
+    by = tl.load(directions_ptr + ray64 * 3 + 1) * gain
+    bz = tl.load(directions_ptr + ray64 * 3 + 2) * gain
+    return ax, ay, az, bx, by, bz, (rays // rays_per_batch) * stride_tb
 
 
 @triton.jit
@@ -397,9 +404,9 @@ def raymarch_kernel(
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     ray_mask = rays < n_rays
     rays = tl.where(ray_mask, rays, 0)  # keeps masked-off addresses valid
-    ox, oy, oz, dx, dy, dz, batch_off = _load_rays(origins_ptr, directions_ptr, rays,
-                                                   rays_per_batch, stride_tb)
     Pf = P.to(tl.float32)
+    ax, ay, az, bx, by, bz, batch_off = _load_rays(origins_ptr, directions_ptr, rays,
+                                                   rays_per_batch, stride_tb, scale, Pf)
     c_offs = _channel_offsets(tl.arange(0, C_PAD), stride_tc, C, C_PAD)
     w1, b1, w2s, b2s, w2f, b2f = _load_decoder(
         w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1, stride_w2h,
@@ -412,7 +419,7 @@ def raymarch_kernel(
         # smoothed w'_{i-1} = (max(w_{i-2}, w_{i-1}) + max(w_{i-1}, w_i)) / 2 + 0.01 is ready
         # once w_i is known (w_{-1} = w_{Sc-1} = 0).
         t_prev = near + 0.5 * step + tl.zeros((BLOCK_R,), dtype=tl.float32)
-        sig_prev, _unused = _decode(t_prev, ox, oy, oz, dx, dy, dz, scale, triplane_ptr,
+        sig_prev, _unused = _decode(t_prev, ax, ay, az, bx, by, bz, triplane_ptr,
                                     batch_off, stride_tk, Pf, stride_ty, stride_tx, c_offs, w1,
                                     b1, w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False,
                                     DOT_PRECISION)
@@ -422,10 +429,10 @@ def raymarch_kernel(
         for s in range(1, SC):
             t = near + (s + 0.5) * step + tl.zeros((BLOCK_R,), dtype=tl.float32)
             if PREFETCH >= 1:
-                _prefetch_sample(t + step, ox, oy, oz, dx, dy, dz, scale, triplane_ptr,
+                _prefetch_sample(t + step, ax, ay, az, bx, by, bz, triplane_ptr,
                                  batch_off, stride_tk, Pf, stride_ty, stride_tx, A0, A1, A2,
                                  A3, A4, A5)
-            sig, _unused = _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off,
+            sig, _unused = _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                                    stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
                                    b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False, DOT_PRECISION)
             optical = _softplus(0.5 * (sig + sig_prev) - 1.0) * (t - t_prev)
@@ -470,12 +477,12 @@ def raymarch_kernel(
             t = t_next
             t_next, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
                 ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC, SF)
-            _prefetch_sample(t_next, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off,
+            _prefetch_sample(t_next, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                              stride_tk, Pf, stride_ty, stride_tx, A0, A1, A2, A3, A4, A5)
         else:
             t, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
                 ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC, SF)
-        sig, feats = _decode(t, ox, oy, oz, dx, dy, dz, scale, triplane_ptr, batch_off,
+        sig, feats = _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                              stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s,
                              w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
         first = k == 0
@@ -525,7 +532,7 @@ def check_dot_precision(dot_precision: str) -> str:
 # Prefetching the next sample's taps into L1 (``_prefetch_sample``): 0 never; 1 in the coarse
 # pass, whose depths are analytic (about +1% instructions at paper512 sizes); 2 in the merged
 # pass too, where the depth comes from the walk and the prefetches run in its replicated
-# layout (about +20%). Whether the hidden L2 latency pays for that is for a GPU to say.
+# layout (about +19%). Whether the hidden L2 latency pays for that is for a GPU to say.
 PREFETCH_LEVELS = (0, 1, 2)
 
 
@@ -571,8 +578,8 @@ RUNTIME_ARGS = (
 DEFAULT_BLOCK_RAYS = 32
 # With tensor-core products ("tf32", "tf32x3", "fp16"): 64 rays x 4 warps, 16 rays per warp,
 # one per row of the m16n8 MMA tile. At 32 x 4 a warp's 16 rows hold 8 rays twice over and the
-# per-ray work runs twice (sm_90 SASS, fp16 products: 0.68 M instructions per ray at 32 x 4,
-# 0.58 M at 64 x 4).
+# per-ray work runs twice (sm_90 SASS, fp16 products: 0.64 M instructions per ray at 32 x 4,
+# 0.54 M at 64 x 4).
 DEFAULT_BLOCK_RAYS_MMA = 64
 # Measured on an H200 before the instruction diet (benchmarks/results/kernel_sweep-NVIDIA_H200-
 # 2026-11-28.json; paper512, 128x128 rays, fp32 tri-plane; reference 5.26 ms), "ieee" products:

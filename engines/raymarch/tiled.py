@@ -137,10 +137,10 @@ def raymarch_tiled_kernel(
     rows = tl.arange(0, N)
     rays_n = pid * BLOCK_R + rows // S_TILE
     mask_n = rays_n < n_rays
-    ox, oy, oz, dx, dy, dz, batch_off = _load_rays(origins_ptr, directions_ptr,
-                                                   tl.where(mask_n, rays_n, 0),
-                                                   rays_per_batch, stride_tb)
     Pf = P.to(tl.float32)
+    ax, ay, az, bx, by, bz, batch_off = _load_rays(origins_ptr, directions_ptr,
+                                                   tl.where(mask_n, rays_n, 0),
+                                                   rays_per_batch, stride_tb, scale, Pf)
     c_offs = _channel_offsets(tl.arange(0, C_PAD), stride_tc, C, C_PAD)
     w1, b1, w2s, b2s, w2f, b2f = _load_decoder(
         w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride_b1, stride_w2h,
@@ -161,8 +161,8 @@ def raymarch_tiled_kernel(
             s = k * S_TILE + jj
             t = near + (s.to(tl.float32) + 0.5) * step  # [T], the reference's coarse depths
             t_prev = near + ((s - 1).to(tl.float32) + 0.5) * step
-            sig, _unused = _decode(tl.reshape(t[None, :] + zeros_rt, (N,)), ox, oy, oz, dx, dy,
-                                   dz, scale, triplane_ptr, batch_off, stride_tk, Pf,
+            sig, _unused = _decode(tl.reshape(t[None, :] + zeros_rt, (N,)), ax, ay, az, bx, by,
+                                   bz, triplane_ptr, batch_off, stride_tk, Pf,
                                    stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
                                    A0, A1, A2, A3, A4, A5, False, DOT_PRECISION)
             sig = tl.reshape(sig, (BLOCK_R, S_TILE))
@@ -235,7 +235,7 @@ def raymarch_tiled_kernel(
             t = tl.where(from_fine, t_of_fine, near + (coarse + 0.5) * step)
         else:
             t = near + (m.to(tl.float32) + 0.5) * step + zeros_rt
-        sig, feats = _decode(tl.reshape(t, (N,)), ox, oy, oz, dx, dy, dz, scale, triplane_ptr,
+        sig, feats = _decode(tl.reshape(t, (N,)), ax, ay, az, bx, by, bz, triplane_ptr,
                              batch_off, stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1,
                              w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
         sig = tl.reshape(sig, (BLOCK_R, S_TILE))

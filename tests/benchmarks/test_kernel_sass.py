@@ -107,16 +107,17 @@ def test_occupancy_from_registers_shared_memory_and_warps():
 
 def test_paper512_default_launch_keeps_its_instruction_budget():
     # The default launch for half-precision tri-planes (fp16 products, 64 rays x 4 warps) at
-    # paper512 sizes: 0.584 M thread-instructions per ray on sm_90 when this test was written
-    # (0.633 M before the tap sum was kept in its load layout, 2.03 M before the instruction
-    # diet). 6% headroom for compiler drift; a regression of the kind the profile was built
-    # to catch costs more. And the tap sum reaches the MLP through shared memory once per
-    # decode, not once per tap: the TTGIR has 5 shared-memory stagings (the weights, the
-    # second product's operand, the CDF), where the layout problem made 28.
+    # paper512 sizes, fp16 tri-plane: 0.557 M thread-instructions per ray on sm_90 (0.579 M
+    # before each ray's pixel-space line was folded once per ray, 0.633 M before the tap sum
+    # was kept in its load layout, 2.03 M before the instruction diet). 6% headroom for
+    # compiler drift; a regression of the kind the profile was built to catch costs more.
+    # And the tap sum reaches the MLP through shared memory once per decode, not once per
+    # tap: the TTGIR has 5 shared-memory stagings (the weights, the second product's operand,
+    # the CDF), where the layout problem made 28.
     config = replace(aot.KernelConfig(), dot_precision="fp16", triplane_dtype="float16",
                      block_rays=64)
     result = kernel_sass.profile(config, 90)
     assert result["unresolved_loops"] == []
-    assert result["thread_instructions_per_ray"] <= 620_000, result["thread_instructions_per_ray"]
+    assert result["thread_instructions_per_ray"] <= 590_000, result["thread_instructions_per_ray"]
     compiled, _ = kernel_sass.compile_like_jit(config, 90)
     assert compiled.asm["ttgir"].count("ttg.local_alloc") <= 6
