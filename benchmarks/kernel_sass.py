@@ -68,6 +68,9 @@ CONFIGS = (
     ("serial 32x4 tf32", dict(dot_precision="tf32")),
     ("serial 32x4 fp16", dict(dot_precision="fp16")),
     ("serial 64x4 fp16", dict(dot_precision="fp16", block_rays=64)),
+    # The CDF in registers, not in the op's workspace: the TensorRT plugin's build.
+    ("serial 64x4 fp16 cdf-reg", dict(dot_precision="fp16", block_rays=64,
+                                      cdf_in_memory=False)),
     ("serial 32x2 fp16", dict(dot_precision="fp16", num_warps=2)),
     ("serial 16x1 fp16", dict(dot_precision="fp16", block_rays=16, num_warps=1)),
     # L1 prefetch of the next sample's taps: coarse pass (pf1), both passes (pf2).

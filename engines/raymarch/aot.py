@@ -10,7 +10,9 @@ rule, which a TensorRT plugin embeds and launches with ``cuLaunchKernel``:
     dynamic shared memory = ``shared`` bytes (opt in above 48 KB),
     parameters = the runtime arguments in ``kernel.RUNTIME_ARGS`` order (pointers as u64,
     ints as i32, floats as f32), then two trailing u64 pointers Triton appends (global and
-    profile scratch; both sizes are 0 here, pass null).
+    profile scratch; both sizes are 0 here, pass null). ``cdf_ptr`` is a workspace of
+    :func:`workspace_bytes` (``cdf_in_memory``, the default; without it the parameter is
+    absent and the CDF stays in registers).
 near / far / box_warp are runtime arguments, not baked in.
 
 CLI: ``python -m engines.raymarch.aot --arch 90 --out DIR`` writes ``<name>.sm_90.ptx``,
@@ -46,6 +48,9 @@ class KernelConfig:
     dot_precision: str = "ieee"  # the MLP products: "ieee", "tf32x3", "tf32" (sm_80+), "fp16"
     max_registers: int | None = None  # ptxas .maxnreg (None: the compiler's choice, <= 255)
     prefetch: int = 0  # "serial" only: kernel.PREFETCH_LEVELS (next sample's taps into L1)
+    # "serial" only: each ray's CDF in a workspace (the cdf_ptr parameter; the torch op's
+    # launch) or, False, in registers (no cdf_ptr parameter; the TensorRT plugin's build).
+    cdf_in_memory: bool = True
 
     @classmethod
     def tiny(cls, **overrides) -> "KernelConfig":
@@ -74,11 +79,30 @@ class Build:
             "grid": "(ceil(B * R / block_rays), 1, 1)",
             "params": [{"name": n, "type": t.replace("*triplane",
                                                       "*" + DTYPES[self.config.triplane_dtype])}
-                       for n, t in kernel.RUNTIME_ARGS]
+                       for n, t in kernel.RUNTIME_ARGS
+                       if n != "cdf_ptr" or uses_cdf_workspace(self.config)]
             + [{"name": "global_scratch", "type": "*i8", "value": "null"},
                {"name": "profile_scratch", "type": "*i8", "value": "null"}],
+            # cdf_ptr's workspace: grid_x * block_rays rows of this many bytes (0: none).
+            "workspace_bytes_per_ray": workspace_bytes(1, self.config) // self.block_rays,
             "config": asdict(self.config),
         }
+
+
+def uses_cdf_workspace(config: KernelConfig) -> bool:
+    """Whether ``config``'s kernel takes the ``cdf_ptr`` workspace."""
+    return config.variant == "serial" and config.cdf_in_memory and config.samples_fine > 0
+
+
+def workspace_bytes(n_rays: int, config: KernelConfig) -> int:
+    """Bytes of the ``cdf_ptr`` workspace for ``n_rays`` rays (0 where none is taken): one
+    fp32 row of SC_PAD per ray of every program, masked-off rays included."""
+    from . import kernel
+
+    if not uses_cdf_workspace(config):
+        return 0
+    rows = -(-int(n_rays) // config.block_rays) * config.block_rays
+    return rows * kernel.next_pow2(config.samples_coarse, 2) * 4
 
 
 def kernel_fn(config: KernelConfig):
@@ -115,6 +139,8 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
                                    dot_precision=config.dot_precision,
                                    prefetch=config.prefetch)
     sig = {name: (ptr if kind == "*triplane" else kind) for name, kind in kernel.RUNTIME_ARGS}
+    if not uses_cdf_workspace(config):
+        consts["cdf_ptr"] = None
     sig.update({name: "constexpr" for name in consts})
     return sig, consts
 

@@ -16,13 +16,17 @@ Runtime arguments are raw pointers, ints and floats only (the TensorRT plugin la
 build with the same list); sizes that fix register shapes (C, Hd, F, Sc, Sf, plane axes,
 BLOCK_R) are constexprs. Grid: (cdiv(B * R, BLOCK_R),), one program per block of rays.
 
-Launch structure: ONE launch. Each program owns BLOCK_R rays from start to end and keeps all
-per-ray state in registers, so no intermediate tensor touches global memory and no workspace
-is needed (which keeps the TensorRT plugin's enqueue a single launch with no scratch buffer):
+Launch structure: ONE launch. Each program owns BLOCK_R rays from start to end and keeps its
+per-ray state in registers, but for one row per ray: the CDF, which the merged pass reads one
+column at a time. The op gives it a workspace (``cdf_ptr``: SC_PAD fp32 per ray, 4 MB at
+paper512; each program writes and reads only its own rows); in registers the row took 32 of
+them a thread at 64 rays x 4 warps and pushed the kernel into spills (sm_90, fp16 products:
+752 bytes of spill stack and 0.54 M instructions per ray, against 32 bytes and 0.39 M). The
+TensorRT plugin's build passes no cdf_ptr (an ahead-of-time plugin gets no workspace) and
+keeps the row in registers:
 1. coarse pass over the Sc bin centres, decoding density only (the feature half of the MLP
    is skipped), compositing on the fly; the interval weights are smoothed on the fly (a
-   sliding window of three) into one register row [BLOCK_R, SC_PAD], then normalised and
-   scanned into the CDF;
+   sliding window of three) into the row, then normalised and scanned into the CDF;
 2. merged pass: a per-ray two-pointer merge walks the Sc coarse depths (analytic) and the Sf
    fine depths in sorted order, ties to the coarse sample (the reference's stable sort of
    coarse-then-fine), decodes each sample fully and composites it against the previous one.
@@ -61,11 +65,11 @@ four; the interval walk above; the midpoint features regrouped to one FMA per va
 axis's taps set up once for the two planes that use it; the tap sum kept in its load layout
 (``_operand``); each ray's line folded into pixel units once (one FMA per axis and sample,
 ``_load_rays``; the per-ray work runs replicated across the 8 threads that share a ray's
-gathers, so per-ray savings count eightfold). Serial kernel, 32 rays x 4 warps, sm_90:
-2.03 M thread-instructions per ray before (issue bound 1.0 ms on an H100; it measured
-3.39 ms on an H200), 1.14 M after ("ieee"), 0.64 M with "fp16" products; 0.54-0.57 M at
-64 x 4, 32 x 2 and 16 x 1, where a warp's 16 MMA rows hold 16 rays (at 32 x 4 the per-ray
-work is replicated across warp pairs).
+gathers, so per-ray savings count eightfold); the CDF in a workspace (above). Serial kernel,
+32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray before (issue bound 1.0 ms on
+an H100; it measured 3.39 ms on an H200), 1.03 M after ("ieee"), 0.53 M with "fp16"
+products; 0.39 M at 64 x 4 (0.35 M on an fp16 tri-plane), where a warp's 16 MMA rows hold
+16 rays (at 32 x 4 the per-ray work is replicated across warp pairs).
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
 """
 from __future__ import annotations
@@ -321,8 +325,8 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
 
 
 @triton.jit
-def _walk_step(ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC: tl.constexpr,
-               SF: tl.constexpr):
+def _walk_step(ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step,
+               SC: tl.constexpr, SF: tl.constexpr):
     """One step of the merged pass's walk over coarse (ic) and fine (jf) samples in depth
     order -> (depth of the sample taken, the walk's new state). A fine sample of CDF interval
     i lies between coarse samples i and i + 1 (its depth is e_i + frac (e_{i+1} - e_i), e_i
@@ -332,7 +336,9 @@ def _walk_step(ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC: 
     read per step instead of a search. Ties go to the coarse sample (the reference's stable
     sort, coarse first); a fine sample already placed in its interval but passed over at a
     tie keeps its depth (t_pend) for the next step. Past the last sample it returns a depth
-    that is never decoded (only prefetched)."""
+    that is never decoded (only prefetched). The CDF row is ``cdf_row`` in memory (each ray's
+    [BLOCK_R] pointer, see raymarch_kernel's ``cdf_ptr``) or, where that is None, ``cdf`` in
+    registers."""
     t_coarse = near + (ic.to(tl.float32) + 0.5) * step
     if SF > 0:
         u = (jf.to(tl.float32) + 0.5) * (1.0 / SF)
@@ -356,7 +362,10 @@ def _walk_step(ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC: 
         # cdf_lo is the old cdf_hi (cdf[0] = 0 to start) and cdf_hi the row's column ic - 1,
         # which holds cdf[ic].
         moved = take_coarse & (ic - 1 <= SC - 2)
-        column = tl.sum(tl.where(cols[None, :] == (ic - 1)[:, None], cdf, 0.0), axis=1)
+        if cdf_row is not None:
+            column = tl.load(cdf_row + (ic - 1), mask=moved, other=0.0)  # ic >= 1 here
+        else:
+            column = tl.sum(tl.where(cols[None, :] == (ic - 1)[:, None], cdf, 0.0), axis=1)
         cdf_lo = tl.where(moved, cdf_hi, cdf_lo)
         cdf_hi = tl.where(moved, column, cdf_hi)
     else:
@@ -387,7 +396,7 @@ def _load_rays(origins_ptr, directions_ptr, rays, rays_per_batch, stride_tb, sca
 @triton.jit
 def raymarch_kernel(
         triplane_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, origins_ptr, directions_ptr,
-        features_ptr, depth_ptr, opacity_ptr,
+        features_ptr, depth_ptr, opacity_ptr, cdf_ptr,
         n_rays, rays_per_batch, P,
         stride_tb, stride_tk, stride_tc, stride_ty, stride_tx,
         stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o, stride_b2,
@@ -399,7 +408,11 @@ def raymarch_kernel(
         A4: tl.constexpr, A5: tl.constexpr, BLOCK_R: tl.constexpr,
         DOT_PRECISION: tl.constexpr = "ieee", PREFETCH: tl.constexpr = 0):
     """One program = BLOCK_R rays. near, step = (far - near) / Sc and scale = 2 / box_warp
-    are fp32; strides in elements; P the plane size."""
+    are fp32; strides in elements; P the plane size. cdf_ptr: an fp32 workspace of
+    grid * BLOCK_R rows of SC_PAD (one row per ray, masked-off rays included), where the
+    coarse pass leaves each ray's smoothed weights and then its CDF for the merged pass's
+    walk; or None, and the CDF stays in registers (the TensorRT plugin's build: an
+    ahead-of-time plugin gets no workspace)."""
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     ray_mask = rays < n_rays
@@ -414,6 +427,9 @@ def raymarch_kernel(
 
     cols = tl.arange(0, SC_PAD)
     cdf = tl.zeros((BLOCK_R, SC_PAD), dtype=tl.float32)
+    cdf_row = None
+    if cdf_ptr is not None:
+        cdf_row = cdf_ptr + (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64) * SC_PAD
     if SF > 0:
         # 1. Coarse pass (density only): interval i = [t_i, t_{i+1}] gets weight w_i; the
         # smoothed w'_{i-1} = (max(w_{i-2}, w_{i-1}) + max(w_{i-1}, w_i)) / 2 + 0.01 is ready
@@ -439,16 +455,30 @@ def raymarch_kernel(
             w = (1.0 - tl.exp(-optical)) * tl.exp(-optical_sum)
             optical_sum += optical
             smoothed = 0.5 * (tl.maximum(w_m2, w_m1) + tl.maximum(w_m1, w)) + PDF_WEIGHT_FLOOR
-            cdf = tl.where(cols[None, :] == s - 2, smoothed[:, None], cdf)  # no-op at s = 1
+            if cdf_row is not None:
+                if s >= 2:
+                    tl.store(cdf_row + (s - 2), smoothed)
+            else:
+                cdf = tl.where(cols[None, :] == s - 2, smoothed[:, None], cdf)  # none at s = 1
             w_m2 = w_m1
             w_m1 = w
             t_prev = t
             sig_prev = sig
         smoothed = 0.5 * (tl.maximum(w_m2, w_m1) + w_m1) + PDF_WEIGHT_FLOOR
-        cdf = tl.where(cols[None, :] == SC - 2, smoothed[:, None], cdf)
+        if cdf_row is not None:
+            tl.store(cdf_row + (SC - 2), smoothed)
+            tl.debug_barrier()  # the row is read back in another layout
+            cdf = tl.load(cdf_row[:, None] + cols[None, :], mask=(cols < SC - 1)[None, :],
+                          other=0.0)
+        else:
+            cdf = tl.where(cols[None, :] == SC - 2, smoothed[:, None], cdf)
         # pdf = w' / sum w'; cdf[i + 1] = sum_{k <= i} pdf_k (padding columns hold 0).
         total = tl.sum(cdf, axis=1)
         cdf = tl.cumsum(cdf / total[:, None], axis=1)
+        if cdf_row is not None:
+            tl.debug_barrier()
+            tl.store(cdf_row[:, None] + cols[None, :], cdf)
+            tl.debug_barrier()
 
     # 2. Merged pass: walk coarse and fine samples in depth order (_walk_step), composite.
     ic = tl.zeros((BLOCK_R,), dtype=tl.int32)
@@ -471,17 +501,17 @@ def raymarch_kernel(
     # is asked for its taps then.
     if PREFETCH >= 2:
         t_next, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
-            ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC, SF)
+            ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
     for k in range(0, SC + SF):
         if PREFETCH >= 2:
             t = t_next
             t_next, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
-                ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC, SF)
+                ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
             _prefetch_sample(t_next, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                              stride_tk, Pf, stride_ty, stride_tx, A0, A1, A2, A3, A4, A5)
         else:
             t, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
-                ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, near, step, SC, SF)
+                ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
         sig, feats = _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                              stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s,
                              w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
@@ -567,7 +597,7 @@ RUNTIME_ARGS = (
     ("triplane_ptr", "*triplane"), ("w1_ptr", "*fp32"), ("b1_ptr", "*fp32"),
     ("w2_ptr", "*fp32"), ("b2_ptr", "*fp32"), ("origins_ptr", "*fp32"),
     ("directions_ptr", "*fp32"), ("features_ptr", "*fp32"), ("depth_ptr", "*fp32"),
-    ("opacity_ptr", "*fp32"),
+    ("opacity_ptr", "*fp32"), ("cdf_ptr", "*fp32"),
     ("n_rays", "i32"), ("rays_per_batch", "i32"), ("P", "i32"),
     ("stride_tb", "i32"), ("stride_tk", "i32"), ("stride_tc", "i32"), ("stride_ty", "i32"),
     ("stride_tx", "i32"), ("stride_w1c", "i32"), ("stride_w1h", "i32"), ("stride_b1", "i32"),
@@ -578,8 +608,8 @@ RUNTIME_ARGS = (
 DEFAULT_BLOCK_RAYS = 32
 # With tensor-core products ("tf32", "tf32x3", "fp16"): 64 rays x 4 warps, 16 rays per warp,
 # one per row of the m16n8 MMA tile. At 32 x 4 a warp's 16 rows hold 8 rays twice over and the
-# per-ray work runs twice (sm_90 SASS, fp16 products: 0.64 M instructions per ray at 32 x 4,
-# 0.54 M at 64 x 4).
+# per-ray work runs twice (sm_90 SASS, fp16 products: 0.53 M instructions per ray at 32 x 4,
+# 0.39 M at 64 x 4).
 DEFAULT_BLOCK_RAYS_MMA = 64
 # Measured on an H200 before the instruction diet (benchmarks/results/kernel_sweep-NVIDIA_H200-
 # 2026-11-28.json; paper512, 128x128 rays, fp32 tri-plane; reference 5.26 ms), "ieee" products:

@@ -25,7 +25,7 @@ INTERPRETER_TILED_BLOCK_RAYS = 64  # 64 rays x 16 samples = 1024 decode rows per
 VARIANTS = ("serial", "tiled")
 TRIPLANE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAUNCH_KEYS = ("block_rays", "num_warps", "dot_precision", "variant", "sample_tile",
-               "max_registers", "prefetch")
+               "max_registers", "prefetch", "cdf_in_memory")
 # Launch options the registered op uses when its caller (the renderer, torch.compile'd graphs,
 # CUDA graphs) cannot pass them: set by default_launch(), read at every launch.
 _launch_override: dict = {}
@@ -106,7 +106,7 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
     accumulation on sm_80 and newer (Triton emits no fp16 MMA for sm_75: "ieee" there). Their
     operands keep 11 significant bits, more than a bf16 tri-plane's 8, where the PyTorch path
     at that dtype runs the whole MLP in half precision; and they are the fewest instructions
-    (benchmarks.kernel_sass, 32 rays x 4 warps: 0.64 M per ray against 1.06 M for "tf32x3").
+    (benchmarks.kernel_sass, 32 rays x 4 warps: 0.53 M per ray against 0.96 M for "tf32x3").
     Their one risk is range: a feature or hidden value beyond 65504 would overflow fp16, far
     outside what the generator produces."""
     if device.type != "cuda":
@@ -120,7 +120,7 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
            channels_last=True, dot_precision=None, variant=None, sample_tile=None,
-           max_registers=None, prefetch=None):
+           max_registers=None, prefetch=None, cdf_in_memory=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
     contiguous line of C values); the kernel takes any strides. ``variant``: "serial"
@@ -131,21 +131,27 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     ``python -m benchmarks.kernel_sass`` counts both); None leaves it to the compiler.
     ``prefetch`` ("serial" only, ``kernel.PREFETCH_LEVELS``): ask L1 for the next sample's
     taps while the current one decodes, in the coarse pass (1) or both passes (2): hides the
-    gathers' L2 latency, or costs more than it hides; the GPU suite's sweep measures it."""
+    gathers' L2 latency, or costs more than it hides; the GPU suite's sweep measures it.
+    ``cdf_in_memory`` ("serial" only; default True): each ray's CDF in a workspace the op
+    allocates (4 MB at paper512) rather than in registers, where it took 32 registers a
+    thread and made the kernel spill (sm_90, 64 x 4 fp16: 0.54 M -> 0.39 M instructions per
+    ray); False is what the TensorRT plugin runs, which gets no workspace."""
     from . import kernel, tiled
 
     given = dict(block_rays=block_rays, num_warps=num_warps, dot_precision=dot_precision,
                  variant=variant, sample_tile=sample_tile, max_registers=max_registers,
-                 prefetch=prefetch)
+                 prefetch=prefetch, cdf_in_memory=cdf_in_memory)
     chosen = {k: v if v is not None else _launch_override.get(k) for k, v in given.items()}
-    block_rays, num_warps, dot_precision, variant, sample_tile, max_registers, prefetch = (
-        chosen[k] for k in LAUNCH_KEYS)
+    (block_rays, num_warps, dot_precision, variant, sample_tile, max_registers, prefetch,
+     cdf_in_memory) = (chosen[k] for k in LAUNCH_KEYS)
     variant = variant or "serial"
     if variant not in VARIANTS:
         raise ValueError(f"unknown kernel variant {variant!r}; choose one of: "
                          f"{', '.join(VARIANTS)}.")
     if prefetch and variant != "serial":
         raise ValueError("prefetch is an option of the serial kernel variant only.")
+    if cdf_in_memory is not None and variant != "serial":
+        raise ValueError("cdf_in_memory is an option of the serial kernel variant only.")
     # The interpreter pays per program, not per ray: one big block keeps CPU tests fast.
     interpreted = origins.device.type == "cpu"
     if variant == "tiled":
@@ -186,8 +192,14 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     step = (float(far) - float(near)) / int(samples_coarse)
     sb, sk, sc, sy, sx = planes.stride()
     grid = kernel.grid(n_rays, block_rays)
+    # The serial kernel's CDF workspace: one row of SC_PAD per ray of every program (the
+    # masked-off rays of the last program too, so no row is written twice); 4 MB at paper512.
+    cdf = None
+    if variant == "serial" and int(samples_fine) > 0 and cdf_in_memory is not False:
+        cdf = torch.empty((grid[0] * block_rays, consts["SC_PAD"]), device=device,
+                          dtype=torch.float32)
     fn[grid](
-        planes, w1, b1, w2, b2, origins, directions, features, depth, opacity,
+        planes, w1, b1, w2, b2, origins, directions, features, depth, opacity, cdf,
         n_rays, r, planes.shape[-1], sb, sk, sc, sy, sx,
         w1.stride(0), w1.stride(1), b1.stride(0), w2.stride(0), w2.stride(1), b2.stride(0),
         float(near), step, 2.0 / float(box_warp), **consts, num_warps=num_warps,

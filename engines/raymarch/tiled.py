@@ -118,7 +118,7 @@ def _coarse_count(t, near, step, SC: tl.constexpr):
 @triton.jit
 def raymarch_tiled_kernel(
         triplane_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, origins_ptr, directions_ptr,
-        features_ptr, depth_ptr, opacity_ptr,
+        features_ptr, depth_ptr, opacity_ptr, cdf_ptr,
         n_rays, rays_per_batch, P,
         stride_tb, stride_tk, stride_tc, stride_ty, stride_tx,
         stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o, stride_b2,
@@ -130,7 +130,8 @@ def raymarch_tiled_kernel(
         A4: tl.constexpr, A5: tl.constexpr, BLOCK_R: tl.constexpr, S_TILE: tl.constexpr,
         DOT_PRECISION: tl.constexpr = "ieee"):
     """One program = BLOCK_R rays, decoded S_TILE samples at a time. Arguments as
-    ``kernel.raymarch_kernel``; SC_PAD / SF_PAD are multiples of S_TILE."""
+    ``kernel.raymarch_kernel``; SC_PAD / SF_PAD are multiples of S_TILE. cdf_ptr is not
+    used (None): this variant keeps its CDF in registers."""
     N: tl.constexpr = BLOCK_R * S_TILE
     pid = tl.program_id(0)
     # Per decode row n = r * S_TILE + j (ray r of the block, sample j of the tile).

@@ -7,7 +7,10 @@ profile scratch pointers) are passed as null. ``engines.raymarch.kernel.raymarch
 (input pointers, output pointers, ints, floats), so :func:`raymarch_trt_kernel` is a thin
 Triton entry point in TensorRT's order that reinterprets three int32 arguments as the fp32
 ``near``, ``step`` and ``scale`` (bit patterns, see :func:`float_bits`) and calls the shared
-kernel body, which Triton inlines: one kernel source, two entry points, same PTX body.
+kernel body, which Triton inlines: one kernel source, two entry points. An ahead-of-time
+plugin gets no workspace, so this entry passes no ``cdf_ptr`` and the body keeps each ray's
+CDF in registers (the torch op's launch keeps it in a workspace: fewer registers, no spills;
+``python -m benchmarks.kernel_sass`` profiles both).
 
 Imports triton: only the plugin's ahead-of-time implementation (at engine build time) and the
 tests import this module.
@@ -55,7 +58,7 @@ def raymarch_trt_kernel(
     step = step_bits.to(tl.float32, bitcast=True)
     scale = scale_bits.to(tl.float32, bitcast=True)
     raymarch_kernel(triplane_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, origins_ptr, directions_ptr,
-                    features_ptr, depth_ptr, opacity_ptr, n_rays, rays_per_batch, P,
+                    features_ptr, depth_ptr, opacity_ptr, None, n_rays, rays_per_batch, P,
                     stride_tb, stride_tk, stride_tc, stride_ty, stride_tx,
                     stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o, stride_b2,
                     near, step, scale, C, HD, F, C_PAD, H_PAD, F_PAD, SC, SF, SC_PAD,

@@ -107,7 +107,8 @@ def test_occupancy_from_registers_shared_memory_and_warps():
 
 def test_paper512_default_launch_keeps_its_instruction_budget():
     # The default launch for half-precision tri-planes (fp16 products, 64 rays x 4 warps) at
-    # paper512 sizes, fp16 tri-plane: 0.557 M thread-instructions per ray on sm_90 (0.579 M
+    # paper512 sizes, fp16 tri-plane: 0.347 M thread-instructions per ray on sm_90 and no
+    # spills (0.557 M and 632 bytes of spill stack with each ray's CDF in registers, 0.579 M
     # before each ray's pixel-space line was folded once per ray, 0.633 M before the tap sum
     # was kept in its load layout, 2.03 M before the instruction diet). 6% headroom for
     # compiler drift; a regression of the kind the profile was built to catch costs more.
@@ -118,6 +119,7 @@ def test_paper512_default_launch_keeps_its_instruction_budget():
                      block_rays=64)
     result = kernel_sass.profile(config, 90)
     assert result["unresolved_loops"] == []
-    assert result["thread_instructions_per_ray"] <= 590_000, result["thread_instructions_per_ray"]
+    assert result["thread_instructions_per_ray"] <= 368_000, result["thread_instructions_per_ray"]
+    assert result["stack_bytes"] <= 64, result["stack_bytes"]
     compiled, _ = kernel_sass.compile_like_jit(config, 90)
     assert compiled.asm["ttgir"].count("ttg.local_alloc") <= 6

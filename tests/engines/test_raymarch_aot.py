@@ -43,6 +43,22 @@ def test_paper512_fp32_every_arch(paper512_fp32, arch):
     # One PTX .param per runtime argument plus Triton's two scratch pointers.
     entry = re.search(r"\.entry \w+\((.*?)\)", build.ptx, re.S).group(1)
     assert entry.count(".param") == len(names)
+    # The CDF workspace: one fp32 row of SC_PAD = 64 per ray slot (4 MB for 128 x 128 rays).
+    assert "cdf_ptr" in names and params["workspace_bytes_per_ray"] == 64 * 4
+    assert aot.workspace_bytes(128 * 128, build.config) == 128 * 128 * 64 * 4
+    assert aot.workspace_bytes(33, build.config) == 64 * 64 * 4  # 2 programs of 32 rays
+
+
+def test_cdf_in_registers_build_has_no_workspace_parameter():
+    # The TensorRT plugin's placement: the parameter is gone from the PTX and the launch rule.
+    config = aot.KernelConfig.tiny(cdf_in_memory=False)
+    build = aot.compile_arch(config, 80)
+    params = build.launch_params()
+    names = [p["name"] for p in params["params"]]
+    assert "cdf_ptr" not in names and params["workspace_bytes_per_ray"] == 0
+    entry = re.search(r"\.entry \w+\((.*?)\)", build.ptx, re.S).group(1)
+    assert entry.count(".param") == len(names)
+    assert aot.workspace_bytes(100, config) == 0
 
 
 @pytest.fixture(scope="module")

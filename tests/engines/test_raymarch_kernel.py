@@ -300,6 +300,29 @@ def test_prefetch_levels_leave_every_output_bit_identical():
 
 
 @interpreted
+def test_cdf_in_memory_and_in_registers_give_the_same_bits():
+    # The op keeps each ray's CDF in a workspace (one row per ray of every program); the
+    # TensorRT plugin's build keeps it in registers. Same values, same sums, one column read
+    # per step either way: every output bit must agree. 3 programs with a masked tail (the
+    # tail's rows are the workspace's own, not ray 0's), and a tie-heavy empty volume where
+    # the walk's ties to coarse samples decide the fine depths.
+    inputs = make_inputs(b=2, channels=16, hidden=32, plane=24, res=5, seed=11)
+    settings = settings_for(samples_coarse=12, samples_fine=10)
+    memory = run_kernel(inputs, settings, block_rays=16)
+    registers = run_kernel(inputs, settings, block_rays=16, cdf_in_memory=False)
+    for a, b in zip(memory, registers):
+        assert torch.equal(a, b)
+    assert_matches(memory, run_reference(inputs, settings), TOLERANCE[torch.float32])
+    empty = make_inputs(b=2, channels=16, hidden=32, plane=24, res=5, seed=11,
+                        density_bias=-1e4)
+    for a, b in zip(run_kernel(empty, settings, block_rays=16),
+                    run_kernel(empty, settings, block_rays=16, cdf_in_memory=False)):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="serial kernel variant only"):
+        run_kernel(inputs, settings, "tiled", cdf_in_memory=False)
+
+
+@interpreted
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_deterministic(variant):
     inputs = make_inputs(b=1, res=8, seed=8)
