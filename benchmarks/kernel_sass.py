@@ -68,9 +68,16 @@ CONFIGS = (
     ("serial 32x4 tf32", dict(dot_precision="tf32")),
     ("serial 32x4 fp16", dict(dot_precision="fp16")),
     ("serial 64x4 fp16", dict(dot_precision="fp16", block_rays=64)),
+    # Half-precision tri-planes (the model in fp16 or bf16; the op hands bf16 over in fp16):
+    # with fp16 products the taps are summed in packed fp16.
+    ("serial htp 32x4 fp16", dict(dot_precision="fp16", triplane_dtype="float16")),
+    ("serial htp 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
+                                  triplane_dtype="float16")),
+    ("serial htp 32x2 fp16", dict(dot_precision="fp16", num_warps=2,
+                                  triplane_dtype="float16")),
     # The CDF in registers, not in the op's workspace: the TensorRT plugin's build.
-    ("serial 64x4 fp16 cdf-reg", dict(dot_precision="fp16", block_rays=64,
-                                      cdf_in_memory=False)),
+    ("serial cdfreg 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
+                                     cdf_in_memory=False)),
     ("serial 32x2 fp16", dict(dot_precision="fp16", num_warps=2)),
     ("serial 16x1 fp16", dict(dot_precision="fp16", block_rays=16, num_warps=1)),
     # L1 prefetch of the next sample's taps: coarse pass (pf1), both passes (pf2).

@@ -65,10 +65,11 @@ four; the interval walk above; the midpoint features regrouped to one FMA per va
 axis's taps set up once for the two planes that use it; the tap sum kept in its load layout
 (``_operand``); each ray's line folded into pixel units once (one FMA per axis and sample,
 ``_load_rays``; the per-ray work runs replicated across the 8 threads that share a ray's
-gathers, so per-ray savings count eightfold); the CDF in a workspace (above). Serial kernel,
+gathers, so per-ray savings count eightfold); the CDF in a workspace (above); with "fp16"
+products, an fp16 tri-plane's taps summed in packed fp16 (``_decode``). Serial kernel,
 32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray before (issue bound 1.0 ms on
 an H100; it measured 3.39 ms on an H200), 1.03 M after ("ieee"), 0.53 M with "fp16"
-products; 0.39 M at 64 x 4 (0.35 M on an fp16 tri-plane), where a warp's 16 MMA rows hold
+products; 0.39 M at 64 x 4, 0.27 M on an fp16 tri-plane, where a warp's 16 MMA rows hold
 16 rays (at 32 x 4 the per-ray work is replicated across warp pairs).
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
 """
@@ -177,35 +178,40 @@ def _tap_lines(triplane_ptr, plane_off, x0, y0, stride_ty, stride_tx):
 def _plane_lookup(acc, triplane_ptr, plane_off, x0, wx0, wx1, y0, wy0, wy1, stride_ty,
                   stride_tx, c_offs):
     """acc + the bilinear lookup of one plane -> [BLOCK_R, C_PAD], from its x and y axes' taps
-    (``_axis_taps``). plane_off: [BLOCK_R] int32 offsets of each ray's plane (c = 0). The four
-    taps share one base address plus constant strides, so one per-ray address crosses into
-    the gathers' layout per plane. Padded channels (c_offs repeats the last one) meet zero
-    rows of w1."""
+    (``_axis_taps``), summed in acc's dtype (``_decode`` says which). plane_off: [BLOCK_R]
+    int32 offsets of each ray's plane (c = 0). The four taps share one base address plus
+    constant strides, so one per-ray address crosses into the gathers' layout per plane.
+    Padded channels (c_offs repeats the last one) meet zero rows of w1."""
     base = _tap_lines(triplane_ptr, plane_off, x0, y0, stride_ty, stride_tx)[:, None] \
         + c_offs[None, :]
-    f00 = tl.load(base).to(tl.float32)
-    f01 = tl.load(base + stride_tx).to(tl.float32)
-    f10 = tl.load(base + stride_ty).to(tl.float32)
-    f11 = tl.load(base + (stride_ty + stride_tx)).to(tl.float32)
-    acc += f00 * (wx0 * wy0)[:, None]
-    acc += f01 * (wx1 * wy0)[:, None]
-    acc += f10 * (wx0 * wy1)[:, None]
-    acc += f11 * (wx1 * wy1)[:, None]
+    f00 = tl.load(base).to(acc.dtype)
+    f01 = tl.load(base + stride_tx).to(acc.dtype)
+    f10 = tl.load(base + stride_ty).to(acc.dtype)
+    f11 = tl.load(base + (stride_ty + stride_tx)).to(acc.dtype)
+    acc += f00 * (wx0 * wy0).to(acc.dtype)[:, None]
+    acc += f01 * (wx1 * wy0).to(acc.dtype)[:, None]
+    acc += f10 * (wx0 * wy1).to(acc.dtype)[:, None]
+    acc += f11 * (wx1 * wy1).to(acc.dtype)[:, None]
     return acc
 
 
 @triton.jit
 def _operand(x):
     """x, materialised where it stands. Compiled, an opaque register move that Triton's layout
-    pass cannot look through: without it the pass moves the MLP's operand layout up through
-    the sum of the twelve weighted taps to the loads, and every tap (and its weight) makes a
-    round trip through shared memory to reach it, twelve per sample instead of one (and the
-    sum runs in that layout, which replicates rows across warps below 16 rows per warp):
+    pass cannot look through (fp16 x: one move per two values): without it the pass moves
+    the MLP's operand layout up through the sum of the twelve weighted taps to the loads, and
+    every tap (and its weight) makes a round trip through shared memory to reach it, twelve
+    per sample instead of one (and the sum runs in that layout, which replicates rows across
+    warps below 16 rows per warp):
     ``python -m benchmarks.kernel_sass`` counted 809 K -> 699 K instructions per ray at 32 rays
     x 4 warps with fp16 products. Under the interpreter, x itself."""
     if FAST_MATH:
-        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=False, pack=1)
+        if x.dtype == tl.float16:
+            return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float16,
+                                             is_pure=False, pack=2)
+        else:
+            return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                             is_pure=False, pack=1)
     else:
         return x
 
@@ -296,7 +302,15 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
     i0x, w0x, w1x = _axis_taps(ax + t * bx, Pf)
     i0y, w0y, w1y = _axis_taps(ay + t * by, Pf)
     i0z, w0z, w1z = _axis_taps(az + t * bz, Pf)
-    feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float32)
+    # The tap sum is the first product's operand. With "fp16" products that operand is fp16
+    # anyway, so an fp16 tri-plane's taps are summed in fp16, two channels per instruction
+    # (HFMA2), instead of each value converted to fp32 and summed there: -23% instructions
+    # per ray at paper512 sizes, and a few fp16 ulps on an operand whose rounding already
+    # costs half of one (the op hands a bf16 tri-plane over in fp16 for this).
+    if (triplane_ptr.dtype.element_ty == tl.float16) and (DOT_PRECISION == "fp16"):
+        feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float16)
+    else:
+        feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float32)
     # Plane k's x and y axes are (A0, A1), (A2, A3), (A4, A5).
     feat = _plane_lookup(feat, triplane_ptr, batch_off,
                          _pick(i0x, i0y, i0z, A0), _pick(w0x, w0y, w0z, A0),

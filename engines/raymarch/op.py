@@ -168,10 +168,18 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     device = origins.device
     origins = origins.contiguous()
     directions = directions.contiguous()
+    # With fp16 products the kernel sums an fp16 tri-plane's taps in packed fp16 (HFMA2: half
+    # the instructions of converting each value and summing in fp32), so a bf16 tri-plane is
+    # handed over in fp16, converted in the same pass as the channels-last copy. Exact for
+    # bf16 values in fp16's range; one beyond 65504 would overflow the fp16 operand anyway.
+    dtype = triplane.dtype
+    if dot_precision == "fp16" and dtype == torch.bfloat16:
+        dtype = torch.float16
     if channels_last and triplane.stride(2) != 1:
-        planes = triplane.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        planes = triplane.permute(0, 1, 3, 4, 2).to(
+            dtype, memory_format=torch.contiguous_format).permute(0, 1, 4, 2, 3)
     else:
-        planes = triplane
+        planes = triplane.to(dtype)
     features = torch.empty((b, r, features_n), device=device, dtype=torch.float32)
     depth = torch.empty((b, r), device=device, dtype=torch.float32)
     opacity = torch.empty((b, r), device=device, dtype=torch.float32)

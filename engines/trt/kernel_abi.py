@@ -10,7 +10,9 @@ Triton entry point in TensorRT's order that reinterprets three int32 arguments a
 kernel body, which Triton inlines: one kernel source, two entry points. An ahead-of-time
 plugin gets no workspace, so this entry passes no ``cdf_ptr`` and the body keeps each ray's
 CDF in registers (the torch op's launch keeps it in a workspace: fewer registers, no spills;
-``python -m benchmarks.kernel_sass`` profiles both).
+``python -m benchmarks.kernel_sass`` profiles both). And the engine's tri-plane arrives in the
+graph's dtype: a bf16 one has its taps summed in fp32, where the torch op converts it to fp16
+first and sums them in packed fp16.
 
 Imports triton: only the plugin's ahead-of-time implementation (at engine build time) and the
 tests import this module.
