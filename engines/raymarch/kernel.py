@@ -490,9 +490,9 @@ def raymarch_kernel(
         total = tl.sum(cdf, axis=1)
         cdf = tl.cumsum(cdf / total[:, None], axis=1)
         if cdf_row is not None:
-            tl.debug_barrier()
+            tl.debug_barrier()  # every weight is read before the CDF overwrites it
             tl.store(cdf_row[:, None] + cols[None, :], cdf)
-            tl.debug_barrier()
+            tl.debug_barrier()  # and stored before the walk reads it, in its own layout
 
     # 2. Merged pass: walk coarse and fine samples in depth order (_walk_step), composite.
     ic = tl.zeros((BLOCK_R,), dtype=tl.int32)
