@@ -65,6 +65,7 @@ PAPER512_VALUES = {
 CONFIGS = (
     ("serial 32x4 ieee", dict()),
     ("serial 32x4 tf32x3", dict(dot_precision="tf32x3")),
+    ("serial 64x4 tf32x3", dict(dot_precision="tf32x3", block_rays=64)),  # fp32 default
     ("serial 32x4 tf32", dict(dot_precision="tf32")),
     ("serial 32x4 fp16", dict(dot_precision="fp16")),
     ("serial 64x4 fp16", dict(dot_precision="fp16", block_rays=64)),
