@@ -96,13 +96,15 @@ def uses_cdf_workspace(config: KernelConfig) -> bool:
 
 def workspace_bytes(n_rays: int, config: KernelConfig) -> int:
     """Bytes of the ``cdf_ptr`` workspace for ``n_rays`` rays (0 where none is taken): one
-    fp32 row of SC_PAD per ray of every program, masked-off rays included."""
+    fp32 row of SC_PAD + Sc + Sf (the CDF, then the merged depths) per ray of every program,
+    masked-off rays included."""
     from . import kernel
 
     if not uses_cdf_workspace(config):
         return 0
     rows = -(-int(n_rays) // config.block_rays) * config.block_rays
-    return rows * kernel.next_pow2(config.samples_coarse, 2) * 4
+    row = kernel.next_pow2(config.samples_coarse, 2) + config.samples_coarse + config.samples_fine
+    return rows * row * 4
 
 
 def kernel_fn(config: KernelConfig):

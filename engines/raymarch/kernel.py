@@ -17,19 +17,21 @@ build with the same list); sizes that fix register shapes (C, Hd, F, Sc, Sf, pla
 BLOCK_R) are constexprs. Grid: (cdiv(B * R, BLOCK_R),), one program per block of rays.
 
 Launch structure: ONE launch. Each program owns BLOCK_R rays from start to end and keeps its
-per-ray state in registers, but for one row per ray: the CDF, which the merged pass reads one
-column at a time. The op gives it a workspace (``cdf_ptr``: SC_PAD fp32 per ray, 4 MB at
-paper512; each program writes and reads only its own rows); in registers the row took 32 of
-them a thread at 64 rays x 4 warps and pushed the kernel into spills (sm_90, fp16 products:
-752 bytes of spill stack and 0.54 M instructions per ray, against 32 bytes and 0.39 M). The
-TensorRT plugin's build passes no cdf_ptr (an ahead-of-time plugin gets no workspace) and
-keeps the row in registers:
+per-ray state in registers, but for one row per ray: the CDF, which the merged pass's walk
+reads one column at a time, and the walk's merged depths. The op gives them a workspace
+(``cdf_ptr``: SC_PAD + Sc + Sf fp32 per ray, 10 MB at paper512; each program writes and reads
+only its own rows); in registers the CDF row took 32 of them a thread at 64 rays x 4 warps
+and pushed the kernel into spills (sm_90, fp16 products: 752 bytes of spill stack and 0.54 M
+instructions per ray, against 32 bytes and 0.39 M), and the walk's own pass is a further
+13-21% (step 2). The TensorRT plugin's build passes no cdf_ptr (an ahead-of-time plugin gets no
+workspace), keeps the row in registers and walks inside the decode loop:
 1. coarse pass over the Sc bin centres, decoding density only (the feature half of the MLP
    is skipped), compositing on the fly; the interval weights are smoothed on the fly (a
    sliding window of three) into the row, then normalised and scanned into the CDF;
 2. merged pass: a per-ray two-pointer merge walks the Sc coarse depths (analytic) and the Sf
    fine depths in sorted order, ties to the coarse sample (the reference's stable sort of
-   coarse-then-fine), decodes each sample fully and composites it against the previous one.
+   coarse-then-fine); with the workspace the walk runs first and stores the Sc + Sf depths,
+   then the decode loop decodes each sample fully and composites it against the previous one.
    A fine sample of CDF interval i lies between coarse samples i and i + 1, so the walk
    carries the current interval's two CDF values and reads one column of the CDF row per
    step (when it passes a coarse sample) instead of searching the row for every fine sample.
@@ -65,12 +67,13 @@ four; the interval walk above; the midpoint features regrouped to one FMA per va
 axis's taps set up once for the two planes that use it; the tap sum kept in its load layout
 (``_operand``); each ray's line folded into pixel units once (one FMA per axis and sample,
 ``_load_rays``; the per-ray work runs replicated across the 8 threads that share a ray's
-gathers, so per-ray savings count eightfold); the CDF in a workspace (above); with "fp16"
-products, an fp16 tri-plane's taps summed in packed fp16 (``_decode``). Serial kernel,
-32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray before (issue bound 1.0 ms on
-an H100; it measured 3.39 ms on an H200), 1.03 M after ("ieee"), 0.53 M with "fp16"
-products; 0.39 M at 64 x 4, 0.27 M on an fp16 tri-plane, where a warp's 16 MMA rows hold
-16 rays (at 32 x 4 the per-ray work is replicated across warp pairs).
+gathers, so per-ray savings count eightfold); the CDF in a workspace and the walk in a pass
+of its own (above); with "fp16" products, an fp16 tri-plane's taps summed in packed fp16
+(``_decode``). Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray
+before (issue bound 1.0 ms on an H100; it measured 3.39 ms on an H200), 0.96 M after
+("ieee"), 0.45 M with "fp16" products; 0.31 M at 64 x 4, 0.23 M on an fp16 tri-plane,
+where a warp's 16 MMA rows hold 16 rays (at 32 x 4 the per-ray work is replicated across
+warp pairs).
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
 """
 from __future__ import annotations
@@ -423,10 +426,11 @@ def raymarch_kernel(
         DOT_PRECISION: tl.constexpr = "ieee", PREFETCH: tl.constexpr = 0):
     """One program = BLOCK_R rays. near, step = (far - near) / Sc and scale = 2 / box_warp
     are fp32; strides in elements; P the plane size. cdf_ptr: an fp32 workspace of
-    grid * BLOCK_R rows of SC_PAD (one row per ray, masked-off rays included), where the
-    coarse pass leaves each ray's smoothed weights and then its CDF for the merged pass's
-    walk; or None, and the CDF stays in registers (the TensorRT plugin's build: an
-    ahead-of-time plugin gets no workspace)."""
+    grid * BLOCK_R rows of SC_PAD + SC + SF (one row per ray, masked-off rays included), where
+    the coarse pass leaves each ray's smoothed weights and then its CDF (columns < SC_PAD),
+    and the walk the merged depths (the rest); or None, and the CDF stays in registers and
+    the walk runs inside the decode loop (the TensorRT plugin's build: an ahead-of-time
+    plugin gets no workspace)."""
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     ray_mask = rays < n_rays
@@ -443,7 +447,8 @@ def raymarch_kernel(
     cdf = tl.zeros((BLOCK_R, SC_PAD), dtype=tl.float32)
     cdf_row = None
     if cdf_ptr is not None:
-        cdf_row = cdf_ptr + (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64) * SC_PAD
+        cdf_row = cdf_ptr + (pid * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64) * (
+            SC_PAD + SC + SF)
     if SF > 0:
         # 1. Coarse pass (density only): interval i = [t_i, t_{i+1}] gets weight w_i; the
         # smoothed w'_{i-1} = (max(w_{i-2}, w_{i-1}) + max(w_{i-1}, w_i)) / 2 + 0.01 is ready
@@ -510,14 +515,34 @@ def raymarch_kernel(
     acc_feats = tl.zeros((BLOCK_R, F_PAD), dtype=tl.float32)
     acc_depth = tl.zeros((BLOCK_R,), dtype=tl.float32)
     acc_weight = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    # With PREFETCH = 2 the walk runs one step ahead of the decodes (it needs only the CDF,
-    # not their results), so the next sample's depth is known while this one decodes, and L1
-    # is asked for its taps then.
-    if PREFETCH >= 2:
+    # The walk needs only the CDF, not the decodes' results. With the workspace it runs first,
+    # on its own, and leaves each ray's merged depths after its CDF row; the decode loop then
+    # reads one depth a step. Run inside the decode loop, the walk was kept by Triton's layout
+    # pass in three copies, one per layout its results were wanted in (the gathers', twice,
+    # and the workspace pointers'), ~16% of the instructions; on its own it is one compact
+    # copy (sm_90, 64 x 4, fp16 products: 0.27 M -> 0.23 M instructions per ray on an fp16
+    # tri-plane, 0.39 M -> 0.31 M on an fp32 one, and 254 -> 171 registers).
+    # With PREFETCH = 2 the next sample's depth is known while this one decodes (read ahead,
+    # or with no workspace the walk run one step ahead), and L1 is asked for its taps then.
+    depth_row = None
+    if cdf_row is not None:
+        depth_row = cdf_row + SC_PAD
+        for k in range(0, SC + SF):
+            t, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
+                ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
+            tl.store(depth_row + k, t)
+        tl.debug_barrier()  # the decode loop reads the depths in its own layout
+    elif PREFETCH >= 2:
         t_next, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
             ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
     for k in range(0, SC + SF):
-        if PREFETCH >= 2:
+        if depth_row is not None:
+            t = tl.load(depth_row + k)
+            if PREFETCH >= 2:
+                _prefetch_sample(tl.load(depth_row + tl.minimum(k + 1, SC + SF - 1)), ax, ay,
+                                 az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
+                                 stride_ty, stride_tx, A0, A1, A2, A3, A4, A5)
+        elif PREFETCH >= 2:
             t = t_next
             t_next, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
                 ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
@@ -622,8 +647,8 @@ RUNTIME_ARGS = (
 DEFAULT_BLOCK_RAYS = 32
 # With tensor-core products ("tf32", "tf32x3", "fp16"): 64 rays x 4 warps, 16 rays per warp,
 # one per row of the m16n8 MMA tile. At 32 x 4 a warp's 16 rows hold 8 rays twice over and the
-# per-ray work runs twice (sm_90 SASS, fp16 products: 0.53 M instructions per ray at 32 x 4,
-# 0.39 M at 64 x 4).
+# per-ray work runs twice (sm_90 SASS, fp16 products: 0.45 M instructions per ray at 32 x 4,
+# 0.31 M at 64 x 4).
 DEFAULT_BLOCK_RAYS_MMA = 64
 # Measured on an H200 before the instruction diet (benchmarks/results/kernel_sweep-NVIDIA_H200-
 # 2026-11-28.json; paper512, 128x128 rays, fp32 tri-plane; reference 5.26 ms), "ieee" products:

@@ -106,7 +106,7 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
     accumulation on sm_80 and newer (Triton emits no fp16 MMA for sm_75: "ieee" there). Their
     operands keep 11 significant bits, more than a bf16 tri-plane's 8, where the PyTorch path
     at that dtype runs the whole MLP in half precision; and they are the fewest instructions
-    (benchmarks.kernel_sass, 32 rays x 4 warps: 0.53 M per ray against 0.96 M for "tf32x3").
+    (benchmarks.kernel_sass, 32 rays x 4 warps: 0.45 M per ray against 0.84 M for "tf32x3").
     Their one risk is range: a feature or hidden value beyond 65504 would overflow fp16, far
     outside what the generator produces."""
     if device.type != "cuda":
@@ -132,10 +132,11 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     ``prefetch`` ("serial" only, ``kernel.PREFETCH_LEVELS``): ask L1 for the next sample's
     taps while the current one decodes, in the coarse pass (1) or both passes (2): hides the
     gathers' L2 latency, or costs more than it hides; the GPU suite's sweep measures it.
-    ``cdf_in_memory`` ("serial" only; default True): each ray's CDF in a workspace the op
-    allocates (4 MB at paper512) rather than in registers, where it took 32 registers a
-    thread and made the kernel spill (sm_90, 64 x 4 fp16: 0.54 M -> 0.39 M instructions per
-    ray); False is what the TensorRT plugin runs, which gets no workspace."""
+    ``cdf_in_memory`` ("serial" only; default True): each ray's CDF and merged depths in a
+    workspace the op allocates (10 MB at paper512) rather than the CDF in registers, where it
+    took 32 registers a thread and made the kernel spill, and the walk inside the decode
+    loop (sm_90, 64 x 4 fp16: 0.54 M -> 0.31 M instructions per ray); False is what the
+    TensorRT plugin runs, which gets no workspace."""
     from . import kernel, tiled
 
     given = dict(block_rays=block_rays, num_warps=num_warps, dot_precision=dot_precision,
@@ -200,12 +201,13 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     step = (float(far) - float(near)) / int(samples_coarse)
     sb, sk, sc, sy, sx = planes.stride()
     grid = kernel.grid(n_rays, block_rays)
-    # The serial kernel's CDF workspace: one row of SC_PAD per ray of every program (the
-    # masked-off rays of the last program too, so no row is written twice); 4 MB at paper512.
+    # The serial kernel's workspace: one row per ray of every program (the masked-off rays of
+    # the last program too, so no row is written twice) of SC_PAD CDF columns and the Sc + Sf
+    # merged depths; 10 MB at paper512.
     cdf = None
     if variant == "serial" and int(samples_fine) > 0 and cdf_in_memory is not False:
-        cdf = torch.empty((grid[0] * block_rays, consts["SC_PAD"]), device=device,
-                          dtype=torch.float32)
+        row = consts["SC_PAD"] + int(samples_coarse) + int(samples_fine)
+        cdf = torch.empty((grid[0] * block_rays, row), device=device, dtype=torch.float32)
     fn[grid](
         planes, w1, b1, w2, b2, origins, directions, features, depth, opacity, cdf,
         n_rays, r, planes.shape[-1], sb, sk, sc, sy, sx,

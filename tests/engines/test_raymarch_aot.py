@@ -43,10 +43,12 @@ def test_paper512_fp32_every_arch(paper512_fp32, arch):
     # One PTX .param per runtime argument plus Triton's two scratch pointers.
     entry = re.search(r"\.entry \w+\((.*?)\)", build.ptx, re.S).group(1)
     assert entry.count(".param") == len(names)
-    # The CDF workspace: one fp32 row of SC_PAD = 64 per ray slot (4 MB for 128 x 128 rays).
-    assert "cdf_ptr" in names and params["workspace_bytes_per_ray"] == 64 * 4
-    assert aot.workspace_bytes(128 * 128, build.config) == 128 * 128 * 64 * 4
-    assert aot.workspace_bytes(33, build.config) == 64 * 64 * 4  # 2 programs of 32 rays
+    # The workspace: one fp32 row per ray slot of SC_PAD = 64 CDF columns and the 48 + 48
+    # merged depths (10 MB for 128 x 128 rays).
+    row = 64 + 48 + 48
+    assert "cdf_ptr" in names and params["workspace_bytes_per_ray"] == row * 4
+    assert aot.workspace_bytes(128 * 128, build.config) == 128 * 128 * row * 4
+    assert aot.workspace_bytes(33, build.config) == 64 * row * 4  # 2 programs of 32 rays
 
 
 def test_cdf_in_registers_build_has_no_workspace_parameter():
