@@ -277,7 +277,8 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # whether a warp's 16 MMA rows hold 16 different rays; the precision what the MLP products
 # cost ("fp16": tensor cores, fp32 accumulation; the op's default for half-precision
 # tri-planes); prefetch asks L1 for the next sample's taps (1: coarse pass, 2: both passes),
-# on the default launch; cdf_in_memory=False keeps each ray's CDF in registers (what the
+# on the default launch; samples_per_step=1 decodes one merged sample a step instead of two;
+# cdf_in_memory=False keeps each ray's CDF in registers (what the
 # TensorRT plugin runs: it gets no workspace); max_registers trades spills for programs per
 # SM, on launches with 4 threads a ray (a paper512 frame has 16384 rays: at 64 x 4 its 1024
 # warps already all fit at 255 registers, 8 per SM, so a cap there buys nothing).
@@ -287,6 +288,7 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # the baselines last measured on the H200. Tiled rows (engines/raymarch/tiled.py: rays x
 # samples = rows per MLP product) come last: each compiles for tens of seconds.
 SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
+         _serial(64, 4, "fp16", "float16", samples_per_step=1),
          _serial(64, 4, "fp16", "float16", cdf_in_memory=False),
          _serial(32, 2, "fp16", "float16"), _serial(16, 1, "fp16", "float16"),
          _serial(64, 4, "fp16", "float16", prefetch=1),
@@ -302,7 +304,7 @@ SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
          _tiled(16, 8, 8, "fp16"), _tiled(16, 16, 8, "fp16"), _tiled(32, 8, 8, "fp16"))
 # What op.launch takes of a row (the rest describes the data it runs on).
 LAUNCH_FIELDS = ("variant", "block_rays", "num_warps", "dot_precision", "sample_tile",
-                 "max_registers", "prefetch", "cdf_in_memory")
+                 "max_registers", "prefetch", "cdf_in_memory", "samples_per_step")
 
 
 def launch_sweep(torch, config, device, settings, warmup, iters, short=False,

@@ -76,6 +76,10 @@ CONFIGS = (
                                   triplane_dtype="float16")),
     ("serial htp 32x2 fp16", dict(dot_precision="fp16", num_warps=2,
                                   triplane_dtype="float16")),
+    # One merged sample decoded a step instead of two.
+    ("serial sps1 64x4 fp16", dict(dot_precision="fp16", block_rays=64, samples_per_step=1)),
+    ("serial htp sps1 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
+                                       triplane_dtype="float16", samples_per_step=1)),
     # The CDF in registers, not in the op's workspace: the TensorRT plugin's build.
     ("serial cdfreg 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
                                      cdf_in_memory=False)),

@@ -51,6 +51,8 @@ class KernelConfig:
     # "serial" only: each ray's CDF in a workspace (the cdf_ptr parameter; the torch op's
     # launch) or, False, in registers (no cdf_ptr parameter; the TensorRT plugin's build).
     cdf_in_memory: bool = True
+    # "serial" with the workspace only: merged samples decoded per step (kernel.SAMPLES_PER_STEP).
+    samples_per_step: int = 2
 
     @classmethod
     def tiny(cls, **overrides) -> "KernelConfig":
@@ -139,7 +141,9 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
                                    config.samples_coarse, config.samples_fine,
                                    config.plane_axes, config.block_rays,
                                    dot_precision=config.dot_precision,
-                                   prefetch=config.prefetch)
+                                   prefetch=config.prefetch,
+                                   samples_per_step=(config.samples_per_step
+                                                     if uses_cdf_workspace(config) else 1))
     sig = {name: (ptr if kind == "*triplane" else kind) for name, kind in kernel.RUNTIME_ARGS}
     if not uses_cdf_workspace(config):
         consts["cdf_ptr"] = None

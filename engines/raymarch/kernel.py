@@ -70,8 +70,8 @@ axis's taps set up once for the two planes that use it; the tap sum kept in its 
 gathers, so per-ray savings count eightfold); the CDF in a workspace and the walk in a pass
 of its own (above); with "fp16" products, an fp16 tri-plane's taps summed in packed fp16
 (``_decode``). Serial kernel, 32 rays x 4 warps, sm_90: 2.03 M thread-instructions per ray
-before (issue bound 1.0 ms on an H100; it measured 3.39 ms on an H200), 0.96 M after
-("ieee"), 0.45 M with "fp16" products; 0.31 M at 64 x 4, 0.23 M on an fp16 tri-plane,
+before (issue bound 1.0 ms on an H100; it measured 3.39 ms on an H200), 0.95 M after
+("ieee"), 0.44 M with "fp16" products; 0.30 M at 64 x 4, 0.23 M on an fp16 tri-plane,
 where a warp's 16 MMA rows hold 16 rays (at 32 x 4 the per-ray work is replicated across
 warp pairs).
 Deterministic: every sum is a fixed-order in-register reduction, no atomics.
@@ -342,6 +342,26 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
 
 
 @triton.jit
+def _composite(first, t, sig, feats, t_prev, sig_prev, w_prev, feats_prev, optical_sum,
+               acc_weight, acc_depth, acc_feats):
+    """Composite the next merged sample (depth t, raw density sig, features feats) against the
+    previous one: the interval [t_prev, t] (none for the first sample: delta 0 gives weight 0)
+    gets the midpoint density and features. -> the sample as the new previous one, and the
+    running sums. A repeat of the previous depth adds nothing (delta 0), which lets the
+    paired decode loop pad an odd count."""
+    delta = tl.where(first, 0.0, t - t_prev)
+    optical = _softplus(0.5 * (sig + sig_prev) - 1.0) * delta
+    w = (1.0 - tl.exp(-optical)) * tl.exp(-optical_sum)
+    optical_sum += optical
+    acc_weight += w
+    acc_depth += w * (0.5 * (t + t_prev))
+    # sum_k w_k (f_{k-1} + f_k) / 2 = sum_k f_k (w_k + w_{k+1}) / 2: the previous sample's
+    # coefficient is complete now (one FMA per feature instead of three).
+    acc_feats += feats_prev * (0.5 * (w_prev + w))[:, None]
+    return t, sig, w, feats, optical_sum, acc_weight, acc_depth, acc_feats
+
+
+@triton.jit
 def _walk_step(ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step,
                SC: tl.constexpr, SF: tl.constexpr):
     """One step of the merged pass's walk over coarse (ic) and fine (jf) samples in depth
@@ -423,14 +443,16 @@ def raymarch_kernel(
         SC: tl.constexpr, SF: tl.constexpr, SC_PAD: tl.constexpr,
         A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
         A4: tl.constexpr, A5: tl.constexpr, BLOCK_R: tl.constexpr,
-        DOT_PRECISION: tl.constexpr = "ieee", PREFETCH: tl.constexpr = 0):
+        DOT_PRECISION: tl.constexpr = "ieee", PREFETCH: tl.constexpr = 0,
+        SAMPLES_PER_STEP: tl.constexpr = 1):
     """One program = BLOCK_R rays. near, step = (far - near) / Sc and scale = 2 / box_warp
     are fp32; strides in elements; P the plane size. cdf_ptr: an fp32 workspace of
     grid * BLOCK_R rows of SC_PAD + SC + SF (one row per ray, masked-off rays included), where
     the coarse pass leaves each ray's smoothed weights and then its CDF (columns < SC_PAD),
     and the walk the merged depths (the rest); or None, and the CDF stays in registers and
     the walk runs inside the decode loop (the TensorRT plugin's build: an ahead-of-time
-    plugin gets no workspace)."""
+    plugin gets no workspace). SAMPLES_PER_STEP (2 needs the workspace): merged samples
+    decoded per step of the decode loop."""
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     ray_mask = rays < n_rays
@@ -524,6 +546,11 @@ def raymarch_kernel(
     # tri-plane, 0.39 M -> 0.31 M on an fp32 one, and 254 -> 171 registers).
     # With PREFETCH = 2 the next sample's depth is known while this one decodes (read ahead,
     # or with no workspace the walk run one step ahead), and L1 is asked for its taps then.
+    # With SAMPLES_PER_STEP = 2 (the depths read from the workspace) each step decodes two
+    # samples before compositing them: their gathers are independent, and ptxas issues the
+    # second sample's while the first one's MLP runs (the SASS shows them interleaved with its
+    # softplus), two decodes' worth of L2 traffic in flight per warp where a frame has only
+    # ~8 warps per SM to hide it. An odd count repeats the last depth, which adds nothing.
     depth_row = None
     if cdf_row is not None:
         depth_row = cdf_row + SC_PAD
@@ -535,13 +562,18 @@ def raymarch_kernel(
     elif PREFETCH >= 2:
         t_next, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
             ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
-    for k in range(0, SC + SF):
+    tl.static_assert(SAMPLES_PER_STEP == 1 or depth_row is not None,
+                     "two samples a step read their depths from the workspace")
+    for k in range(0, SC + SF, SAMPLES_PER_STEP):
         if depth_row is not None:
             t = tl.load(depth_row + k)
+            if SAMPLES_PER_STEP == 2:
+                t_2 = tl.load(depth_row + tl.minimum(k + 1, SC + SF - 1))
             if PREFETCH >= 2:
-                _prefetch_sample(tl.load(depth_row + tl.minimum(k + 1, SC + SF - 1)), ax, ay,
-                                 az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
-                                 stride_ty, stride_tx, A0, A1, A2, A3, A4, A5)
+                _prefetch_sample(
+                    tl.load(depth_row + tl.minimum(k + SAMPLES_PER_STEP, SC + SF - 1)), ax,
+                    ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf, stride_ty,
+                    stride_tx, A0, A1, A2, A3, A4, A5)
         elif PREFETCH >= 2:
             t = t_next
             t_next, ic, jf, cdf_lo, cdf_hi, pend, t_pend = _walk_step(
@@ -554,22 +586,18 @@ def raymarch_kernel(
         sig, feats = _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                              stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s,
                              w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
-        first = k == 0
-        # Interval [t_prev, t]: at k = 0 there is none (delta 0 gives weight 0).
-        delta = tl.where(first, 0.0, t - t_prev)
-        optical = _softplus(0.5 * (sig + sig_prev) - 1.0) * delta
-        w = (1.0 - tl.exp(-optical)) * tl.exp(-optical_sum)
-        optical_sum += optical
-        acc_weight += w
-        acc_depth += w * (0.5 * (t + t_prev))
-        # sum_k w_k (f_{k-1} + f_k) / 2 = sum_k f_k (w_k + w_{k+1}) / 2: the previous sample's
-        # coefficient is complete now (one FMA per feature instead of three).
-        acc_feats += feats_prev * (0.5 * (w_prev + w))[:, None]
-        t_first = tl.where(first, t, t_first)
-        t_prev = t
-        sig_prev = sig
-        w_prev = w
-        feats_prev = feats
+        if SAMPLES_PER_STEP == 2:
+            sig_2, feats_2 = _decode(t_2, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
+                                     stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
+                                     b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
+        t_first = tl.where(k == 0, t, t_first)
+        (t_prev, sig_prev, w_prev, feats_prev, optical_sum, acc_weight, acc_depth,
+         acc_feats) = _composite(k == 0, t, sig, feats, t_prev, sig_prev, w_prev, feats_prev,
+                                 optical_sum, acc_weight, acc_depth, acc_feats)
+        if SAMPLES_PER_STEP == 2:
+            (t_prev, sig_prev, w_prev, feats_prev, optical_sum, acc_weight, acc_depth,
+             acc_feats) = _composite(False, t_2, sig_2, feats_2, t_prev, sig_prev, w_prev,
+                                     feats_prev, optical_sum, acc_weight, acc_depth, acc_feats)
     acc_feats += feats_prev * (0.5 * w_prev)[:, None]  # the last sample: w_{k+1} = 0
 
     # 3. Outputs: features x2 - 1; depth = weighted mean depth, the last sample's depth where
@@ -612,6 +640,22 @@ def check_prefetch(prefetch) -> int:
     return level
 
 
+# Merged samples decoded per step of the decode loop: 1, or 2 (two samples' gathers in flight
+# at once; needs the workspace, whose merged depths the loop reads). 2 with the workspace
+# unless told otherwise: chosen on the SASS (the second sample's gathers issue under the first
+# one's MLP, -2% instructions), not yet on a GPU's clock; the GPU suite's sweep times both.
+SAMPLES_PER_STEP = (1, 2)
+DEFAULT_SAMPLES_PER_STEP = 2
+
+
+def check_samples_per_step(samples_per_step) -> int:
+    value = int(samples_per_step)
+    if value not in SAMPLES_PER_STEP:
+        raise ValueError(f"samples_per_step must be one of {SAMPLES_PER_STEP}, got "
+                         f"{samples_per_step!r}.")
+    return value
+
+
 def next_pow2(n: int, floor: int = 16) -> int:
     """Padded size for a register dimension: a power of two >= max(n, floor)."""
     return max(floor, triton.next_power_of_2(int(n)))
@@ -619,7 +663,8 @@ def next_pow2(n: int, floor: int = 16) -> int:
 
 def constexprs(channels: int, hidden: int, features: int, samples_coarse: int,
                samples_fine: int, plane_axes_flat, block_rays: int,
-               dot_precision: str = "ieee", prefetch: int = 0) -> dict:
+               dot_precision: str = "ieee", prefetch: int = 0,
+               samples_per_step: int = 1) -> dict:
     """The kernel's constexpr arguments for one configuration (plane_axes_flat: 6 ints)."""
     a = tuple(int(v) for v in plane_axes_flat)
     return {"C": int(channels), "HD": int(hidden), "F": int(features),
@@ -628,7 +673,8 @@ def constexprs(channels: int, hidden: int, features: int, samples_coarse: int,
             "SC_PAD": next_pow2(samples_coarse, 2), "A0": a[0], "A1": a[1], "A2": a[2],
             "A3": a[3], "A4": a[4], "A5": a[5], "BLOCK_R": int(block_rays),
             "DOT_PRECISION": check_dot_precision(dot_precision),
-            "PREFETCH": check_prefetch(prefetch)}
+            "PREFETCH": check_prefetch(prefetch),
+            "SAMPLES_PER_STEP": check_samples_per_step(samples_per_step)}
 
 
 # Runtime (non-constexpr) arguments in order, with their AOT signature types. Pointers first.
@@ -647,8 +693,8 @@ RUNTIME_ARGS = (
 DEFAULT_BLOCK_RAYS = 32
 # With tensor-core products ("tf32", "tf32x3", "fp16"): 64 rays x 4 warps, 16 rays per warp,
 # one per row of the m16n8 MMA tile. At 32 x 4 a warp's 16 rows hold 8 rays twice over and the
-# per-ray work runs twice (sm_90 SASS, fp16 products: 0.45 M instructions per ray at 32 x 4,
-# 0.31 M at 64 x 4).
+# per-ray work runs twice (sm_90 SASS, fp16 products: 0.44 M instructions per ray at 32 x 4,
+# 0.30 M at 64 x 4).
 DEFAULT_BLOCK_RAYS_MMA = 64
 # Measured on an H200 before the instruction diet (benchmarks/results/kernel_sweep-NVIDIA_H200-
 # 2026-11-28.json; paper512, 128x128 rays, fp32 tri-plane; reference 5.26 ms), "ieee" products:

@@ -25,7 +25,7 @@ INTERPRETER_TILED_BLOCK_RAYS = 64  # 64 rays x 16 samples = 1024 decode rows per
 VARIANTS = ("serial", "tiled")
 TRIPLANE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAUNCH_KEYS = ("block_rays", "num_warps", "dot_precision", "variant", "sample_tile",
-               "max_registers", "prefetch", "cdf_in_memory")
+               "max_registers", "prefetch", "cdf_in_memory", "samples_per_step")
 # Launch options the registered op uses when its caller (the renderer, torch.compile'd graphs,
 # CUDA graphs) cannot pass them: set by default_launch(), read at every launch.
 _launch_override: dict = {}
@@ -106,7 +106,7 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
     accumulation on sm_80 and newer (Triton emits no fp16 MMA for sm_75: "ieee" there). Their
     operands keep 11 significant bits, more than a bf16 tri-plane's 8, where the PyTorch path
     at that dtype runs the whole MLP in half precision; and they are the fewest instructions
-    (benchmarks.kernel_sass, 32 rays x 4 warps: 0.45 M per ray against 0.84 M for "tf32x3").
+    (benchmarks.kernel_sass, 32 rays x 4 warps: 0.44 M per ray against 0.83 M for "tf32x3").
     Their one risk is range: a feature or hidden value beyond 65504 would overflow fp16, far
     outside what the generator produces."""
     if device.type != "cuda":
@@ -120,7 +120,7 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
            channels_last=True, dot_precision=None, variant=None, sample_tile=None,
-           max_registers=None, prefetch=None, cdf_in_memory=None):
+           max_registers=None, prefetch=None, cdf_in_memory=None, samples_per_step=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
     contiguous line of C values); the kernel takes any strides. ``variant``: "serial"
@@ -135,16 +135,19 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     ``cdf_in_memory`` ("serial" only; default True): each ray's CDF and merged depths in a
     workspace the op allocates (10 MB at paper512) rather than the CDF in registers, where it
     took 32 registers a thread and made the kernel spill, and the walk inside the decode
-    loop (sm_90, 64 x 4 fp16: 0.54 M -> 0.31 M instructions per ray); False is what the
-    TensorRT plugin runs, which gets no workspace."""
+    loop (sm_90, 64 x 4 fp16: 0.54 M -> 0.30 M instructions per ray); False is what the
+    TensorRT plugin runs, which gets no workspace. ``samples_per_step`` (with the workspace
+    only; default ``kernel.DEFAULT_SAMPLES_PER_STEP``): merged samples decoded per step, 2
+    keeping two samples' gathers in flight."""
     from . import kernel, tiled
 
     given = dict(block_rays=block_rays, num_warps=num_warps, dot_precision=dot_precision,
                  variant=variant, sample_tile=sample_tile, max_registers=max_registers,
-                 prefetch=prefetch, cdf_in_memory=cdf_in_memory)
+                 prefetch=prefetch, cdf_in_memory=cdf_in_memory,
+                 samples_per_step=samples_per_step)
     chosen = {k: v if v is not None else _launch_override.get(k) for k, v in given.items()}
     (block_rays, num_warps, dot_precision, variant, sample_tile, max_registers, prefetch,
-     cdf_in_memory) = (chosen[k] for k in LAUNCH_KEYS)
+     cdf_in_memory, samples_per_step) = (chosen[k] for k in LAUNCH_KEYS)
     variant = variant or "serial"
     if variant not in VARIANTS:
         raise ValueError(f"unknown kernel variant {variant!r}; choose one of: "
@@ -153,6 +156,12 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
         raise ValueError("prefetch is an option of the serial kernel variant only.")
     if cdf_in_memory is not None and variant != "serial":
         raise ValueError("cdf_in_memory is an option of the serial kernel variant only.")
+    workspace = variant == "serial" and int(samples_fine) > 0 and cdf_in_memory is not False
+    if samples_per_step is not None and int(samples_per_step) != 1 and not workspace:
+        raise ValueError("samples_per_step 2 reads the merged depths from the workspace: the "
+                         "serial kernel variant with cdf_in_memory and samples_fine > 0 only.")
+    if samples_per_step is None:
+        samples_per_step = kernel.DEFAULT_SAMPLES_PER_STEP if workspace else 1
     # The interpreter pays per program, not per ray: one big block keeps CPU tests fast.
     interpreted = origins.device.type == "cpu"
     if variant == "tiled":
@@ -196,7 +205,7 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     else:
         consts = kernel.constexprs(channels, hidden, features_n, samples_coarse,
                                    samples_fine, axes, block_rays, dot_precision,
-                                   prefetch)
+                                   prefetch, samples_per_step)
         fn = kernel.raymarch_kernel
     step = (float(far) - float(near)) / int(samples_coarse)
     sb, sk, sc, sy, sx = planes.stride()
@@ -205,7 +214,7 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     # the last program too, so no row is written twice) of SC_PAD CDF columns and the Sc + Sf
     # merged depths; 10 MB at paper512.
     cdf = None
-    if variant == "serial" and int(samples_fine) > 0 and cdf_in_memory is not False:
+    if workspace:
         row = consts["SC_PAD"] + int(samples_coarse) + int(samples_fine)
         cdf = torch.empty((grid[0] * block_rays, row), device=device, dtype=torch.float32)
     fn[grid](

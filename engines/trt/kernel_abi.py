@@ -55,7 +55,8 @@ def raymarch_trt_kernel(
         SC: tl.constexpr, SF: tl.constexpr, SC_PAD: tl.constexpr,
         A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
         A4: tl.constexpr, A5: tl.constexpr, BLOCK_R: tl.constexpr,
-        DOT_PRECISION: tl.constexpr, PREFETCH: tl.constexpr = 0):
+        DOT_PRECISION: tl.constexpr, PREFETCH: tl.constexpr = 0,
+        SAMPLES_PER_STEP: tl.constexpr = 1):
     near = near_bits.to(tl.float32, bitcast=True)
     step = step_bits.to(tl.float32, bitcast=True)
     scale = scale_bits.to(tl.float32, bitcast=True)
@@ -64,7 +65,8 @@ def raymarch_trt_kernel(
                     stride_tb, stride_tk, stride_tc, stride_ty, stride_tx,
                     stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o, stride_b2,
                     near, step, scale, C, HD, F, C_PAD, H_PAD, F_PAD, SC, SF, SC_PAD,
-                    A0, A1, A2, A3, A4, A5, BLOCK_R, DOT_PRECISION, PREFETCH)
+                    A0, A1, A2, A3, A4, A5, BLOCK_R, DOT_PRECISION, PREFETCH,
+                    SAMPLES_PER_STEP)
 
 
 def dot_precision(arch: int, triplane_dtype: str = "float32") -> str:

@@ -27,8 +27,8 @@ def test_profile_finds_both_loops_with_their_trip_counts():
     result = kernel_sass.profile(TINY, 90)
     loops = result["loops"]
     # The serial kernel: coarse pass range(1, SC), the walk range(0, SC + SF) and the decode
-    # loop range(0, SC + SF).
-    assert [loop["trips"] for loop in loops] == [7, 16, 16]
+    # loop range(0, SC + SF, 2), two samples a step.
+    assert [loop["trips"] for loop in loops] == [7, 16, 8]
     assert result["unresolved_loops"] == []
     assert all(loop["source"].startswith("kernel.py:") for loop in loops)
     looped = sum(loop["trips"] * loop["instructions_per_trip"] for loop in loops)
@@ -83,7 +83,10 @@ def test_softplus_compiles_to_special_function_instructions():
                 and "_log2(1.0 + tl.exp2" in kernel_sass.source_line(*where)]
     mufu = softplus.count("MUFU")
     assert mufu > 0
-    assert len(softplus) <= 6 * mufu
+    # The arithmetic only: layout conversions of the line's per-ray operands (shared-memory
+    # stores and loads, barriers) are attributed to it too, and are not what this checks.
+    arithmetic = [op for op in softplus if op not in ("LDS", "STS", "BAR")]
+    assert len(arithmetic) <= 6 * mufu
 
 
 def test_a_register_cap_reaches_the_cubin_and_costs_spills():
@@ -126,12 +129,13 @@ def test_occupancy_from_registers_shared_memory_and_warps():
 
 def test_paper512_default_launch_keeps_its_instruction_budget():
     # The default launch for half-precision tri-planes (fp16 products, 64 rays x 4 warps) at
-    # paper512 sizes, fp16 tri-plane: 0.232 M thread-instructions per ray on sm_90 and no
-    # spills (0.267 M with the walk inside the decode loop; 0.347 M with the taps summed in
-    # fp32; 0.557 M and 632 bytes of spill stack with each ray's CDF in registers; 0.579 M
-    # before each ray's pixel-space line was folded once per ray, 0.633 M before the tap sum
-    # was kept in its load layout, 2.03 M before the instruction diet). 6% headroom for
-    # compiler drift; a regression of the kind the profile was built to catch costs more.
+    # paper512 sizes, fp16 tri-plane: 0.228 M thread-instructions per ray on sm_90 and 40
+    # bytes of spill stack (0.232 M and none with one sample a step; 0.267 M with the walk
+    # inside the decode loop; 0.347 M with the taps summed in fp32; 0.557 M and 632 bytes of
+    # spill stack with each ray's CDF in registers; 0.579 M before each ray's pixel-space line
+    # was folded once per ray, 0.633 M before the tap sum was kept in its load layout, 2.03 M
+    # before the instruction diet). 6% headroom for compiler drift; a regression of the kind
+    # the profile was built to catch costs more.
     # And the tap sum reaches the MLP through shared memory once per decode, not once per
     # tap: the TTGIR has 5 shared-memory stagings (the weights, the second product's operand,
     # the CDF), where the layout problem made 28.
@@ -139,7 +143,7 @@ def test_paper512_default_launch_keeps_its_instruction_budget():
                      block_rays=64)
     result = kernel_sass.profile(config, 90)
     assert result["unresolved_loops"] == []
-    assert result["thread_instructions_per_ray"] <= 246_000, result["thread_instructions_per_ray"]
+    assert result["thread_instructions_per_ray"] <= 242_000, result["thread_instructions_per_ray"]
     assert result["stack_bytes"] <= 64, result["stack_bytes"]
     compiled, _ = kernel_sass.compile_like_jit(config, 90)
     assert compiled.asm["ttgir"].count("ttg.local_alloc") <= 6

@@ -322,6 +322,31 @@ def test_prefetch_levels_leave_every_output_bit_identical():
 
 
 @interpreted
+def test_two_samples_a_step_leave_every_output_bit_identical():
+    # samples_per_step=2 (the default with the workspace) decodes two merged samples a step;
+    # an odd count repeats the last depth, which must add exactly nothing. Every output bit
+    # as with one sample a step, on an even and an odd count, with and without prefetching
+    # (which then reads the depth two ahead), over several programs with a masked tail.
+    inputs = make_inputs(b=1, channels=16, hidden=32, plane=24, res=7, seed=5)
+    for samples in ((12, 12), (12, 11), (9, 0)):
+        settings = settings_for(samples_coarse=samples[0], samples_fine=samples[1])
+        one = run_kernel(inputs, settings, block_rays=16, samples_per_step=1)
+        assert_matches(one, run_reference(inputs, settings), TOLERANCE[torch.float32])
+        if samples[1] == 0:  # coarse only: no workspace, so one sample a step
+            with pytest.raises(ValueError, match="samples_per_step 2 reads"):
+                run_kernel(inputs, settings, block_rays=16, samples_per_step=2)
+            continue
+        for kw in (dict(), dict(samples_per_step=2), dict(samples_per_step=2, prefetch=2)):
+            two = run_kernel(inputs, settings, block_rays=16, **kw)
+            for a, b in zip(two, one):
+                assert torch.equal(a, b), (samples, kw)
+    with pytest.raises(ValueError, match="samples_per_step 2 reads"):
+        run_kernel(inputs, settings, samples_per_step=2, cdf_in_memory=False)
+    with pytest.raises(ValueError, match="samples_per_step must be one of"):
+        run_kernel(inputs, settings_for(), samples_per_step=3)
+
+
+@interpreted
 def test_cdf_in_memory_and_in_registers_give_the_same_bits():
     # The op keeps each ray's CDF in a workspace (one row per ray of every program); the
     # TensorRT plugin's build keeps it in registers. Same values, same sums, one column read
