@@ -100,7 +100,9 @@ def kernel_config(shapes, dtypes, attrs: dict, block_rays: int = DEFAULT_BLOCK_R
     return KernelConfig(channels=dims["C"], hidden=dims["Hd"], features=dims["1 + F"] - 1,
                         samples_coarse=attrs["samples_coarse"],
                         samples_fine=attrs["samples_fine"], triplane_dtype=str(dtypes[0]),
-                        plane_axes=axes, block_rays=block_rays, num_warps=num_warps)
+                        plane_axes=axes, block_rays=block_rays, num_warps=num_warps,
+                        # An ahead-of-time plugin gets no workspace (kernel_abi).
+                        cdf_in_memory=False, samples_per_step=1)
 
 
 def _int_cdiv(a, b):

@@ -14,7 +14,7 @@ import onnx
 import pytest
 import trt_standin
 
-from engines.raymarch import contract
+from engines.raymarch import aot, contract
 from engines.trt import plugin
 from export.lint import check_tensorrt, lint_tensorrt
 
@@ -73,6 +73,8 @@ def test_output_rule_rejects_bad_dtypes_and_counts():
 
 def test_kernel_config_bakes_sizes_and_attributes():
     config = plugin.kernel_config(SHAPES, F32, ATTRS)
+    # No workspace in an ahead-of-time plugin: the register CDF, one sample a step.
+    assert not aot.uses_cdf_workspace(config) and config.samples_per_step == 1
     assert (config.channels, config.hidden, config.features) == (C, HD, F)
     assert (config.samples_coarse, config.samples_fine) == (8, 8)
     assert config.plane_axes == (0, 1, 0, 2, 2, 0)  # eg3d_plane_axes = 1
