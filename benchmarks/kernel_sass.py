@@ -61,7 +61,12 @@ PAPER512_VALUES = {
     "stride_w2h": 33, "stride_w2o": 1, "stride_b2": 1,
 }
 
-# The configurations profiled by default: (name, KernelConfig overrides).
+# The TensorRT engine's tri-plane: the plugin node's input as TensorRT hands it over, linear
+# NCHW fp32 ([1, 3, 32, 256, 256]; the plugin graph casts half precision up before the node),
+# so a tap's 32 channels are 32 scattered values, not one line.
+NCHW_VALUES = {**PAPER512_VALUES, "stride_tc": 256 * 256, "stride_ty": 256, "stride_tx": 1}
+
+# The configurations profiled by default: (name, KernelConfig overrides[, runtime values]).
 CONFIGS = (
     ("serial 32x4 ieee", dict()),
     ("serial 32x4 tf32x3", dict(dot_precision="tf32x3")),
@@ -80,6 +85,10 @@ CONFIGS = (
     ("serial sps1 64x4 fp16", dict(dot_precision="fp16", block_rays=64, samples_per_step=1)),
     ("serial htp sps1 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
                                        triplane_dtype="float16", samples_per_step=1)),
+    # The TensorRT engine's launch on sm_90: its tri-plane (NCHW fp32), fp32-accurate products,
+    # no workspace (the body of engines.trt.kernel_abi's entry point).
+    ("trt 64x4 tf32x3 nchw", dict(dot_precision="tf32x3", block_rays=64, cdf_in_memory=False,
+                                  samples_per_step=1), NCHW_VALUES),
     # The CDF in registers, not in the op's workspace: the TensorRT plugin's build.
     ("serial cdfreg 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
                                      cdf_in_memory=False)),
@@ -208,8 +217,9 @@ def trip_count(path: str, line: int, constants: dict) -> int | None:
     return len(range(*bounds))
 
 
-def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12) -> dict:
-    compiled, constants = compile_like_jit(config, arch)
+def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12,
+            values: dict = PAPER512_VALUES) -> dict:
+    compiled, constants = compile_like_jit(config, arch, values)
     cubin = bytes(compiled.asm["cubin"])
     resources = resource_usage(cubin)
     rows = disassemble(cubin)
@@ -292,11 +302,15 @@ def main(argv=None) -> int:
                         help="profile only configurations whose name contains this")
     args = parser.parse_args(argv)
     results = []
-    for name, overrides in CONFIGS:
+    for name, overrides, *values in CONFIGS:
         if args.only and not any(part in name for part in args.only):
             continue
         config = replace(aot.KernelConfig(), **overrides)
-        results.append({"name": name, **profile(config, args.arch, args.source_lines)})
+        values = values[0] if values else PAPER512_VALUES
+        row = {"name": name, **profile(config, args.arch, args.source_lines, values)}
+        if values is not PAPER512_VALUES:
+            row["values"] = values
+        results.append(row)
     print_table(results)
     if args.out:
         import triton

@@ -73,6 +73,25 @@ def test_fp16_products_sum_an_fp16_triplanes_taps_in_packed_half_precision():
         assert ops["HFMA2"] == 0 and ops["FFMA"] > 0, other
 
 
+def test_an_nchw_triplane_costs_the_gathers_a_channels_last_one_saves():
+    # The TensorRT engine's tri-plane arrives NCHW (kernel_sass.NCHW_VALUES): a tap's channels
+    # are scattered values, one load each, where a channels-last tap is one contiguous line
+    # loaded in vectors (16 unpadded channels here, so the channel offsets are a plain ramp).
+    # compile_like_jit and profile take the runtime values that say so.
+    config = replace(TINY, channels=16, cdf_in_memory=False, samples_per_step=1)
+
+    def tap_loads(values):
+        compiled, _ = kernel_sass.compile_like_jit(config, 90, values)
+        rows = kernel_sass.disassemble(bytes(compiled.asm["cubin"]))
+        return sum(1 for op, _, where, _ in rows if op.startswith("LDG") and where
+                   and "tl.load(base" in kernel_sass.source_line(*where))
+
+    assert tap_loads(kernel_sass.NCHW_VALUES) >= 4 * tap_loads(kernel_sass.PAPER512_VALUES) > 0
+    nchw = kernel_sass.profile(config, 90, values=kernel_sass.NCHW_VALUES)
+    last = kernel_sass.profile(config, 90)
+    assert nchw["thread_instructions_per_ray"] > last["thread_instructions_per_ray"]
+
+
 def test_softplus_compiles_to_special_function_instructions():
     # The fast softplus: ex2 and lg2 on the special-function unit plus a few ALU ops per
     # value. libdevice's accurate log2 (a range reduction and a polynomial) would put about
