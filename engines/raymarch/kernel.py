@@ -37,8 +37,11 @@ workspace), keeps the row in registers and walks inside the decode loop:
    step (when it passes a coarse sample) instead of searching the row for every fine sample.
 The coarse samples are therefore decoded twice (density only, then in full). The alternative,
 storing their Sc x (1 + F) values, is 6.3 KB per ray at paper512 sizes: far too much for
-registers, and in global memory a workspace of B*R*6.3 KB plus a second launch. Re-decoding
-costs Sc extra lookups and MLPs per ray, about a third of the work, and keeps one launch.
+registers, and in the workspace it saves nothing as the loop stands, since each step decodes
+for the whole block, whichever sample each ray takes. Decoding only the fine samples (a
+uniform loop) and compositing the stored coarse ones in between would save the Sc lookups
+and first layers per ray (~20% of the instructions) for ~200 MB of fp32 workspace traffic a
+frame (~60 us on an H100), about what those instructions take; it stays undone.
 
 Work per ray at paper512 sizes (C = F = 32, Hd = 64, Sc = Sf = 48): 144 decodes (48 density-
 only + 96 full), each 3 planes x 4 taps x 32 channels = 384 gathered values (12 lines of
