@@ -264,16 +264,20 @@ def test_fp16_products_sum_half_precision_taps_in_fp16():
     # With fp16 products an fp16 tri-plane's taps are summed in fp16 (the products' operand
     # is fp16 anyway), and the op hands a bf16 tri-plane over in fp16 for it. At paper512's
     # channel, hidden and sample counts: within the fp16-products tolerance of the reference
-    # (measured here: ~4e-5 on features, as with the sum in fp32), not the fp32 sum (the same
-    # values as an fp32 tri-plane: else the switch would do nothing), and for bf16 the bits
-    # of the fp16 copy given directly.
+    # and no more than 2x (+1e-6) the error of the same values summed in fp32 (measured here:
+    # 1.9e-5 on features either way, depth 6.9e-6 against 4.8e-6), not the fp32 sum itself
+    # (else the switch would do nothing), and for bf16 the bits of the fp16 copy given
+    # directly.
     settings = settings_for(samples_coarse=48, samples_fine=48)
     for dtype in (torch.float16, torch.bfloat16):
         inputs = make_inputs(b=1, channels=32, hidden=64, plane=32, res=6, dtype=dtype, seed=17)
         got = run_kernel(inputs, settings, dot_precision="fp16")
-        assert_matches(got, run_reference(inputs, settings), FP16_DOT_TOLERANCE)
+        expected = run_reference(inputs, settings)
+        assert_matches(got, expected, FP16_DOT_TOLERANCE)
         as_fp32 = [inputs[0].float(), *inputs[1:]]
         fp32_sum = run_kernel(as_fp32, settings, dot_precision="fp16")
+        for half, full, ref in zip(got, fp32_sum, expected):
+            assert (half - ref).abs().max() <= 2 * (full - ref).abs().max() + 1e-6
         assert 0 < (got[0] - fp32_sum[0]).abs().max() < FP16_DOT_TOLERANCE[0]
         if dtype == torch.bfloat16:
             as_fp16 = [inputs[0].to(torch.float16), *inputs[1:]]
