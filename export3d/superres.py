@@ -23,24 +23,39 @@ class Upsample2x(nn.Module):
     form as the reference), but grouped transposed convolutions are one of the slow paths of
     PyTorch's CUDA convolutions (pytorch/pytorch#47341 reports a depthwise ConvTranspose1d 25x
     slower than the dense one) while bilinear resizing is a plain memory-bound kernel,
-    channels-last included, and ONNX ``Resize`` in the exported graph."""
+    channels-last included, and ONNX ``Resize`` in the exported graph.
+
+    ``size``: the input's side when the model knows it (it does: the render size, then twice
+    that), so the border gain is built once, as a buffer that follows the module's device and
+    dtype, not on every call (four a frame); another size builds its own."""
+
+    def __init__(self, size: int | None = None):
+        super().__init__()
+        gain = border_gain(2 * size, 2 * size) if size else None
+        self.register_buffer("gain", gain, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         h, w = up.shape[-2:]
-        # The 3/4 border as constant padding of ones (the value a kernel argument): no tensor
-        # built from Python data, which would be a host-to-device copy inside a captured
-        # CUDA graph.
-        ones = dict(dtype=x.dtype, device=x.device)
-        gain_y = F.pad(torch.ones(h - 2, 1, **ones), (0, 0, 1, 1), value=0.75)
-        gain_x = F.pad(torch.ones(1, w - 2, **ones), (1, 1), value=0.75)
-        return up * (gain_y * gain_x)
+        gain = self.gain
+        if gain is None or tuple(gain.shape) != (h, w):
+            gain = border_gain(h, w, dtype=x.dtype, device=x.device)
+        return up * gain.to(up.dtype)
+
+
+def border_gain(h: int, w: int, **like) -> torch.Tensor:
+    """``[h, w]``: 1, and 3/4 on the first and last row and column (the FIR's zero padding).
+    Built as constant padding of ones (the value a kernel argument): no tensor from Python
+    data, which would be a host-to-device copy inside a captured CUDA graph."""
+    gain_y = F.pad(torch.ones(h - 2, 1, **like), (0, 0, 1, 1), value=0.75)
+    gain_x = F.pad(torch.ones(1, w - 2, **like), (1, 1), value=0.75)
+    return gain_y * gain_x
 
 
 class SRBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, size: int | None = None):
         super().__init__()
-        self.up = Upsample2x()
+        self.up = Upsample2x(size)
         self.conv0 = nn.Conv2d(cin, cout, 3, padding=1)
         self.conv1 = nn.Conv2d(cout, cout, 3, padding=1)
         self.torgb = nn.Conv2d(cout, 3, 1)
@@ -55,8 +70,8 @@ class SuperResolution(nn.Module):
     def __init__(self, config):
         super().__init__()
         c0, c1 = config.sr_channels
-        self.block0 = SRBlock(config.triplane_channels, c0)
-        self.block1 = SRBlock(c0, c1)
+        self.block0 = SRBlock(config.triplane_channels, c0, config.render_size)
+        self.block1 = SRBlock(c0, c1, 2 * config.render_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         rgb = features[:, :3]

@@ -208,6 +208,39 @@ def test_upsample_is_the_fir_filter_with_zero_padding():
     assert Upsample2x()(x32).is_contiguous(memory_format=torch.channels_last)
 
 
+def test_superresolution_builds_its_border_gain_once():
+    # The up-sampler's 3/4 border gain depends only on the size, so the model builds it at
+    # construction (a non-persistent buffer: not in checkpoints, follows .to()); a frame at
+    # the render size builds none, another size builds its own, and both give the same bits.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Builds(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("ones", "constant_pad_nd"):
+                self.seen.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = build_model(get_config("tiny"), seed=0).eval()
+    c = model.config
+    assert not any("gain" in k for k in model.state_dict())
+    features = torch.randn(1, c.triplane_channels, c.render_size, c.render_size)
+    with torch.no_grad(), Builds() as mode:
+        model.superresolve(features)
+    assert mode.seen == []
+    x = torch.randn(1, 4, c.render_size, c.render_size)
+    with torch.no_grad(), Builds() as mode:
+        fresh = Upsample2x()(x)
+    assert mode.seen  # the check can fail
+    assert torch.equal(model.superres.block0.up(x), fresh)
+    half = model.to(torch.float16).superres.block0.up
+    assert half.gain.dtype == torch.float16
+    assert torch.equal(half(x.half()), Upsample2x()(x.half()))
+
+
 def test_triplane_ema_updates_in_training_only():
     model = build_model(get_config("tiny"), seed=0)
     image = torch.rand(2, 3, 64, 64) * 2 - 1
