@@ -61,9 +61,9 @@ PAPER512_VALUES = {
     "stride_w2h": 33, "stride_w2o": 1, "stride_b2": 1,
 }
 
-# The TensorRT engine's tri-plane: the plugin node's input as TensorRT hands it over, linear
-# NCHW fp32 ([1, 3, 32, 256, 256]; the plugin graph casts half precision up before the node),
-# so a tap's 32 channels are 32 scattered values, not one line.
+# The version-1 node's tri-plane as TensorRT handed it over: linear NCHW fp32
+# ([1, 3, 32, 256, 256]; the graph cast half precision up before the node), so a tap's 32
+# channels were 32 scattered values, not one line. Kept to show what version 2 saves.
 NCHW_VALUES = {**PAPER512_VALUES, "stride_tc": 256 * 256, "stride_ty": 256, "stride_tx": 1}
 
 # The configurations profiled by default: (name, KernelConfig overrides[, runtime values]).
@@ -85,10 +85,10 @@ CONFIGS = (
     ("serial sps1 64x4 fp16", dict(dot_precision="fp16", block_rays=64, samples_per_step=1)),
     ("serial htp sps1 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
                                        triplane_dtype="float16", samples_per_step=1)),
-    # The TensorRT engine's launch on sm_90: its tri-plane (NCHW fp32), fp32-accurate products,
-    # no workspace (the body of engines.trt.kernel_abi's entry point).
-    ("trt 64x4 tf32x3 nchw", dict(dot_precision="tf32x3", block_rays=64, cdf_in_memory=False,
-                                  samples_per_step=1), NCHW_VALUES),
+    # What a TensorRT engine ran with the version-1 node: an NCHW fp32 tri-plane, fp32-accurate
+    # products, no workspace (the version-2 node's engines are the TRT_CONFIGS rows).
+    ("v1 trt 64x4 tf32x3 nchw", dict(dot_precision="tf32x3", block_rays=64,
+                                     cdf_in_memory=False, samples_per_step=1), NCHW_VALUES),
     # The CDF in registers, not in the op's workspace: the TensorRT plugin's build.
     ("serial cdfreg 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
                                      cdf_in_memory=False)),
@@ -106,6 +106,10 @@ CONFIGS = (
     ("tiled 16x8 w8 fp16", dict(variant="tiled", block_rays=16, num_warps=8,
                                 dot_precision="fp16")),
 )
+
+# The kernels TensorRT engines embed (profile_trt): the plugin's own build for an fp32 graph
+# and for an fp16 graph (whose node reads the tri-plane in fp16).
+TRT_CONFIGS = (("trt fp32 graph", "float32"), ("trt fp16 graph", "float16"))
 
 _INSTRUCTION = re.compile(r"\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)(\.[A-Z0-9_.]+)?"
                           r"\s*([^;]*);")
@@ -220,7 +224,40 @@ def trip_count(path: str, line: int, constants: dict) -> int | None:
 def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12,
             values: dict = PAPER512_VALUES) -> dict:
     compiled, constants = compile_like_jit(config, arch, values)
-    cubin = bytes(compiled.asm["cubin"])
+    return analyse(config, arch, bytes(compiled.asm["cubin"]), constants,
+                   compiled.metadata.num_warps, int(compiled.metadata.shared), top)
+
+
+# The TensorRT engine's ray-march node at paper512 (batch 1): its input shapes, the tri-plane
+# channels last as the version-2 node takes it, and its attributes.
+TRT_NODE_SHAPES = [(1, 3, 256, 256, 32), (32, 64), (64,), (64, 33), (33,),
+                   (1, RAYS_PER_FRAME, 3), (1, RAYS_PER_FRAME, 3)]
+TRT_NODE_ATTRS = {"near": 2.25, "far": 3.3, "samples_coarse": 48, "samples_fine": 48,
+                  "box_warp": 1.0, "eg3d_plane_axes": 0}
+
+
+def profile_trt(triplane_dtype: str, arch: int = 90, top: int = 12) -> dict:
+    """The kernel a TensorRT engine embeds for a graph of this tri-plane dtype, compiled as
+    the plugin's ahead-of-time implementation compiles it (``engines.trt.plugin``: its launch
+    configuration, ``kernel_abi.compile_for_tensorrt`` with the build-time values' hints)."""
+    from engines.trt import kernel_abi, plugin
+
+    dtypes = [triplane_dtype] + ["float32"] * 6
+    config = plugin.kernel_config(TRT_NODE_SHAPES, dtypes, TRT_NODE_ATTRS,
+                                  block_rays=plugin.launch_block_rays(arch, triplane_dtype))
+    values = {n: v for n, v in plugin.launch_values(TRT_NODE_SHAPES, TRT_NODE_ATTRS).items()
+              if isinstance(v, int)}
+    build = kernel_abi.compile_for_tensorrt(config, arch, values=values)
+    constants = kernel_abi.signature(config, arch)[1]
+    out = analyse(config, arch, build.cubin, constants, build.num_warps, build.shared, top)
+    out["config"]["dot_precision"] = constants["DOT_PRECISION"]
+    return out
+
+
+def analyse(config: aot.KernelConfig, arch: int, cubin: bytes, constants: dict,
+            num_warps: int, shared: int, top: int = 12) -> dict:
+    """The profile of one compiled kernel (``cubin``; ``constants``: its constexprs, for the
+    loops' trip counts)."""
     resources = resource_usage(cubin)
     rows = disassemble(cubin)
     in_loop = [1] * len(rows)  # dynamic multiplicity of each row
@@ -241,23 +278,23 @@ def profile(config: aot.KernelConfig, arch: int = 90, top: int = 12,
         loop_out.append({"source": f"{Path(where[0]).name}:{where[1]}", "trips": trips,
                          "instructions_per_trip": len(body),
                          "mix": dict(mix.most_common(12))})
-    threads = 32 * compiled.metadata.num_warps
+    threads = 32 * num_warps
     dynamic = sum(in_loop)
     by_line = collections.Counter()
     for (op, _, where, _), count in zip(rows, in_loop):
         by_line[where] += count
     per_ray = dynamic * threads / config.block_rays
-    warp_instructions = dynamic * compiled.metadata.num_warps * RAYS_PER_FRAME / config.block_rays
+    warp_instructions = dynamic * num_warps * RAYS_PER_FRAME / config.block_rays
     return {
         "config": asdict(config), "arch": f"sm_{arch}",
         **resources,
-        "shared_bytes": int(compiled.metadata.shared),
+        "shared_bytes": int(shared),
         "static_instructions": len(rows), "loops": loop_out, "unresolved_loops": unresolved,
         "dynamic_instructions_per_thread": dynamic,
         "thread_instructions_per_ray": round(per_ray),
         "issue_bound_ms_h100": round(warp_instructions / H100_WARP_ISSUE_PER_S * 1e3, 3),
-        "occupancy_h100": occupancy(resources["registers"], int(compiled.metadata.shared),
-                                    compiled.metadata.num_warps, config.block_rays),
+        "occupancy_h100": occupancy(resources["registers"], int(shared), num_warps,
+                                    config.block_rays),
         "hot_lines": [{"source": f"{Path(w[0]).name}:{w[1]}" if w else "?",
                        "per_ray": round(n * threads / config.block_rays),
                        "text": source_line(*w)[:100] if w else ""}
@@ -311,6 +348,11 @@ def main(argv=None) -> int:
         if values is not PAPER512_VALUES:
             row["values"] = values
         results.append(row)
+    for name, triplane_dtype in TRT_CONFIGS:
+        if args.only and not any(part in name for part in args.only):
+            continue
+        results.append({"name": name, "entry": "engines.trt.kernel_abi.raymarch_trt_kernel",
+                        **profile_trt(triplane_dtype, args.arch, args.source_lines)})
     print_table(results)
     if args.out:
         import triton

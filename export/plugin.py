@@ -4,19 +4,23 @@ Op type, domain, version, attribute names and the input/output order come from t
 side's contract module, ``engines.raymarch.contract`` (the TensorRT plugin imports the same
 module), never from here. What this module needs from it, by name:
 - ``DOMAIN``, ``OP_TYPE`` (or ``OP_NAME``), ``VERSION``;
-- ``INPUTS``: input names in node order, drawn from ``triplane`` ``[B, 3, C, P, P]``, ``w1``
-  ``[C, Hd]``, ``b1 [Hd]``, ``w2 [Hd, 1 + F]``, ``b2 [1 + F]``, ``origins`` / ``directions``
-  ``[B, R, 3]`` (the arguments of ``export3d.renderer.raymarch_reference``, decoder in math
-  layout);
+- ``INPUTS``: input names in node order, drawn from ``triplane``, ``w1`` ``[C, Hd]``,
+  ``b1 [Hd]``, ``w2 [Hd, 1 + F]``, ``b2 [1 + F]``, ``origins`` / ``directions`` ``[B, R, 3]``
+  (the arguments of ``export3d.renderer.raymarch_reference``, decoder in math layout);
+- ``TRIPLANE_LAYOUT`` (optional): ``"channels_last"``, the node takes the tri-plane as
+  ``[B, 3, P, P, C]`` (a Transpose in the graph, which TensorRT folds into the producing
+  convolution's output format or runs as one copy), else as ``[B, 3, C, P, P]``;
 - ``OUTPUTS``: output names in node order, drawn from ``features [B, R, F]``, ``depth [B, R]``,
-  ``opacity [B, R]``;
+  ``opacity [B, R]`` and ``workspace`` (scratch nothing reads, shape from the contract's
+  ``workspace_shape(B, R, Sc, Sf)``);
 - ``ATTRIBUTES``: attribute names, drawn from the :class:`RayMarchSettings` fields ``near``,
   ``far``, ``samples_coarse``, ``samples_fine``, ``box_warp``, ``eg3d_plane_axes`` (0/1), or
   ``plane_axes`` (6 ints, flattened pairs); or a function ``attributes(settings) -> dict``.
 The node's forward in PyTorch is the reference ray marcher, so tracing produces the right
 shapes; its ``symbolic`` emits the node (TorchScript exporter). The node reads the tri-plane
-in float32 (fp16 graphs cast it up just before the node) and returns float32, so the ray-march
-accumulation is float32 in every precision.
+in the graph's precision (fp16 in an fp16 graph: the kernel reads half the bytes and sums the
+taps in packed fp16) and returns float32; the ray-march accumulation is float32 in every
+precision.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from export3d.renderer import Decoder, RayMarchSettings, raymarch_reference
 
 KNOWN_INPUTS = ("triplane", "w1", "b1", "w2", "b2", "origins", "directions")
 KNOWN_OUTPUTS = ("features", "depth", "opacity")
+SCRATCH_OUTPUTS = ("workspace",)
 
 
 class PluginContractError(UserError):
@@ -110,11 +115,19 @@ def _onnx_attr_kwargs(values: dict) -> dict:
     return kwargs
 
 
+def channels_last() -> bool:
+    """Whether the contract's node takes the tri-plane channels last, ``[B, 3, P, P, C]``."""
+    return str(getattr(contract(), "TRIPLANE_LAYOUT", "planar")) == "channels_last"
+
+
 class RayMarchNode(torch.autograd.Function):
-    """Forward: the reference ray marcher. Export: one ``DOMAIN::OP_TYPE`` node."""
+    """Forward: the reference ray marcher. Export: one ``DOMAIN::OP_TYPE`` node. ``triplane``
+    in the node's layout (:func:`channels_last`)."""
 
     @staticmethod
     def forward(ctx, triplane, w1, b1, w2, b2, origins, directions, settings):
+        if channels_last():
+            triplane = triplane.permute(0, 1, 4, 2, 3)
         return raymarch_reference(triplane, Decoder(w1, b1, w2, b2), origins, directions,
                                   settings)
 
@@ -130,12 +143,20 @@ class RayMarchNode(torch.autograd.Function):
                                           f"exporter knows ({', '.join(KNOWN_INPUTS)})")
             inputs.append(given[name])
         outputs = _names(c, "OUTPUTS")
+        unknown = [n for n in outputs if n not in KNOWN_OUTPUTS + SCRATCH_OUTPUTS]
+        if unknown:
+            raise PluginContractError(f"the contract's output(s) {unknown} are not ones the "
+                                      f"exporter knows ({', '.join(KNOWN_OUTPUTS)}, "
+                                      f"{', '.join(SCRATCH_OUTPUTS)})")
         nodes = g.op(f"{domain}::{op_type}", *inputs, outputs=len(outputs),
                      **_onnx_attr_kwargs(attribute_values(settings)))
         nodes = nodes if isinstance(nodes, (list, tuple)) else (nodes,)
         b, r, _ = origins.type().sizes()
         channels = w2.type().sizes()[1] - 1
         shapes = {"features": [b, r, channels], "depth": [b, r], "opacity": [b, r]}
+        if "workspace" in outputs:
+            shapes["workspace"] = list(_get(c, "workspace_shape")(
+                b, r, settings.samples_coarse, settings.samples_fine))
         for name, value in zip(outputs, nodes):
             value.setType(origins.type().with_sizes(shapes[name]))
         by_name = dict(zip(outputs, nodes))
@@ -147,15 +168,19 @@ class RayMarchNode(torch.autograd.Function):
 
 def render_plugin(renderer, triplane: torch.Tensor, camera: torch.Tensor):
     """``TriplaneRenderer.forward`` with the ray march as the custom node: triplane
-    ``[1, 3, C, P, P]``, camera ``[1, 25]`` -> features ``[1, F, r, r]`` (triplane dtype),
-    depth ``[1, 1, r, r]`` float32."""
+    ``[1, 3, C, P, P]`` (float32 or float16: the node takes it in that precision),
+    camera ``[1, 25]`` -> features ``[1, F, r, r]`` (triplane dtype), depth ``[1, 1, r, r]``
+    float32."""
     from export3d.camera import rays
 
     res = renderer.resolution
     origins, directions = rays(camera.float(), res)
     dec = renderer.decoder.weights()
+    planes = triplane if triplane.dtype in (torch.float32, torch.float16) else triplane.float()
+    if channels_last():
+        planes = planes.permute(0, 1, 3, 4, 2)  # an ONNX Transpose to [B, 3, P, P, C]
     features, depth, _ = RayMarchNode.apply(
-        triplane.float(), dec.w1.float(), dec.b1.float(), dec.w2.float(), dec.b2.float(),
+        planes, dec.w1.float(), dec.b1.float(), dec.w2.float(), dec.b2.float(),
         origins, directions, renderer.settings)
     channels = dec.w2.shape[1] - 1
     image = features.transpose(1, 2).reshape(1, channels, res, res).to(triplane.dtype)

@@ -49,7 +49,8 @@ class KernelConfig:
     max_registers: int | None = None  # ptxas .maxnreg (None: the compiler's choice, <= 255)
     prefetch: int = 0  # "serial" only: kernel.PREFETCH_LEVELS (next sample's taps into L1)
     # "serial" only: each ray's CDF in a workspace (the cdf_ptr parameter; the torch op's
-    # launch) or, False, in registers (no cdf_ptr parameter; the TensorRT plugin's build).
+    # launch, and the TensorRT plugin's through the node's workspace output) or, False, in
+    # registers (no cdf_ptr parameter).
     cdf_in_memory: bool = True
     # "serial" with the workspace only: merged samples decoded per step (kernel.SAMPLES_PER_STEP).
     samples_per_step: int = 2
@@ -100,13 +101,12 @@ def workspace_bytes(n_rays: int, config: KernelConfig) -> int:
     """Bytes of the ``cdf_ptr`` workspace for ``n_rays`` rays (0 where none is taken): one
     fp32 row of SC_PAD + Sc + Sf (the CDF, then the merged depths) per ray of every program,
     masked-off rays included."""
-    from . import kernel
+    from . import contract
 
     if not uses_cdf_workspace(config):
         return 0
     rows = -(-int(n_rays) // config.block_rays) * config.block_rays
-    row = kernel.next_pow2(config.samples_coarse, 2) + config.samples_coarse + config.samples_fine
-    return rows * row * 4
+    return rows * contract.workspace_columns(config.samples_coarse, config.samples_fine) * 4
 
 
 def kernel_fn(config: KernelConfig):

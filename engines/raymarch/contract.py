@@ -4,9 +4,16 @@ version, attributes), input/output names, order, dtypes and shape rules.
 Imported by the torch op (``engines.raymarch.op``), the ONNX exporter's plugin variant
 (``export.plugin``) and the TensorRT plugin. Pure Python: no torch or triton import.
 
-Inputs, in node order (the arguments of ``export3d.renderer.raymarch_reference``, decoder in
-math layout ``h = softplus(x @ w1 + b1)``, ``y = h @ w2 + b2``):
-    triplane   [B, 3, C, P, P]  float32 | float16 | bfloat16 (the ONNX node reads float32)
+The torch op takes the arguments of ``export3d.renderer.raymarch_reference`` (decoder in math
+layout ``h = softplus(x @ w1 + b1)``, ``y = h @ w2 + b2``), the tri-plane as
+``[B, 3, C, P, P]`` in any strides (:func:`output_shapes`), and returns features, depth and
+opacity. The ONNX node (version 2) is the form the TensorRT plugin can run fast, whose tensors
+are linear and contiguous:
+
+Inputs, in node order:
+    triplane   [B, 3, P, P, C]  float32 | float16 | bfloat16, channels last: one bilinear tap
+                                is C contiguous values (the exported graph transposes the
+                                generator's [B, 3, C, P, P]); fp16 graphs hand it over in fp16
     w1         [C, Hd]          float32
     b1         [Hd]             float32
     w2         [Hd, 1 + F]      float32   (column 0 = raw density)
@@ -17,6 +24,13 @@ Outputs, in node order, all float32:
     features   [B, R, F]        (first 3 = raw RGB in [-1, 1])
     depth      [B, R]
     opacity    [B, R]
+    workspace  [ceil(B * R / 64) * 64, SC_PAD + Sc + Sf]   (:func:`workspace_shape`)
+The workspace is scratch, not a result: an ahead-of-time TensorRT plugin is given no
+workspace of its own, so the node declares one as an output that nothing reads, and the kernel
+keeps each ray's CDF and merged depths there (in registers they make it spill). Its content is
+undefined; ONNX Runtime's stand-in returns zeros.
+Version 1 took the tri-plane as fp32 ``[B, 3, C, P, P]`` and had no workspace: the kernel's
+slowest configuration. A graph's version is its opset import for :data:`DOMAIN`.
 
 Attributes. ``plane_axes`` is carried on the ONNX node as ``eg3d_plane_axes`` (0: the true
 XY/XZ/YZ planes ((0,1),(0,2),(1,2)); 1: EG3D's ((0,1),(0,2),(2,0))), a scalar int rather than
@@ -35,7 +49,12 @@ TORCH_QUALNAME = f"{TORCH_NAMESPACE}::{TORCH_OP_NAME}"
 
 DOMAIN = "export3d.engines"
 OP_TYPE = "TriplaneRayMarch"
-VERSION = 1
+VERSION = 2
+# The node's tri-plane layout: "[B, 3, P, P, C]" (version 2) or "[B, 3, C, P, P]" (version 1).
+TRIPLANE_LAYOUT = "channels_last"
+# Rows of the node's workspace are a multiple of this: the most rays per program any launch of
+# the plugin uses, so that every program, the last one's masked-off rays included, has its own.
+WORKSPACE_ROW_MULTIPLE = 64
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))
 PLANE_AXES_EG3D = ((0, 1), (0, 2), (2, 0))
@@ -67,7 +86,7 @@ class Port:
 
 
 INPUTS = (
-    Port("triplane", ("float32", "float16", "bfloat16"), "[B, 3, C, P, P]"),
+    Port("triplane", ("float32", "float16", "bfloat16"), "[B, 3, P, P, C]"),
     Port("w1", ("float32",), "[C, Hd]"),
     Port("b1", ("float32",), "[Hd]"),
     Port("w2", ("float32",), "[Hd, 1 + F]"),
@@ -79,6 +98,7 @@ OUTPUTS = (
     Port("features", ("float32",), "[B, R, F]"),
     Port("depth", ("float32",), "[B, R]"),
     Port("opacity", ("float32",), "[B, R]"),
+    Port("workspace", ("float32",), "[ceil(B * R / 64) * 64, SC_PAD + Sc + Sf]"),
 )
 INPUT_NAMES = tuple(p.name for p in INPUTS)
 OUTPUT_NAMES = tuple(p.name for p in OUTPUTS)
@@ -126,8 +146,9 @@ def attributes(settings) -> dict:
 
 def output_shapes(triplane_shape, w1_shape, b1_shape, w2_shape, b2_shape, origins_shape,
                   directions_shape):
-    """Input shapes -> (features, depth, opacity) shapes; ValueError on any mismatch.
-    Dimensions may be ints or symbolic objects supporting ``==`` (checks skip non-ints)."""
+    """The torch op's input shapes (tri-plane ``[B, 3, C, P, P]``) -> (features, depth,
+    opacity) shapes; ValueError on any mismatch. Dimensions may be ints or symbolic objects
+    supporting ``==`` (checks skip non-ints)."""
     def same(a, b):
         return not (isinstance(a, int) and isinstance(b, int)) or a == b
 
@@ -156,3 +177,44 @@ def output_shapes(triplane_shape, w1_shape, b1_shape, w2_shape, b2_shape, origin
         raise ValueError(f"origins and directions must have the same R, got {r} and "
                          f"{directions_shape[1]}.")
     return (b, r, out - 1), (b, r), (b, r)
+
+
+def workspace_columns(samples_coarse: int, samples_fine: int) -> int:
+    """fp32 values per ray in the kernel's workspace: SC_PAD CDF columns (Sc padded to a power
+    of two >= 2, as the kernel's register row) and the Sc + Sf merged depths."""
+    sc = int(samples_coarse)
+    return max(2, 1 << (sc - 1).bit_length()) + sc + int(samples_fine)
+
+
+def workspace_shape(batch, rays, samples_coarse: int, samples_fine: int,
+                    cdiv=lambda a, b: -(-a // b)) -> tuple:
+    """The node's ``workspace`` output: ``(ceil(B * R / 64) * 64, workspace_columns)``.
+    ``batch`` and ``rays`` may be symbolic (``cdiv`` then divides their kind)."""
+    rows = cdiv(batch * rays, WORKSPACE_ROW_MULTIPLE) * WORKSPACE_ROW_MULTIPLE
+    return rows, workspace_columns(samples_coarse, samples_fine)
+
+
+def planar_shape(node_triplane_shape) -> tuple:
+    """The node's channels-last tri-plane shape ``[B, 3, P, P, C]`` as the torch op's
+    ``[B, 3, C, P, P]`` (what :func:`output_shapes` checks); ValueError unless it is
+    ``[B, 3, P, P, C]``."""
+    shape = tuple(node_triplane_shape)
+    if len(shape) != 5 or not _same(shape[1], 3) or not _same(shape[2], shape[3]):
+        raise ValueError(f"the node's triplane must be [B, 3, P, P, C] (channels last, square "
+                         f"planes), got {list(shape)}.")
+    b, k, p0, p1, c = shape
+    return b, k, c, p0, p1
+
+
+def node_output_shapes(shapes, samples_coarse: int, samples_fine: int,
+                       cdiv=lambda a, b: -(-a // b)):
+    """The node's input shapes (contract order, tri-plane channels last) -> the shapes of its
+    four outputs (features, depth, opacity, workspace); ValueError on any mismatch."""
+    shapes = [tuple(s) for s in shapes]
+    features, depth, opacity = output_shapes(planar_shape(shapes[0]), *shapes[1:])
+    b, r = depth
+    return features, depth, opacity, workspace_shape(b, r, samples_coarse, samples_fine, cdiv)
+
+
+def _same(a, b) -> bool:
+    return not (isinstance(a, int) and isinstance(b, int)) or a == b

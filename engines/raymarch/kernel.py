@@ -23,8 +23,10 @@ reads one column at a time, and the walk's merged depths. The op gives them a wo
 only its own rows); in registers the CDF row took 32 of them a thread at 64 rays x 4 warps
 and pushed the kernel into spills (sm_90, fp16 products: 752 bytes of spill stack and 0.54 M
 instructions per ray, against 32 bytes and 0.39 M), and the walk's own pass is a further
-13-21% (step 2). The TensorRT plugin's build passes no cdf_ptr (an ahead-of-time plugin gets no
-workspace), keeps the row in registers and walks inside the decode loop:
+13-21% (step 2). An ahead-of-time TensorRT plugin gets no workspace of its own, so the ray-march
+ONNX node declares one as an output nothing reads (contract version 2) and the engine's kernel
+uses it too; with cdf_ptr None the row stays in registers and the walk runs inside the decode
+loop (``cdf_in_memory=False``):
 1. coarse pass over the Sc bin centres, decoding density only (the feature half of the MLP
    is skipped), compositing on the fly; the interval weights are smoothed on the fly (a
    sliding window of three) into the row, then normalised and scanned into the CDF;
@@ -453,8 +455,8 @@ def raymarch_kernel(
     grid * BLOCK_R rows of SC_PAD + SC + SF (one row per ray, masked-off rays included), where
     the coarse pass leaves each ray's smoothed weights and then its CDF (columns < SC_PAD),
     and the walk the merged depths (the rest); or None, and the CDF stays in registers and
-    the walk runs inside the decode loop (the TensorRT plugin's build: an ahead-of-time
-    plugin gets no workspace). SAMPLES_PER_STEP (2 needs the workspace): merged samples
+    the walk runs inside the decode loop (the version-1 TensorRT node's configuration).
+    SAMPLES_PER_STEP (2 needs the workspace): merged samples
     decoded per step of the decode loop."""
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)

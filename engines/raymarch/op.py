@@ -136,7 +136,8 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     workspace the op allocates (10 MB at paper512) rather than the CDF in registers, where it
     took 32 registers a thread and made the kernel spill, and the walk inside the decode
     loop (sm_90, 64 x 4 fp16: 0.54 M -> 0.30 M instructions per ray); False is what the
-    TensorRT plugin runs, which gets no workspace. ``samples_per_step`` (with the workspace
+    TensorRT plugin ran with the version-1 node, before it had a workspace output.
+    ``samples_per_step`` (with the workspace
     only; default ``kernel.DEFAULT_SAMPLES_PER_STEP``): merged samples decoded per step, 2
     keeping two samples' gathers in flight."""
     from . import kernel, tiled
@@ -215,7 +216,7 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     # merged depths; 10 MB at paper512.
     cdf = None
     if workspace:
-        row = consts["SC_PAD"] + int(samples_coarse) + int(samples_fine)
+        row = contract.workspace_columns(samples_coarse, samples_fine)
         cdf = torch.empty((grid[0] * block_rays, row), device=device, dtype=torch.float32)
     fn[grid](
         planes, w1, b1, w2, b2, origins, directions, features, depth, opacity, cdf,

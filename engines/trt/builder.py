@@ -109,12 +109,20 @@ def read_graphs(onnx_dir) -> tuple[dict, dict[str, bytes]]:
             raise GraphError(f"{file} does not match the sha256 in its manifest (modified or "
                              f"half-copied); export again with '{export_cmd}'")
         data[stage] = blob
-    nodes = [n for n in onnx.load_from_string(data["frame_generator"]).graph.node
+    frame = onnx.load_from_string(data["frame_generator"])
+    frame_file = onnx_dir / graphs["frame_generator"]["file"]
+    nodes = [n for n in frame.graph.node
              if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
     if len(nodes) != 1:
-        raise GraphError(f"{onnx_dir / graphs['frame_generator']['file']} has "
-                         f"{len(nodes)} {contract.DOMAIN}::{contract.OP_TYPE} nodes, not one, so "
-                         f"it is not a plugin graph of this version; export again with "
+        raise GraphError(f"{frame_file} has {len(nodes)} {contract.DOMAIN}::{contract.OP_TYPE} "
+                         f"nodes, not one, so it is not a plugin graph of this version; export "
+                         f"again with '{export_cmd}'")
+    # The node's version is the graph's opset for the contract's domain: version 1 took the
+    # tri-plane as [B, 3, C, P, P] and had no workspace output, which this plugin would misread.
+    version = {i.domain: i.version for i in frame.opset_import}.get(contract.DOMAIN)
+    if version != contract.VERSION:
+        raise GraphError(f"{frame_file} holds version {version} of the ray-march node and this "
+                         f"plugin runs version {contract.VERSION}; export again with "
                          f"'{export_cmd}'")
     return manifest, data
 

@@ -6,22 +6,27 @@ parameters; TensorRT embeds them in the engine. No plugin library is built, foun
 and running the engine needs no Python.
 
 Identity from ``engines.raymarch.contract``: plugin name = the ONNX op type
-(``TriplaneRayMarch``), namespace = the ONNX domain (``export3d.engines``), version 1,
+(``TriplaneRayMarch``), namespace = the ONNX domain (``export3d.engines``), version 2,
 attributes ``near``, ``far``, ``box_warp`` (float), ``samples_coarse``, ``samples_fine``,
 ``eg3d_plane_axes`` (int). TensorRT's ONNX parser finds a plugin by the node's op type plus
 its string attributes ``plugin_namespace`` / ``plugin_version``; the builder adds those to the
 node in memory (:func:`tag_plugin_nodes`), the exported files stay as they are.
 
 Inputs and outputs (contract order; every tensor linear and contiguous in TensorRT):
-    triplane [B, 3, C, P, P] fp32 | fp16 | bf16, w1 [C, Hd], b1 [Hd], w2 [Hd, 1 + F],
-    b2 [1 + F], origins [B, R, 3], directions [B, R, 3] fp32
-    -> features [B, R, F], depth [B, R], opacity [B, R] fp32.
+    triplane [B, 3, P, P, C] fp32 | fp16 | bf16 (channels last), w1 [C, Hd], b1 [Hd],
+    w2 [Hd, 1 + F], b2 [1 + F], origins [B, R, 3], directions [B, R, 3] fp32
+    -> features [B, R, F], depth [B, R], opacity [B, R],
+       workspace [ceil(B * R / 64) * 64, SC_PAD + Sc + Sf] fp32 (scratch; nothing reads it).
+So the engine's kernel runs the torch op's fast configuration: channels-last taps (one line
+of C values each), the CDF and merged depths in the workspace, two merged samples a decode
+step, fp16 tensor-core products and packed-fp16 tap sums on an fp16 graph's tri-plane.
 Attributes are not serialised with an ahead-of-time implementation, so everything the kernel
 needs at run time is fixed at build time: C, Hd, F, Sc, Sf and the plane axes are compile-time
 constants of the PTX; near, step = (far - near) / Sc and scale = 2 / box_warp are passed as
 extra launch arguments (constant int32 bit patterns, see ``kernel_abi``), with the sizes and
 strides derived from the input shapes. Launch: grid (ceil(B * R / block_rays), 1, 1), block
-(32 * num_warps, 1, 1), dynamic shared memory as Triton reports.
+(32 * num_warps, 1, 1), dynamic shared memory as Triton reports; block_rays divides
+``contract.WORKSPACE_ROW_MULTIPLE``, so every program has workspace rows of its own.
 
 The shape/type rule (:func:`output_rule`) and the launch plan (:func:`launch_plan`) are plain
 functions of shapes and attributes, tested without TensorRT. This module is written without
@@ -50,10 +55,15 @@ _REGISTERED = False
 
 # ------------------------------------------------------------------------- pure rules
 
-def output_rule(shapes, dtypes) -> list[tuple[tuple, str]]:
-    """Input shapes and dtype names (contract order) -> [(shape, dtype)] of the three outputs.
-    Dimensions may be ints or symbolic objects (checks then skip them); ValueError with one
-    sentence for anything the kernel cannot take."""
+def _int_cdiv(a, b):
+    return -(-a // b)
+
+
+def output_rule(shapes, dtypes, attrs: dict, cdiv=_int_cdiv) -> list[tuple[tuple, str]]:
+    """Input shapes and dtype names (contract order) and the node's attributes -> [(shape,
+    dtype)] of the four outputs. Dimensions may be ints or symbolic objects (checks then skip
+    them; ``cdiv`` divides the symbolic kind); ValueError with one sentence for anything the
+    kernel cannot take."""
     shapes = [tuple(s) for s in shapes]
     dtypes = [str(d) for d in dtypes]
     if len(shapes) != len(contract.INPUTS) or len(dtypes) != len(contract.INPUTS):
@@ -63,7 +73,9 @@ def output_rule(shapes, dtypes) -> list[tuple[tuple, str]]:
         if dtype not in port.dtypes:
             raise ValueError(f"{PLUGIN_ID} input {port.name} must be "
                              f"{' or '.join(port.dtypes)}, got {dtype}.")
-    out_shapes = contract.output_shapes(*shapes)
+    attrs = check_attributes(attrs)
+    out_shapes = contract.node_output_shapes(shapes, attrs["samples_coarse"],
+                                             attrs["samples_fine"], cdiv)
     return [(tuple(shape), port.dtypes[0]) for shape, port in zip(out_shapes, contract.OUTPUTS)]
 
 
@@ -88,10 +100,15 @@ def kernel_config(shapes, dtypes, attrs: dict, block_rays: int = DEFAULT_BLOCK_R
     """The compile-time constants of the PTX (an ``engines.raymarch.aot.KernelConfig``) from
     the input shapes (C, Hd and F must be build-time constants) and the attributes."""
     from engines.raymarch.aot import KernelConfig
+    from engines.raymarch.kernel import DEFAULT_SAMPLES_PER_STEP
 
-    output_rule(shapes, dtypes)
+    output_rule(shapes, dtypes, attrs)
     attrs = check_attributes(attrs)
-    dims = {"C": shapes[0][2], "Hd": shapes[1][1], "1 + F": shapes[3][1]}
+    if contract.WORKSPACE_ROW_MULTIPLE % int(block_rays):
+        raise ValueError(f"{PLUGIN_ID}: block_rays must divide "
+                         f"{contract.WORKSPACE_ROW_MULTIPLE} (the workspace's row multiple), "
+                         f"got {block_rays}.")
+    dims = {"C": shapes[0][4], "Hd": shapes[1][1], "1 + F": shapes[3][1]}
     for name, value in dims.items():
         if not isinstance(value, int):
             raise ValueError(f"{PLUGIN_ID} needs a build-time constant {name}; export the graph "
@@ -101,31 +118,39 @@ def kernel_config(shapes, dtypes, attrs: dict, block_rays: int = DEFAULT_BLOCK_R
                         samples_coarse=attrs["samples_coarse"],
                         samples_fine=attrs["samples_fine"], triplane_dtype=str(dtypes[0]),
                         plane_axes=axes, block_rays=block_rays, num_warps=num_warps,
-                        # An ahead-of-time plugin gets no workspace (kernel_abi).
-                        cdf_in_memory=False, samples_per_step=1)
-
-
-def _int_cdiv(a, b):
-    return -(-a // b)
+                        # The node's workspace output (kernel_abi), as the torch op's launch.
+                        cdf_in_memory=True, samples_per_step=DEFAULT_SAMPLES_PER_STEP)
 
 
 def launch_plan(shapes, attrs: dict, *, block_rays: int, num_warps: int, shared: int,
                 cdiv=_int_cdiv) -> dict:
     """Grid, block, shared memory and the extra (scalar) arguments, in ``kernel_abi``'s order,
-    for contiguous tensors of ``shapes``. Works on ints or on symbolic dimensions that support
-    ``*`` (``cdiv`` then does the ceiling division of the symbolic kind)."""
-    from .kernel_abi import EXTRA_ARGS, float_bits
+    for contiguous tensors of ``shapes`` (the tri-plane channels last, ``[B, 3, P, P, C]``).
+    Works on ints or on symbolic dimensions that support ``*`` (``cdiv`` then does the
+    ceiling division of the symbolic kind)."""
+    from .kernel_abi import EXTRA_ARGS
+
+    values = launch_values(shapes, attrs)
+    n_rays = values["n_rays"]
+    return {"grid": (cdiv(n_rays, block_rays), 1, 1), "block": (32 * num_warps, 1, 1),
+            "shared_mem": int(shared), "extra_args": [(n, values[n]) for n in EXTRA_ARGS]}
+
+
+def launch_values(shapes, attrs: dict) -> dict:
+    """The kernel's extra (scalar) arguments by name for contiguous tensors of ``shapes``:
+    sizes, strides (the tri-plane's channels last) and the fp32 settings as bit patterns."""
+    from .kernel_abi import float_bits
 
     attrs = check_attributes(attrs)
-    b, _, c, p, _ = shapes[0]
+    b, _, p, _, c = shapes[0]
     out_cols = shapes[3][1]
     r = shapes[5][1]
     n_rays = b * r
-    plane = p * p
+    plane = p * p * c
     values = {
         "n_rays": n_rays, "rays_per_batch": r, "P": p,
-        "stride_tb": 3 * c * plane, "stride_tk": c * plane, "stride_tc": plane,
-        "stride_ty": p, "stride_tx": 1,
+        "stride_tb": 3 * plane, "stride_tk": plane, "stride_tc": 1,
+        "stride_ty": p * c, "stride_tx": c,
         "stride_w1c": shapes[1][1], "stride_w1h": 1, "stride_b1": 1,
         "stride_w2h": out_cols, "stride_w2o": 1, "stride_b2": 1,
         "near_bits": float_bits(attrs["near"]),
@@ -136,8 +161,7 @@ def launch_plan(shapes, attrs: dict, *, block_rays: int, num_warps: int, shared:
         if isinstance(value, int) and not -INT32_MAX - 1 <= value <= INT32_MAX:
             raise ValueError(f"{PLUGIN_ID}: {name} = {value} does not fit the kernel's 32-bit "
                              "indexing; render in smaller batches.")
-    return {"grid": (cdiv(n_rays, block_rays), 1, 1), "block": (32 * num_warps, 1, 1),
-            "shared_mem": int(shared), "extra_args": [(n, values[n]) for n in EXTRA_ARGS]}
+    return values
 
 
 def launch_block_rays(arch: int, triplane_dtype: str) -> int:
@@ -174,18 +198,21 @@ def current_arch() -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def compiled_kernel(config, arch: int):
+def compiled_kernel(config, arch: int, values: tuple = ()):
     """PTX of the TensorRT entry point for ``config`` and ``arch`` (compiled once per process),
-    its ISA capped at what this machine's driver loads when Triton's would be newer."""
+    its ISA capped at what this machine's driver loads when Triton's would be newer.
+    ``values``: (name, value) pairs of the extra arguments known at build time, for the
+    compiler's alignment hints (``kernel_abi.divisibility_hints``)."""
     import re
 
     from .kernel_abi import compile_for_tensorrt, driver_ptx_version
 
-    build = compile_for_tensorrt(config, arch)
+    known = dict(values)
+    build = compile_for_tensorrt(config, arch, values=known)
     limit = driver_ptx_version()
     found = re.search(r"^\s*\.version\s+(\d+)\.(\d+)", build.ptx, re.M)
     if limit is not None and found and 10 * int(found[1]) + int(found[2]) > limit:
-        build = compile_for_tensorrt(config, arch, ptx_version=limit)
+        build = compile_for_tensorrt(config, arch, ptx_version=limit, values=known)
     return build
 
 
@@ -258,9 +285,13 @@ def register_plugin() -> str:
             triplane: TensorDesc, w1: TensorDesc, b1: TensorDesc, w2: TensorDesc,
             b2: TensorDesc, origins: TensorDesc, directions: TensorDesc, near: float,
             far: float, samples_coarse: int, samples_fine: int, box_warp: float,
-            eg3d_plane_axes: int) -> Tuple[TensorDesc, TensorDesc, TensorDesc]:
+            eg3d_plane_axes: int) -> Tuple[TensorDesc, TensorDesc, TensorDesc, TensorDesc]:
         shapes, dtypes = describe((triplane, w1, b1, w2, b2, origins, directions))
-        outs = output_rule(shapes, dtypes)
+        attrs = {"near": near, "far": far, "samples_coarse": samples_coarse,
+                 "samples_fine": samples_fine, "box_warp": box_warp,
+                 "eg3d_plane_axes": eg3d_plane_axes}
+        outs = output_rule(shapes, dtypes, attrs, cdiv=lambda a, b: _int_cdiv(a, b)
+                           if isinstance(a, int) else trtp.cdiv(a, b))
         return tuple(trtp.from_shape_expr(trtp.ShapeExprs.from_tuple(tuple(shape)),
                                           dtype=trt.float32) for shape, _ in outs)
 
@@ -269,7 +300,8 @@ def register_plugin() -> str:
             triplane: TensorDesc, w1: TensorDesc, b1: TensorDesc, w2: TensorDesc,
             b2: TensorDesc, origins: TensorDesc, directions: TensorDesc, near: float,
             far: float, samples_coarse: int, samples_fine: int, box_warp: float,
-            eg3d_plane_axes: int, outputs: Tuple[TensorDesc, TensorDesc, TensorDesc]):
+            eg3d_plane_axes: int,
+            outputs: Tuple[TensorDesc, TensorDesc, TensorDesc, TensorDesc]):
         shapes, dtypes = describe((triplane, w1, b1, w2, b2, origins, directions))
         attrs = {"near": near, "far": far, "samples_coarse": samples_coarse,
                  "samples_fine": samples_fine, "box_warp": box_warp,
@@ -277,7 +309,9 @@ def register_plugin() -> str:
         arch = current_arch()
         config = kernel_config(shapes, dtypes, attrs,
                                block_rays=launch_block_rays(arch, str(dtypes[0])))
-        build = compiled_kernel(config, arch)
+        known = tuple((n, v) for n, v in launch_values(shapes, attrs).items()
+                      if isinstance(v, int))
+        build = compiled_kernel(config, arch, known)
         plan = launch_plan(shapes, attrs, block_rays=build.block_rays,
                            num_warps=build.num_warps, shared=build.shared,
                            cdiv=lambda a, b: _int_cdiv(a, b) if isinstance(a, int)

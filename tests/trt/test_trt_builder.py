@@ -185,6 +185,29 @@ def test_modified_or_missing_graphs(monkeypatch, plugin_graphs, tmp_path):
         builder.build_engines(plugin_graphs, tmp_path / "e")
 
 
+def test_graph_with_an_older_ray_march_node_is_refused(monkeypatch, plugin_graphs, tmp_path):
+    # A version-1 node took the tri-plane as [B, 3, C, P, P] and had no workspace output: the
+    # plugin would read its tensors wrongly, so the builder names the export command instead.
+    import hashlib
+
+    from engines.raymarch import contract
+
+    trt_standin.uninstall(monkeypatch)
+    path = plugin_graphs / "frame_generator.onnx"
+    graph = onnx.load(str(path))
+    for opset in graph.opset_import:
+        if opset.domain == contract.DOMAIN:
+            opset.version = contract.VERSION - 1
+    onnx.save(graph, str(path))
+    manifest_path = plugin_graphs / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["graphs"]["frame_generator"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(GraphError, match=f"version {contract.VERSION - 1} of the ray-march node "
+                       f"and this plugin runs version {contract.VERSION}; export again"):
+        builder.build_engines(plugin_graphs, tmp_path / "e")
+
+
 def test_parser_failure_on_the_plugin_node(monkeypatch, plugin_graphs, tmp_path):
     outcome = trt_standin.Outcome(parse_ok=False, parse_errors=(
         "No importer registered for op: TriplaneRayMarch. Attempting to import as plugin.",))

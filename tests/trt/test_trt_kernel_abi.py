@@ -1,9 +1,11 @@
 """The kernel's TensorRT entry point computes the reference ray march when launched exactly as
 the plugin tells TensorRT to launch it: arguments in TensorRT's order, sizes and strides from
-``plugin.launch_plan`` (contiguous tensors), near / step / scale as int32 bit patterns, the grid
-and block from the plan. Run under Triton's interpreter on CPU, in a child process (the
-interpreter must be chosen before triton is imported), at tiny sizes: 2 x 20 rays, both plane
-layouts, an fp16 tri-plane."""
+``plugin.launch_plan`` (the node's channels-last tri-plane), near / step / scale as int32 bit
+patterns, the outputs as ``plugin.output_rule`` shapes them (the workspace NaN-filled, as
+TensorRT's activation memory may hold anything), the grid and block from the plan. Run under
+Triton's interpreter on CPU, in a child process (the interpreter must be chosen before triton
+is imported), at tiny sizes: 2 x 20 rays, both plane layouts, an fp16 tri-plane, and the
+entry's register-CDF body."""
 from __future__ import annotations
 
 import os
@@ -17,34 +19,41 @@ pytest.importorskip("triton")
 
 CHILD = r'''
 import torch
+from engines.raymarch import contract, kernel
 from engines.trt import plugin
 from engines.trt.kernel_abi import raymarch_trt_kernel
-from engines.raymarch import kernel
 from export3d.camera import orbit_path, rays
 from export3d.renderer import Decoder, RayMarchSettings, raymarch_reference
 
 torch.manual_seed(0)
 C, HD, F, P, B, BLOCK = 8, 16, 8, 16, 2, 16
 worst = 0.0
-for eg3d, dtype in ((0, torch.float32), (1, torch.float32), (1, torch.float16)):
+# (eg3d plane axes, tri-plane dtype, the node's workspace used); the last case is the entry's
+# register-CDF body (no fine-sample workspace needed), kept reachable.
+for eg3d, dtype, workspace in ((0, torch.float32, 1), (1, torch.float32, 1),
+                               (1, torch.float16, 1), (0, torch.float32, 0)):
     triplane = torch.randn(B, 3, C, P, P).to(dtype)
+    node_triplane = triplane.permute(0, 1, 3, 4, 2).contiguous()  # the node's [B, 3, P, P, C]
     dec = Decoder(torch.randn(C, HD) * 0.4, torch.randn(HD) * 0.1, torch.randn(HD, 1 + F) * 0.4,
                   torch.randn(1 + F) * 0.1)
     o, d = rays(orbit_path("yaw", 3)[:B].float(), 5)
     o, d = o[:, :20].contiguous(), d[:, :20].contiguous()
     attrs = {"near": 2.25, "far": 3.3, "samples_coarse": 8, "samples_fine": 8, "box_warp": 1.0,
              "eg3d_plane_axes": eg3d}
-    shapes = [tuple(t.shape) for t in (triplane, dec.w1, dec.b1, dec.w2, dec.b2, o, d)]
+    shapes = [tuple(t.shape) for t in (node_triplane, dec.w1, dec.b1, dec.w2, dec.b2, o, d)]
     dtypes = [str(triplane.dtype).replace("torch.", "")] + ["float32"] * 6
     config = plugin.kernel_config(shapes, dtypes, attrs, block_rays=BLOCK)
     plan = plugin.launch_plan(shapes, attrs, block_rays=BLOCK, num_warps=4, shared=0)
-    features = torch.empty(B, 20, F)
-    depth = torch.empty(B, 20)
-    opacity = torch.empty(B, 20)
-    consts = kernel.constexprs(C, HD, F, 8, 8, config.plane_axes, BLOCK, "ieee")
+    outs = plugin.output_rule(shapes, dtypes, attrs)
+    features, depth, opacity, scratch = (torch.empty(shape) for shape, _ in outs)
+    scratch.fill_(float("nan"))  # whatever TensorRT's activation memory held
+    consts = kernel.constexprs(C, HD, F, 8, 8, config.plane_axes, BLOCK, "ieee",
+                               samples_per_step=config.samples_per_step if workspace else 1)
     extra = [value for _, value in plan["extra_args"]]
-    raymarch_trt_kernel[plan["grid"]](triplane, dec.w1, dec.b1, dec.w2, dec.b2, o, d, *extra,
-                                      features, depth, opacity, **consts)
+    raymarch_trt_kernel[plan["grid"]](node_triplane, dec.w1, dec.b1, dec.w2, dec.b2, o, d,
+                                      *extra, features, depth, opacity, scratch, **consts,
+                                      WORKSPACE=workspace)
+    assert bool(scratch.isnan().all()) != bool(workspace), "workspace use"
     settings = RayMarchSettings(2.25, 3.3, 8, 8, 1.0, bool(eg3d))
     ref = raymarch_reference(triplane.float(), dec, o, d, settings)
     for got, want in zip((features, depth, opacity), ref):

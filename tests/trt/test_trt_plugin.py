@@ -18,12 +18,38 @@ from engines.raymarch import aot, contract
 from engines.trt import plugin
 from export.lint import check_tensorrt, lint_tensorrt
 
-# tiny preset sizes: C = 8 (triplane channels), Hd = 16, F = 8, P = 16, 8 x 8 rays
+# tiny preset sizes: C = 8 (triplane channels), Hd = 16, F = 8, P = 16, 8 x 8 rays; the
+# node's tri-plane is channels last, [B, 3, P, P, C]
 B, C, P, HD, F, R = 1, 8, 16, 16, 8, 64
-SHAPES = [(B, 3, C, P, P), (C, HD), (HD,), (HD, 1 + F), (1 + F,), (B, R, 3), (B, R, 3)]
+SHAPES = [(B, 3, P, P, C), (C, HD), (HD,), (HD, 1 + F), (1 + F,), (B, R, 3), (B, R, 3)]
 F32 = ["float32"] * 7
 ATTRS = {"near": 2.25, "far": 3.3, "samples_coarse": 8, "samples_fine": 8, "box_warp": 1.0,
          "eg3d_plane_axes": 1}
+# The workspace: ceil(B * R / 64) * 64 rows of SC_PAD + Sc + Sf = 8 + 8 + 8 fp32.
+WORKSPACE = (64, 24)
+
+
+class Sym:
+    """A symbolic dimension as TensorRT's shape expressions behave: products and ceiling
+    divisions build new expressions (here: their text)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __mul__(self, other):
+        return Sym(f"({self.text} * {getattr(other, 'text', other)})")
+
+    __rmul__ = __mul__
+
+    def __eq__(self, other):
+        return isinstance(other, Sym) and other.text == self.text
+
+    def __hash__(self):
+        return hash(self.text)
+
+
+def sym_cdiv(a, b):
+    return Sym(f"cdiv({a.text}, {b})")
 
 
 def test_identity_comes_from_the_contract():
@@ -37,53 +63,69 @@ def test_identity_comes_from_the_contract():
 
 @pytest.mark.parametrize("triplane_dtype", ["float32", "float16", "bfloat16"])
 def test_output_rule_shapes_and_dtypes(triplane_dtype):
-    outs = plugin.output_rule(SHAPES, [triplane_dtype] + F32[1:])
-    assert outs == [((B, R, F), "float32"), ((B, R), "float32"), ((B, R), "float32")]
+    outs = plugin.output_rule(SHAPES, [triplane_dtype] + F32[1:], ATTRS)
+    assert outs == [((B, R, F), "float32"), ((B, R), "float32"), ((B, R), "float32"),
+                    (WORKSPACE, "float32")]
 
 
 def test_output_rule_batch_two_and_symbolic_dims():
-    shapes = [(2, 3, 32, 256, 256), (32, 64), (64,), (64, 33), (33,), (2, 16384, 3),
+    # paper512: C = F = 32, Hd = 64, Sc = Sf = 48, 128 x 128 rays a frame, batch 2
+    shapes = [(2, 3, 256, 256, 32), (32, 64), (64,), (64, 33), (33,), (2, 16384, 3),
               (2, 16384, 3)]
-    assert plugin.output_rule(shapes, F32)[0] == ((2, 16384, 32), "float32")
-    b, r = object(), object()  # symbolic dimensions pass through untouched
-    sym = [(b, 3, 8, 16, 16), (8, 16), (16,), (16, 9), (9,), (b, r, 3), (b, r, 3)]
-    features, depth, opacity = plugin.output_rule(sym, F32)
+    attrs = {**ATTRS, "samples_coarse": 48, "samples_fine": 48}
+    outs = plugin.output_rule(shapes, F32, attrs)
+    assert outs[0] == ((2, 16384, 32), "float32")
+    assert outs[3] == ((32768, 64 + 48 + 48), "float32")  # 21 MB of scratch for two frames
+    one = [(1,) + shapes[0][1:]] + shapes[1:5] + [(1, 100, 3)] * 2
+    assert plugin.output_rule(one, F32, attrs)[3][0][0] == 128  # ceil(100 / 64) * 64
+    b, r = Sym("b"), Sym("r")  # symbolic dimensions pass through, the workspace's rows built
+    sym = [(b, 3, 16, 16, 8), (8, 16), (16,), (16, 9), (9,), (b, r, 3), (b, r, 3)]
+    features, depth, opacity, workspace = plugin.output_rule(sym, F32, ATTRS, cdiv=sym_cdiv)
     assert features[0][:2] == (b, r) and depth[0] == (b, r) and opacity[0] == (b, r)
+    assert workspace[0] == (Sym("(cdiv((b * r), 64) * 64)"), 24)
 
 
 @pytest.mark.parametrize("index, shape, message", [
     (1, (C + 1, HD), "w1 must be"),
     (3, (HD, 1), "1 \\+ F >= 2"),
     (6, (B, R + 1, 3), "same R"),
-    (0, (B, 2, C, P, P), "triplane must be"),
+    (0, (B, 2, P, P, C), "triplane must be \\[B, 3, P, P, C\\] \\(channels last"),
+    # a version-1 layout [B, 3, C, P, P] (C != P): the planes are not square
+    (0, (B, 3, C, P, P), "triplane must be \\[B, 3, P, P, C\\]"),
 ])
 def test_output_rule_rejects_bad_shapes(index, shape, message):
     shapes = list(SHAPES)
     shapes[index] = shape
     with pytest.raises(ValueError, match=message):
-        plugin.output_rule(shapes, F32)
+        plugin.output_rule(shapes, F32, ATTRS)
 
 
 def test_output_rule_rejects_bad_dtypes_and_counts():
     with pytest.raises(ValueError, match="input w1 must be float32, got float16"):
-        plugin.output_rule(SHAPES, ["float32", "float16"] + F32[2:])
+        plugin.output_rule(SHAPES, ["float32", "float16"] + F32[2:], ATTRS)
     with pytest.raises(ValueError, match="takes 7 inputs"):
-        plugin.output_rule(SHAPES[:6], F32[:6])
+        plugin.output_rule(SHAPES[:6], F32[:6], ATTRS)
+    with pytest.raises(ValueError, match="lacks attribute"):
+        plugin.output_rule(SHAPES, F32, {"near": 1.0})
 
 
 def test_kernel_config_bakes_sizes_and_attributes():
     config = plugin.kernel_config(SHAPES, F32, ATTRS)
-    # No workspace in an ahead-of-time plugin: the register CDF, one sample a step.
-    assert not aot.uses_cdf_workspace(config) and config.samples_per_step == 1
+    # The node's workspace output holds the CDF and merged depths, as in the torch op's
+    # launch; so two merged samples a decode step.
+    assert aot.uses_cdf_workspace(config) and config.samples_per_step == 2
+    assert aot.workspace_bytes(B * R, config) <= WORKSPACE[0] * WORKSPACE[1] * 4
     assert (config.channels, config.hidden, config.features) == (C, HD, F)
     assert (config.samples_coarse, config.samples_fine) == (8, 8)
     assert config.plane_axes == (0, 1, 0, 2, 2, 0)  # eg3d_plane_axes = 1
     assert plugin.kernel_config(SHAPES, F32, {**ATTRS, "eg3d_plane_axes": 0}).plane_axes == (
         0, 1, 0, 2, 1, 2)
     symbolic = list(SHAPES)
-    symbolic[0] = (B, 3, object(), P, P)
+    symbolic[0] = (B, 3, P, P, object())
     with pytest.raises(ValueError, match="build-time constant C"):
         plugin.kernel_config(symbolic, F32, ATTRS)
+    with pytest.raises(ValueError, match="block_rays must divide 64"):
+        plugin.kernel_config(SHAPES, F32, ATTRS, block_rays=48)
     with pytest.raises(ValueError, match="lacks attribute"):
         plugin.kernel_config(SHAPES, F32, {"near": 1.0})
     with pytest.raises(ValueError, match="far > near"):
@@ -106,12 +148,14 @@ def test_launch_plan_follows_the_tensorrt_calling_convention():
     assert names == list(kernel_abi.EXTRA_ARGS)
     values = dict(plan["extra_args"])
     assert (values["n_rays"], values["rays_per_batch"], values["P"]) == (200, 100, P)
-    assert values["stride_tb"] == 3 * C * P * P and values["stride_tc"] == P * P
+    # channels last: one tap's C values are contiguous
+    assert values["stride_tb"] == 3 * C * P * P and values["stride_tk"] == C * P * P
+    assert (values["stride_tc"], values["stride_ty"], values["stride_tx"]) == (1, P * C, C)
     assert values["stride_w1c"] == HD and values["stride_w2h"] == 1 + F
     assert _float(values["near_bits"]) == pytest.approx(2.25)
     assert _float(values["step_bits"]) == pytest.approx((3.3 - 2.25) / 8, rel=1e-6)
     assert _float(values["scale_bits"]) == pytest.approx(2.0)
-    huge = [(1, 3, C, 4096, 4096)] + SHAPES[1:5] + [(1, 2 ** 31, 3)] * 2
+    huge = [(1, 3, 4096, 4096, C)] + SHAPES[1:5] + [(1, 2 ** 31, 3)] * 2
     with pytest.raises(ValueError, match="32-bit"):
         plugin.launch_plan(huge, ATTRS, block_rays=32, num_warps=4, shared=0)
 
@@ -135,11 +179,11 @@ def test_register_plugin_with_the_standin(monkeypatch):
             assert params[name].annotation is trtp.TensorDesc
     descs = [trt_standin.desc(trtp, s, trt.float32) for s in SHAPES]
     outs = funcs["desc"](*descs, **ATTRS)
-    assert [[e.constant_value() for e in o.shape_expr] for o in outs] == [[B, R, F], [B, R],
-                                                                          [B, R]]
+    assert [[e.constant_value() for e in o.shape_expr] for o in outs] == [
+        [B, R, F], [B, R], [B, R], list(WORKSPACE)]
     assert all(o.dtype is trt.float32 for o in outs)
     fp16 = [trt_standin.desc(trtp, SHAPES[0], trt.float16)] + descs[1:]
-    assert len(funcs["desc"](*fp16, **ATTRS)) == 3
+    assert len(funcs["desc"](*fp16, **ATTRS)) == len(contract.OUTPUTS) == 4
     with pytest.raises(ValueError, match="w1 must be float32"):
         funcs["desc"](descs[0], trt_standin.desc(trtp, SHAPES[1], trt.float16), *descs[2:],
                       **ATTRS)
@@ -153,8 +197,8 @@ def test_aot_impl_returns_kernel_ptx_and_launch(monkeypatch):
     trt_standin.install(monkeypatch, trt, trtp)
     compiled = []
 
-    def fake_compile(config, arch):
-        compiled.append((config, arch))
+    def fake_compile(config, arch, values=()):
+        compiled.append((config, arch, dict(values)))
         return Build(arch=arch, name="raymarch_trt_kernel", ptx=".version 8.7\n", cubin=b"",
                      shared=2048, num_warps=4, block_rays=32, config=config)
 
@@ -166,6 +210,8 @@ def test_aot_impl_returns_kernel_ptx_and_launch(monkeypatch):
     name, ptx, params, extra = aot(*descs, **ATTRS, outputs=())
     assert (name, ptx) == ("raymarch_trt_kernel", ".version 8.7\n")
     assert compiled[0][1] == 89 and compiled[0][0].channels == C
+    # The build-time values of the extra arguments travel to the compiler's alignment hints.
+    assert compiled[0][2]["stride_ty"] == P * C and compiled[0][2]["n_rays"] == B * R
     # sm_89, fp32 tri-plane: TF32x3 tensor-core products, so 16 rays per warp (the op's rule);
     # fp32 FMA products on sm_75 keep 32 rays a program.
     assert compiled[0][0].block_rays == 64
@@ -178,18 +224,26 @@ def test_aot_impl_returns_kernel_ptx_and_launch(monkeypatch):
 
 def test_tensorrt_calling_convention_in_real_ptx():
     """Compile the TensorRT entry point (tiny sizes, sm_90, no GPU): its PTX parameters are
-    7 input pointers, 17 32-bit scalars, 3 output pointers, then Triton's 2 scratch pointers
-    (which TensorRT passes as null)."""
+    7 input pointers, 17 32-bit scalars, 4 output pointers (the last the workspace), then
+    Triton's 2 scratch pointers (which TensorRT passes as null); with no fine samples the
+    kernel needs no workspace, and the parameter stays (TensorRT passes all four outputs)."""
     pytest.importorskip("triton")
-    from engines.raymarch.aot import KernelConfig
     from engines.trt.kernel_abi import compile_for_tensorrt
 
-    build = compile_for_tensorrt(KernelConfig.tiny(), 90)
-    entry = re.search(r"\.entry\s+(\w+)\s*\((.*?)\)", build.ptx, re.S)
-    assert entry.group(1) == build.name == "raymarch_trt_kernel"
-    kinds = re.findall(r"\.param\s+\.(\w+)", entry.group(2))
-    assert kinds == ["u64"] * 7 + ["u32"] * 17 + ["u64"] * 3 + ["u64"] * 2
-    assert build.shared >= 0 and build.num_warps == 4
+    for config in (plugin.kernel_config(SHAPES, F32, ATTRS),
+                   plugin.kernel_config(SHAPES, F32, {**ATTRS, "samples_fine": 0})):
+        build = compile_for_tensorrt(config, 90)
+        entry = re.search(r"\.entry\s+(\w+)\s*\((.*?)\)", build.ptx, re.S)
+        assert entry.group(1) == build.name == "raymarch_trt_kernel"
+        kinds = re.findall(r"\.param\s+\.(\w+)", entry.group(2))
+        assert kinds == ["u64"] * 7 + ["u32"] * 17 + ["u64"] * 4 + ["u64"] * 2
+        assert build.shared >= 0 and build.num_warps == 4
+        # The workspace parameter (the 28th) is read and written only when there is one.
+        used = re.findall(r"ld\.param\.[bu]64\s+%rd\d+,\s*\[(\w+)\]", build.ptx)
+        workspace_param = re.findall(r"\.param\s+\.u64\s+[.\w\s]*?(\w+_param_27)\b",
+                                     entry.group(2))
+        assert workspace_param and (workspace_param[0] in used) == (config.samples_fine > 0)
+    assert "raymarch_trt_kernel_param_24" in used  # features, for contrast
 
 
 def test_plugin_node_tagging_and_lint(plugin_graphs):
@@ -207,7 +261,8 @@ def test_plugin_node_tagging_and_lint(plugin_graphs):
     plugin.tag_plugin_nodes(graph)  # idempotent
     node = next(n for n in graph.graph.node if n.op_type == contract.OP_TYPE)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    assert attrs["plugin_namespace"] == b"export3d.engines" and attrs["plugin_version"] == b"1"
+    assert attrs["plugin_namespace"] == b"export3d.engines"
+    assert attrs["plugin_version"] == str(contract.VERSION).encode() == b"2"
     assert [a.name for a in node.attribute].count("plugin_namespace") == 1
     assert {a.name for a in contract.ATTRIBUTES} <= set(attrs)
 
