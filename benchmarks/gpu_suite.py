@@ -17,6 +17,11 @@ loses only what had not run yet):
    sweep (rays per program, warps, MLP product precision, tri-plane dtype, serial and tiled
    variants), each row with its error against the reference and whether it is within the
    kernel tolerance; the summary names the fastest row within tolerance.
+   ``tensorrt_kernel``: the kernel a TensorRT engine embeds (the ray-march node's plugin),
+   compiled as the plugin compiles it and its binary launched as TensorRT launches it (launch
+   plan, arguments in TensorRT's order, NaN-filled workspace output), on the node's
+   channels-last fp32 and fp16 tri-planes: error against the reference, p50 against the
+   torch op's. TensorRT itself is not needed (nor present on the machines this runs on).
 4. ``model``: paper512 with the PyTorch backend, source cached: per-stage latency (generate,
    render, super-resolve; encode_source once) and per-frame latency (p50/p95/p99), peak GPU
    memory and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
@@ -225,6 +230,96 @@ def kernel_check(torch, config, device, dtypes) -> dict:
     return {"tolerance_abs": KERNEL_TOLERANCE, "all_passed": ok, "cases": cases}
 
 
+def tensorrt_kernel(torch, config, device, warmup, iters) -> dict:
+    """The kernel a TensorRT engine embeds, run as TensorRT runs it, where TensorRT is missing:
+    compiled as the plugin's ahead-of-time implementation compiles it (``engines.trt``:
+    ``kernel_config``, ``launch_values``' alignment hints, ``kernel_abi.compile_entry``), then
+    its binary launched with the plugin's launch plan (grid, block) and the arguments in
+    TensorRT's order: the node's inputs (the tri-plane channels last, fp32 or fp16 as an fp32
+    or fp16 graph hands it over), the plan's int32 extra arguments, the four outputs (the
+    workspace NaN-filled, as activation memory may hold anything). Checked against the
+    reference and timed against the torch op's launch. On a CPU (dry run) the same entry point
+    runs under Triton's interpreter through its JIT, ``ieee`` products."""
+    from engines.raymarch import op
+    from engines.trt import kernel_abi, plugin
+    from export3d.renderer import RayMarchSettings, raymarch_reference
+
+    settings = RayMarchSettings(config.ray_near, config.ray_far, config.samples_coarse,
+                                config.samples_fine, config.box_warp, config.eg3d_plane_axes)
+    attrs = {"near": settings.near, "far": settings.far,
+             "samples_coarse": settings.samples_coarse, "samples_fine": settings.samples_fine,
+             "box_warp": settings.box_warp, "eg3d_plane_axes": int(config.eg3d_plane_axes)}
+    cuda = device.type == "cuda"
+    arch = (10 * torch.cuda.get_device_capability(device)[0]
+            + torch.cuda.get_device_capability(device)[1]) if cuda else 75
+    cases, ok = [], True
+    for i, dtype in enumerate((torch.float32, torch.float16)):
+        name = str(dtype).replace("torch.", "")
+        tp, dec, o, d = random_case(torch, config, 1, dtype, 300 + i, 0.0, device)
+        node_tp = tp.permute(0, 1, 3, 4, 2).contiguous()
+        weights = [t.float().contiguous() for t in (dec.w1, dec.b1, dec.w2, dec.b2)]
+        inputs = [node_tp, *weights, o.contiguous(), d.contiguous()]
+        shapes = [tuple(t.shape) for t in inputs]
+        dtypes = [name] + ["float32"] * 6
+        block_rays = plugin.launch_block_rays(arch, name) if cuda else 16
+        kconfig = plugin.kernel_config(shapes, dtypes, attrs, block_rays=block_rays)
+        values = plugin.launch_values(shapes, attrs)
+        outs = [torch.empty(shape, device=device, dtype=torch.float32)
+                for shape, _ in plugin.output_rule(shapes, dtypes, attrs)]
+        outs[3].fill_(float("nan"))
+        if cuda:
+            compiled = kernel_abi.compile_entry(kconfig, arch, values=values)
+            plan = plugin.launch_plan(shapes, attrs, block_rays=block_rays,
+                                      num_warps=compiled.metadata.num_warps,
+                                      shared=compiled.metadata.shared)
+            grid_launch = compiled[plan["grid"]]
+
+            def launcher(*args):
+                grid_launch(*kernel_abi.compiled_arguments(kconfig, arch, args[:7], args[7:-4],
+                                                           args[-4:]))
+        else:
+            from engines.raymarch import kernel
+
+            plan = plugin.launch_plan(shapes, attrs, block_rays=block_rays, num_warps=4,
+                                      shared=0)
+            consts = kernel.constexprs(kconfig.channels, kconfig.hidden, kconfig.features,
+                                       kconfig.samples_coarse, kconfig.samples_fine,
+                                       kconfig.plane_axes, block_rays, "ieee",
+                                       samples_per_step=kconfig.samples_per_step)
+            launcher = lambda *args: kernel_abi.raymarch_trt_kernel[plan["grid"]](  # noqa: E731
+                *args, **consts, WORKSPACE=1)
+        extra = [value for _, value in plan["extra_args"]]
+
+        def run():
+            launcher(*inputs, *extra, *outs)
+
+        with torch.no_grad():
+            run()
+            ref = raymarch_reference(tp, dec, o, d, settings)
+            case = {"triplane_dtype": name, "rays": int(o.shape[1]), "arch": arch,
+                    "block_rays": block_rays, "dot_precision":
+                    kernel_abi.dot_precision(arch, name) if cuda else "ieee",
+                    "workspace_rows_written": int((~outs[3].isnan()).any(1).sum())}
+            for key, got, want in zip(("features", "depth", "opacity"), outs, ref):
+                err = (got - want.float()).abs()
+                case[key] = {"max_abs_err": float(err.max()),
+                             "finite": bool(torch.isfinite(got).all()),
+                             "within_tolerance": float(err.max()) <= KERNEL_TOLERANCE[key]}
+                ok &= case[key]["within_tolerance"] and case[key]["finite"]
+            args = (tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, settings.near, settings.far,
+                    settings.samples_coarse, settings.samples_fine, settings.box_warp,
+                    settings.plane_axes)
+            case["engine_kernel"] = stats(time_cuda(run, warmup, iters, torch))
+            case["torch_op"] = stats(time_cuda(lambda: op.launch(*args), warmup, iters, torch))
+        cases.append(case)
+        print(f"  engine kernel {name}: features {case['features']['max_abs_err']:.2e}, "
+              f"{case['engine_kernel']['p50_ms']:.3f} ms (torch op "
+              f"{case['torch_op']['p50_ms']:.3f} ms)", flush=True)
+    return {"what": "the TensorRT engine's ray-march kernel, compiled and launched as TensorRT "
+            "would, without TensorRT", "tolerance_abs": KERNEL_TOLERANCE, "all_passed": ok,
+            "cases": cases}
+
+
 # Seconds of the budget the launch sweep leaves to the model, TensorRT and live sections.
 SWEEP_RESERVE_S = 240.0
 
@@ -279,7 +374,7 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # tri-planes); prefetch asks L1 for the next sample's taps (1: coarse pass, 2: both passes),
 # on the default launch; samples_per_step=1 decodes one merged sample a step instead of two;
 # cdf_in_memory=False keeps each ray's CDF in registers (what the
-# TensorRT plugin runs: it gets no workspace); max_registers trades spills for programs per
+# TensorRT plugin ran with the version-1 node); max_registers trades spills for programs per
 # SM, on launches with 4 threads a ray (a paper512 frame has 16384 rays: at 64 x 4 its 1024
 # warps already all fit at 255 registers, 8 per SM, so a cap there buys nothing).
 # benchmarks.kernel_sass counts each row's instructions on a CPU; this measures them. Most
@@ -788,6 +883,11 @@ def summary(data: dict, device) -> dict:
     if ratios:
         out["bf16_channels_last_over_eager_floor"] = ratios
     out["kernel_check_passed"] = data.get("kernel_check", {}).get("all_passed")
+    engine = data.get("tensorrt_kernel", {})
+    if "cases" in engine:
+        out["tensorrt_kernel_passed"] = engine["all_passed"]
+        out["tensorrt_kernel_p50_ms"] = {c["triplane_dtype"]: c["engine_kernel"]["p50_ms"]
+                                         for c in engine["cases"]}
     return out
 
 
@@ -886,6 +986,7 @@ def main(argv=None) -> int:
         section(report, "kernel_check", kernel_check, torch, config, device, dtypes)
     section(report, "raymarch_timing", raymarch_timing, torch, config, device, warmup, iters,
             None if args.kernel_only else budget)
+    section(report, "tensorrt_kernel", tensorrt_kernel, torch, config, device, warmup, iters)
     # The model runs as a user would run it: TF32 allowed for fp32 matmuls and convolutions.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

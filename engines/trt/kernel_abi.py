@@ -161,14 +161,14 @@ def divisibility_hints(values: dict | None = None) -> dict:
     return hints
 
 
-def compile_for_tensorrt(config: aot.KernelConfig, arch: int,
-                         ptx_version: int | None = None, values: dict | None = None) -> aot.Build:
-    """PTX (and cubin) of :func:`raymarch_trt_kernel` for one compute capability, with the same
-    compiler options as ``engines.raymarch.aot.compile_arch``; no GPU needed. ``ptx_version``
-    caps the PTX ISA (see :func:`driver_ptx_version`); ``values``: the extra arguments' values
-    where they are build-time constants (:func:`divisibility_hints`). Without the hints a
-    tap's values load one by one (sm_90, paper512 sizes, fp16 tri-plane: 0.67 M instructions
-    per ray and 1.1 KB of spills, against 0.23 M and 40 bytes with them)."""
+def compile_entry(config: aot.KernelConfig, arch: int, ptx_version: int | None = None,
+                  values: dict | None = None):
+    """Triton's compiled :func:`raymarch_trt_kernel` (a ``CompiledKernel``: PTX, cubin and
+    metadata; ``compiled[grid](*args)`` launches its cubin with the arguments in TensorRT's
+    order, which is how the GPU suite runs the engine's kernel where TensorRT is missing).
+    No GPU needed to compile. ``ptx_version`` caps the PTX ISA (see
+    :func:`driver_ptx_version`); ``values``: the extra arguments' values where they are
+    build-time constants (:func:`divisibility_hints`)."""
     from triton.backends.compiler import GPUTarget
 
     sig, consts = signature(config, arch)
@@ -182,6 +182,34 @@ def compile_for_tensorrt(config: aot.KernelConfig, arch: int,
     if meta.global_scratch_size or meta.profile_scratch_size:
         raise RuntimeError("the kernel now needs Triton scratch memory, which TensorRT's "
                            "ahead-of-time launch passes as null; the plugin cannot run it.")
+    return compiled
+
+
+def compiled_arguments(config: aot.KernelConfig, arch: int, inputs, extra, outputs) -> list:
+    """The positional arguments of a :func:`compile_entry` kernel's launcher
+    (``compiled[grid](*args)``): one per entry of its signature, in the signature's order,
+    the constexprs included (Triton's launcher parses them and passes only the rest to the
+    kernel). ``inputs``: the 7 input tensors, ``extra``: the 17 extra values in EXTRA_ARGS
+    order, ``outputs``: the 4 output tensors; so the kernel sees TensorRT's order."""
+    sig, consts = signature(config, arch)
+    given = dict(zip(INPUT_PTRS, inputs))
+    given.update(zip(EXTRA_ARGS, extra))
+    given.update(zip(OUTPUT_PTRS, outputs))
+    if len(given) != len(INPUT_PTRS) + len(EXTRA_ARGS) + len(OUTPUT_PTRS):
+        raise ValueError(f"expected {len(INPUT_PTRS)} inputs, {len(EXTRA_ARGS)} extra values and "
+                         f"{len(OUTPUT_PTRS)} outputs.")
+    return [consts[name] if kind == "constexpr" else given[name] for name, kind in sig.items()]
+
+
+def compile_for_tensorrt(config: aot.KernelConfig, arch: int,
+                         ptx_version: int | None = None, values: dict | None = None) -> aot.Build:
+    """PTX (and cubin) of :func:`raymarch_trt_kernel` for one compute capability, with the same
+    compiler options as ``engines.raymarch.aot.compile_arch`` (:func:`compile_entry`). Without
+    the ``values`` hints a tap's values load one by one (sm_90, paper512 sizes, fp16
+    tri-plane: 0.67 M instructions per ray and 1.1 KB of spills, against 0.23 M and 40 bytes
+    with them)."""
+    compiled = compile_entry(config, arch, ptx_version, values)
+    meta = compiled.metadata
     return aot.Build(arch=int(arch), name=meta.name, ptx=compiled.asm["ptx"],
                      cubin=bytes(compiled.asm["cubin"]), shared=int(meta.shared),
                      num_warps=int(meta.num_warps), block_rays=config.block_rays, config=config)

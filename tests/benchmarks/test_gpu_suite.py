@@ -26,6 +26,16 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     dense = next(c for c in check["cases"] if c["kind"] == "dense")
     empty = next(c for c in check["cases"] if c["kind"] == "empty")
     assert dense["mean_opacity_reference"] > 0.9 and empty["mean_opacity_reference"] < 1e-3
+    # The TensorRT engine's kernel entry point, launched with the plugin's plan and arguments
+    # in TensorRT's order (here under the interpreter), on fp32 and fp16 node tri-planes.
+    engine = report["tensorrt_kernel"]
+    assert "error" not in engine, engine.get("traceback")
+    assert engine["all_passed"] is True
+    assert [c["triplane_dtype"] for c in engine["cases"]] == ["float32", "float16"]
+    for case in engine["cases"]:
+        assert case["features"]["max_abs_err"] < 1e-4 and case["depth"]["finite"]
+        assert case["workspace_rows_written"] == case["rays"]  # one row a ray, NaN elsewhere
+        assert case["engine_kernel"]["p50_ms"] > 0 and case["torch_op"]["p50_ms"] > 0
     assert "float32" in report["raymarch_timing"]
     sweep = report["raymarch_timing"]["launch_sweep"]  # the dry run's two rows
     assert [(r["variant"], r["dot_precision"], r["triplane_dtype"]) for r in sweep] == [

@@ -29,7 +29,9 @@ def test_section_skips_without_a_gpu(monkeypatch):
 def test_dry_run_report_has_the_tensorrt_record(monkeypatch, tmp_path):
     trt_standin.uninstall(monkeypatch)
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # main() sets it; monkeypatch restores it
-    for name in ("kernel_check", "raymarch_timing"):
+    # Stubbed as well: in this process the interpreter setting would otherwise reach the
+    # kernel modules the engine-kernel section imports, and stay for later tests.
+    for name in ("kernel_check", "raymarch_timing", "tensorrt_kernel"):
         monkeypatch.setattr(gpu_suite, name, lambda *args: {"stub": True})
     monkeypatch.setattr(gpu_suite, "model_timing", lambda *args: {"variants": {}})
     monkeypatch.setattr(gpu_suite, "print_table", lambda data: None)

@@ -88,3 +88,25 @@ def test_plugin_kernel_precision_follows_the_torch_op():
     assert kernel_abi.dot_precision(86, "bfloat16") == "fp16"
     ptx = kernel_abi.compile_for_tensorrt(aot.KernelConfig.tiny(triplane_dtype="float16"), 90).ptx
     assert re.search(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.f16\.f16\.f32", ptx)
+
+
+def test_compiled_kernel_arguments_follow_the_launchers_signature():
+    # The GPU suite launches the AOT-compiled entry point through Triton's launcher, which
+    # parses one argument per signature entry (constexprs included) and hands the kernel the
+    # rest; those must be TensorRT's order: 7 inputs, 17 extra values, 4 outputs.
+    from engines.raymarch import aot
+    from engines.trt import kernel_abi
+
+    config = aot.KernelConfig.tiny(triplane_dtype="float16")
+    sig, consts = kernel_abi.signature(config, 90)
+    inputs = [f"in{i}" for i in range(7)]
+    extra = list(range(100, 117))
+    outputs = [f"out{i}" for i in range(4)]
+    args = kernel_abi.compiled_arguments(config, 90, inputs, extra, outputs)
+    assert len(args) == len(sig)
+    runtime = [a for a, kind in zip(args, sig.values()) if kind != "constexpr"]
+    assert runtime == inputs + extra + outputs
+    assert list(sig)[:31] == list(kernel_abi.raymarch_trt_kernel.arg_names[:31])
+    assert dict(zip(sig, args))["WORKSPACE"] == 1 == consts["WORKSPACE"]
+    with pytest.raises(ValueError, match="expected 7 inputs"):
+        kernel_abi.compiled_arguments(config, 90, inputs[:6], extra, outputs)
