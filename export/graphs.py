@@ -11,8 +11,10 @@ node whose op type, domain, version and attributes come from ``engines.raymarch.
 (``variant="plugin"``, see :mod:`export.plugin`).
 
 Precision: ``fp16`` runs the generator and the super-resolution in float16 while the camera
-rays, the whole ray march (sampling, decoder MLP, compositing) and the depth stay float32; the
-renderer casts the tri-plane up itself and its features go back to float16 for the SR.
+rays, the whole ray march's arithmetic (sampling, decoder MLP, compositing) and the depth stay
+float32; the portable renderer casts the tri-plane up itself, the plugin node reads it in float16
+(half the bytes; the TensorRT kernel sums its taps in packed fp16 before fp16 tensor-core
+products with fp32 accumulation), and the features go back to float16 for the SR.
 """
 from __future__ import annotations
 
