@@ -27,8 +27,11 @@ loses only what had not run yet):
    memory and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
    + kernel, bf16 + channels_last, bf16 and fp16 + CUDA graph; then bf16 + channels_last
    eager, CUDA graph and torch.compile with the sweep's fastest launch on half-precision
-   tri-planes in force (``engines.raymarch.op.default_launch``); last, as the budget allows,
-   bf16 + torch.compile with the default launch. The two bf16 channels_last eager variants
+   tri-planes in force (``engines.raymarch.op.default_launch``); then, where the ``ops``
+   section found faster forms of generate's operators, bf16 + channels_last eager and CUDA
+   graph with those forms in the model's place (``benchmarks.ops.fastest_forms``; the
+   variant records which); last, as the budget allows, bf16 + torch.compile with the default
+   launch. The two bf16 channels_last eager variants
    are also profiled stage by stage (torch.profiler): kernel launches and kernel time per
    frame, and the kernels that take it.
 5. ``ops`` (runs before ``model``): ``benchmarks.ops``, the candidate forms of generate's
@@ -447,9 +450,12 @@ def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
     return rows
 
 
-def model_variants(torch, device, dry_run: bool, compile_ok: bool, best=None):
+def model_variants(torch, device, dry_run: bool, compile_ok: bool, best=None,
+                   forms: bool = False):
     """(name, dtype, renderer impl, channels_last, mode, kernel launch or None) in the order
-    they run; ``best``: the launch the sweep found fastest for half-precision tri-planes."""
+    they run; ``best``: the launch the sweep found fastest for half-precision tri-planes;
+    ``forms``: the ops section found faster forms of generate's operators, so the best-launch
+    variant runs once more with them in place (``benchmarks.ops.fastest_forms``)."""
     kernel_impl = "kernel"
     out = [("fp32-reference", torch.float32, "reference", False, "eager"),
            ("fp32-kernel", torch.float32, kernel_impl, False, "eager"),
@@ -470,6 +476,13 @@ def model_variants(torch, device, dry_run: bool, compile_ok: bool, best=None):
             if compile_ok:
                 out.append(("bf16-kernel-best-launch-compile", torch.bfloat16, kernel_impl,
                             True, "compile", best))
+    if forms:
+        # The frame with generate's fastest operator forms: measured in the same run as the
+        # forms themselves (GPU loans are rare), eager with its stage times and as a CUDA graph.
+        out.append(("bf16-kernel-best-forms", torch.bfloat16, kernel_impl, True, "eager", best))
+        if device.type == "cuda":
+            out.append(("bf16-kernel-best-forms-cudagraph", torch.bfloat16, kernel_impl, True,
+                        "cudagraph", best))
     # Last: each compile takes tens of seconds of the budget, and with a best launch the
     # variant above is the likelier winner (this one repeats the first H200 report's best).
     if device.type == "cuda" and compile_ok:
@@ -496,8 +509,12 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
     base = build_model(config, seed=0)
     base.clebs.freeze_basis()
     best = half_precision_launch(report.data.get("raymarch_timing", {}))
+    # The ops section's sites whose fastest form is not the model's own (in a dry run the
+    # variant runs even with none, so that its code runs too).
+    sites = [s for s in report.data.get("ops", {}).get("sites", [])
+             if s.get("fastest_within") not in (None, "model")]
     for name, dtype, impl, channels_last, mode, launch in model_variants(
-            torch, device, dry_run, compile_ok, best):
+            torch, device, dry_run, compile_ok, best, forms=bool(sites) or dry_run):
         if budget.left() < (150 if mode == "compile" else 20):
             results["variants"][name] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
             continue
@@ -505,7 +522,8 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
         try:
             results["variants"][name] = run_variant(
                 torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters,
-                launch, profile_stages=name in PROFILED_VARIANTS)
+                launch, profile_stages=name in PROFILED_VARIANTS,
+                forms=sites if "best-forms" in name else None)
         except Exception as exc:
             results["variants"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                          "traceback": traceback.format_exc(limit=6)}
@@ -522,23 +540,34 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
 
 
 def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters,
-                launch=None, profile_stages=False):
+                launch=None, profile_stages=False, forms=None, prepared=False):
+    """One model variant timed (see model_timing); ``forms``: ops sites whose fastest forms
+    run in the model's place; ``prepared``: ``base`` is already this variant's model."""
     if launch:
         from engines.raymarch.op import default_launch
 
         with default_launch(**launch):
             out = run_variant(torch, base, config, device, dtype, impl, channels_last, mode,
-                              warmup, iters, profile_stages=profile_stages)
+                              warmup, iters, profile_stages=profile_stages, forms=forms)
         return {**out, "kernel_launch": launch}
     import copy
 
     from export3d.camera import orbit_path
 
-    model = copy.deepcopy(base).to(device=device, dtype=dtype)
-    model.renderer.impl = impl
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = base
+    if not prepared:
+        model = copy.deepcopy(base).to(device=device, dtype=dtype)
+        model.renderer.impl = impl
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+    if forms is not None:
+        from benchmarks.ops import fastest_forms
+
+        with fastest_forms(model, forms) as chosen:
+            out = run_variant(torch, model, config, device, dtype, impl, channels_last, mode,
+                              warmup, iters, profile_stages=profile_stages, prepared=True)
+        return {**out, "forms": chosen}
     image = (torch.rand(1, 3, config.image_size, config.image_size, device=device) * 2 - 1)
     image = image.to(dtype).contiguous(memory_format=memory_format)
     expr = torch.randn(1, config.expr_dim, device=device, dtype=dtype)

@@ -30,6 +30,7 @@ code change in ``export3d.generator`` made after a GPU has measured it here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -112,41 +113,141 @@ def _attention(q, k, v, backend: str | None, kwargs):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
+# Each kind's forms by name, as functions of the live call (so a chosen form can also be put
+# in the model's place: fastest_forms). attention: (q, k, v, kwargs, sdpa) with ``sdpa`` the
+# function to call; depthwise: (conv, x); lowpass: (lowpass, x), ``conv`` / ``lowpass`` the
+# module's own forward.
+def attention_form(name: str):
+    backend = None if name == "model" else name.upper()
+
+    def form(q, k, v, kwargs, sdpa=None):
+        sdpa = sdpa or F.scaled_dot_product_attention
+        if backend is None:
+            return sdpa(q, k, v, **kwargs)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([getattr(SDPBackend, backend)]):
+            return sdpa(q, k, v, **kwargs)
+    return form
+
+
+def attention_form_names() -> list[str]:
+    return ["model"] + [b.lower() for b in ATTENTION_BACKENDS
+                        if hasattr(torch.nn.attention.SDPBackend, b)]
+
+
+DEPTHWISE_FORMS = {
+    "model": lambda conv, x: conv(x),
+    "nchw": lambda conv, x: conv(x.contiguous()),
+    "channels_last": lambda conv, x: conv(x.contiguous(memory_format=torch.channels_last)),
+}
+
+
+def _lowpass_5x5(lowpass, x):
+    c, pad = x.shape[1], lowpass.pad
+    k1 = lowpass.kernel.to(x.dtype)
+    k2 = (k1[:, None] * k1[None, :]).expand(c, 1, -1, -1)  # the outer product, [C, 1, 5, 5]
+    return F.conv2d(F.pad(x, (pad,) * 4, mode="replicate"), k2, groups=c)
+
+
+def _lowpass_folded(lowpass, x):  # channels into the batch: single-channel convolutions, NCHW
+    b, c, h, w = x.shape
+    k1 = lowpass.kernel.to(x.dtype)
+    y = F.pad(x.contiguous().reshape(b * c, 1, h, w), (lowpass.pad,) * 4, mode="replicate")
+    y = F.conv2d(y, k1.reshape(1, 1, 1, -1))
+    return F.conv2d(y, k1.reshape(1, 1, -1, 1)).reshape(b, c, h, w)
+
+
+# x: [B, C, H, W] after a pixel shuffle; every form is replicate padding and the same separable
+# 5-tap Gaussian, summed in a different order.
+LOWPASS_FORMS = {
+    "model": lambda lowpass, x: lowpass(x),
+    "depthwise_5x5": _lowpass_5x5,
+    "batch_folded": _lowpass_folded,
+    "channels_last": lambda lowpass, x: lowpass(x.contiguous(memory_format=torch.channels_last)),
+}
+
+
 def attention_forms(q, k, v, kwargs) -> dict:
-    forms = {"model": lambda: _attention(q, k, v, None, kwargs)}
-    for backend in ATTENTION_BACKENDS:
-        if hasattr(torch.nn.attention.SDPBackend, backend):
-            forms[backend.lower()] = (lambda b=backend: _attention(q, k, v, b, kwargs))
-    return forms
+    return {name: (lambda f=attention_form(name): f(q, k, v, kwargs))
+            for name in attention_form_names()}
 
 
 def depthwise_forms(x, conv) -> dict:
     """x: the [B, C, h, w] token-grid view Mix-FFN passes its depthwise conv (channels-last
     strides); each form ends in a tensor the next Linear reads as tokens without a copy."""
-    return {"model": lambda: conv(x),
-            "nchw": lambda: conv(x.contiguous()),
-            "channels_last": lambda: conv(x.contiguous(memory_format=torch.channels_last))}
+    return {name: (lambda f=f: f(conv, x)) for name, f in DEPTHWISE_FORMS.items()}
 
 
 def lowpass_forms(x, lowpass) -> dict:
-    """x: [B, C, H, W] after a pixel shuffle; every form is replicate padding and the same
-    separable 5-tap Gaussian, summed in a different order."""
-    c = x.shape[1]
-    pad = lowpass.pad
-    k1 = lowpass.kernel.to(x.dtype)
-    k2 = (k1[:, None] * k1[None, :]).expand(c, 1, -1, -1)  # the outer product, [C, 1, 5, 5]
+    return {name: (lambda f=f: f(lowpass, x)) for name, f in LOWPASS_FORMS.items()}
 
-    def single_5x5():
-        return F.conv2d(F.pad(x, (pad,) * 4, mode="replicate"), k2, groups=c)
 
-    def folded():  # channels into the batch: single-channel convolutions, NCHW
-        b, _, h, w = x.shape
-        y = F.pad(x.contiguous().reshape(b * c, 1, h, w), (pad,) * 4, mode="replicate")
-        y = F.conv2d(y, k1.reshape(1, 1, 1, -1))
-        return F.conv2d(y, k1.reshape(1, 1, -1, 1)).reshape(b, c, h, w)
+class _Unpatched:
+    """A module as a form sees it in :func:`fastest_forms`: its attributes, and calling it runs
+    the class's own forward (not the one put in its place, which would call the form again)."""
 
-    return {"model": lambda: lowpass(x), "depthwise_5x5": single_5x5, "batch_folded": folded,
-            "channels_last": lambda: lowpass(x.contiguous(memory_format=torch.channels_last))}
+    def __init__(self, module):
+        self._module = module
+        self._forward = type(module).forward.__get__(module)
+
+    def __call__(self, *args, **kwargs):
+        return self._forward(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+@contextlib.contextmanager
+def fastest_forms(model, sites: list[dict]):
+    """Within the block, ``model``'s generator runs each site that ``op_candidates`` measured
+    (``sites``: its result's ``sites``) in the site's ``fastest_within`` form, chosen by the
+    call's input shapes (the same module can serve sites of several shapes); calls of other
+    shapes, and sites whose fastest form is the model's own, run as before. Eager and CUDA-graph
+    use (it replaces module forwards and ``F.scaled_dot_product_attention`` for the block);
+    yields {kind: {shapes: form}} of what it put in place."""
+    from export3d.generator import GaussianLowPass, MixFFN
+
+    chosen: dict = {"attention": {}, "depthwise": {}, "lowpass": {}}
+    for site in sites:
+        best = site.get("fastest_within")
+        if best and best != "model":
+            chosen[site["kind"]][tuple(tuple(shape) for shape in site["shapes"])] = best
+    patched = []
+
+    def patch(module, kind, table):
+        own = _Unpatched(module)
+
+        def forward(x, *args, **kwargs):
+            name = chosen[kind].get((tuple(x.shape),))
+            if name is None or args or kwargs:
+                return own(x, *args, **kwargs)
+            return table[name](own, x)
+        module.forward = forward
+        patched.append(module)
+
+    for module in model.modules():
+        if isinstance(module, GaussianLowPass) and chosen["lowpass"]:
+            patch(module, "lowpass", LOWPASS_FORMS)
+        elif isinstance(module, MixFFN) and chosen["depthwise"]:
+            patch(module.dwconv, "depthwise", DEPTHWISE_FORMS)
+    original = F.scaled_dot_product_attention
+
+    def sdpa(q, k, v, *args, **kwargs):
+        name = chosen["attention"].get((tuple(q.shape), tuple(k.shape), tuple(v.shape)))
+        if name is None or args:
+            return original(q, k, v, *args, **kwargs)
+        return attention_form(name)(q, k, v, kwargs, sdpa=original)
+
+    if chosen["attention"]:
+        F.scaled_dot_product_attention = sdpa
+    try:
+        yield {kind: {" ".join("x".join(map(str, s)) for s in shapes): name
+                      for shapes, name in table.items()} for kind, table in chosen.items()}
+    finally:
+        F.scaled_dot_product_attention = original
+        for module in patched:
+            del module.forward
 
 
 def _forms(site) -> dict:

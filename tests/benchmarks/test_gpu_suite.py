@@ -45,7 +45,15 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
         assert row["within_tolerance"] and row["max_abs_err_features"] < 2e-3
         assert row["p50_ms"] > 0
     variants = report["model"]["variants"]
-    assert set(variants) == {"fp32-reference", "fp32-kernel", "bf16-kernel-best-launch"}
+    assert set(variants) == {"fp32-reference", "fp32-kernel", "bf16-kernel-best-launch",
+                             "bf16-kernel-best-forms"}
+    # The forms variant ran with what the ops section found fastest (on this CPU, whatever
+    # that was), and says which forms it put in place.
+    forms = variants["bf16-kernel-best-forms"]["forms"]
+    assert set(forms) == {"attention", "depthwise", "lowpass"}
+    for kind, table in forms.items():
+        fastest = {s["fastest_within"] for s in report["ops"]["sites"] if s["kind"] == kind}
+        assert set(table.values()) <= fastest - {"model"}, (kind, table, fastest)
     # The model ran once more with the sweep's fastest half-precision launch in force.
     fastest = min((r for r in sweep if r["triplane_dtype"] == "float16"),
                   key=lambda r: r["p50_ms"])

@@ -72,3 +72,42 @@ def test_a_wrong_form_is_not_within_tolerance(tiny, monkeypatch):
     assert measured["forms"]["horizontal_only"]["within"] is False
     assert measured["forms"]["horizontal_only"]["max_abs_err"] > 10 * measured["tolerance"]
     assert measured["fastest_within"] != "horizontal_only"
+
+
+def test_fastest_forms_put_the_chosen_forms_in_the_models_place(tiny, monkeypatch):
+    # Sites as op_candidates reports them, each with a non-model form chosen; within the
+    # block every call of those shapes runs that form (counted), the frame's tri-plane is the
+    # model's own within fp32 rounding, and afterwards the model and F are as they were.
+    import torch.nn.functional as F
+
+    model, source, expr = tiny
+    sites = ops.capture_sites(model, source, expr)
+    choice = {"attention": "math", "depthwise": "nchw", "lowpass": "batch_folded"}
+    measured = [{"kind": s["kind"], "shapes": [list(t.shape) for t in s["inputs"]],
+                 "fastest_within": choice[s["kind"]]} for s in sites]
+    used = []
+    for table, name in ((ops.DEPTHWISE_FORMS, "nchw"), (ops.LOWPASS_FORMS, "batch_folded")):
+        real = table[name]
+        monkeypatch.setitem(table, name, lambda own, x, real=real, name=name: (
+            used.append(name), real(own, x))[1])
+    real_form = ops.attention_form
+
+    def counted(name):
+        used.append(name)
+        return real_form(name)
+
+    monkeypatch.setattr(ops, "attention_form", counted)
+    sdpa = F.scaled_dot_product_attention
+    with torch.inference_mode():
+        want = model.generate(source, expr)
+        with ops.fastest_forms(model, measured) as chosen:
+            got = model.generate(source, expr)
+        again = model.generate(source, expr)
+    config = get_config("tiny")
+    blocks = config.vit_blocks + config.fusion_blocks
+    assert sorted(used) == sorted(["math"] * blocks + ["nchw"] * blocks + ["batch_folded"] * 2)
+    assert set(chosen["lowpass"].values()) == {"batch_folded"} and len(chosen["attention"]) == 2
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    assert torch.equal(again, want)
+    assert F.scaled_dot_product_attention is sdpa
+    assert not any("forward" in vars(m) for m in model.modules())
