@@ -1,5 +1,6 @@
-"""Candidate forms of the generator's per-frame operators, timed against the model's own form
-on the inputs the model gives them: what adopting each would save per frame.
+"""Candidate forms of the per-frame operators of generate and super-resolution, timed against
+the model's own form on the inputs the model gives them: what adopting each would save per
+frame.
 
 ``python -m benchmarks.ops [--preset paper512] [--dtype bfloat16] [--device cuda] [--json F]``
 (also a section of ``benchmarks.gpu_suite``; on a CPU at ``tiny`` size it only proves it runs)
@@ -18,14 +19,22 @@ whose speed depends on the card, its cuDNN and its attention kernels, not on ari
   after a replicate pad (the SR up-sampler's depthwise transposed convolution was one of
   cuDNN's slow paths). Candidates: one depthwise 5 x 5 (the outer product), channels folded
   into the batch (single-channel convolutions), the model's form on a channels-last copy.
-The sites are found by running ``model.generate`` once (a torch-function mode records the
-attention calls, forward hooks the depthwise and low-pass modules), so the inputs have the
+- ``superres``: each super-resolution block (2.8 ms of that frame, when its up-sampler was
+  still a transposed convolution): FIR x2 up-sampling, then a 3 x 3 convolution. Candidate:
+  ``polyphase``, the convolution of the up-sampled image as one convolution of the input with
+  4x the output channels and a pixel shuffle (the same multiply-adds; at paper512's second
+  block it skips writing, scaling and reading back a 128 MB up-sampled tensor), its four
+  border lines recomputed the model's way.
+The sites are found by running a frame once (a torch-function mode records the attention
+calls, forward hooks the depthwise, low-pass and SR-block modules), so the inputs have the
 shapes, dtype and memory layout the model really produces, and the calls per frame are
 counted. Every candidate is checked against the model's form computed in fp32 on the same
 inputs: ``max_abs_err``, and ``within`` = at most twice the model's own form's error (its
 rounding in the working dtype) plus 1e-4 of the output's scale. ``saving_ms_per_frame`` =
 (model p50 - fastest candidate within tolerance p50) x calls per frame. Adopting a form is a
-code change in ``export3d.generator`` made after a GPU has measured it here.
+code change in ``export3d.generator`` or ``export3d.superres`` made after a GPU has measured
+it here; :func:`fastest_forms` puts the fastest in the model's place for a block, so the GPU
+suite can time the whole frame with them in the same run.
 """
 from __future__ import annotations
 
@@ -69,11 +78,14 @@ def _layout(t: torch.Tensor) -> str:
     return "contiguous" if t.is_contiguous() else f"strides {tuple(t.stride())}"
 
 
-def capture_sites(model, source, expr) -> list[dict]:
-    """Run ``model.generate(source, expr)`` once and return its candidate sites: kind, the
-    first call's inputs (cloned with their strides), the module or keyword arguments, and the
-    number of calls per frame with those shapes and layout."""
+def capture_sites(model, source, expr, camera=None) -> list[dict]:
+    """Run a frame once (``model.generate(source, expr)``, then render with ``camera``, by
+    default a frontal-ish orbit camera, and super-resolve) and return its candidate sites:
+    kind, the first call's inputs (cloned with their strides), the module or keyword
+    arguments, and the number of calls per frame with those shapes and layout."""
+    from export3d.camera import orbit_path
     from export3d.generator import GaussianLowPass, MixFFN
+    from export3d.superres import SRBlock
 
     sites: dict = {}
 
@@ -93,9 +105,16 @@ def capture_sites(model, source, expr) -> list[dict]:
         elif isinstance(module, MixFFN):
             handles.append(module.dwconv.register_forward_pre_hook(
                 lambda m, args: record("depthwise", args[:1], m)))
+        elif isinstance(module, SRBlock):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args: record("superres", args[:2], m)))
+    if camera is None:
+        camera = orbit_path("circle", 5)[2:3]
     try:
         with torch.inference_mode(), _RecordAttention(record):
-            model.generate(source, expr)
+            triplane = model.generate(source, expr)
+            features = model.render(triplane, camera.to(triplane.device))[0]
+            model.superresolve(features.to(triplane.dtype))
     finally:
         for handle in handles:
             handle.remove()
@@ -168,6 +187,58 @@ LOWPASS_FORMS = {
 }
 
 
+# Super-resolution: each SRBlock's up-sample + first convolution. The FIR x2 up-sampler makes
+# u[2a + p] of x[a - 1 .. a + 1]; row d + 1 of _PHASES[p] holds the weights of x[a - 1], x[a],
+# x[a + 1] in u[2a + p + d], d the convolution's tap offset (-1, 0, 1).
+_PHASES = ((( 0.75, 0.25, 0.0), (0.25, 0.75, 0.0), (0.0, 0.75, 0.25)),  # noqa: E201
+           ((0.25, 0.75, 0.0), (0.0, 0.75, 0.25), (0.0, 0.25, 0.75)))
+
+
+def polyphase_weight(conv) -> tuple[torch.Tensor, torch.Tensor]:
+    """``conv`` (3 x 3, padding 1) after the x2 up-sampler, as one 3 x 3 convolution of the
+    low-resolution input with 4x the output channels (channel 4o + 2p + q: output channel o at
+    sub-pixel (p, q), pixel_shuffle's order): weights ``A_p^T W A_q`` computed in fp32."""
+    w = conv.weight.float()
+    a = torch.tensor(_PHASES, device=w.device)
+    k = torch.einsum("pdm,oide,qen->opqimn", a, w, a)
+    o, i = w.shape[:2]
+    k = k.reshape(4 * o, i, 3, 3).to(conv.weight.dtype)
+    return k, conv.bias.repeat_interleave(4)
+
+
+def _up_conv_polyphase(block, x):
+    """``block.conv0(block.up(x))`` as one convolution of ``x`` and a pixel shuffle: the same
+    multiply-adds without the 4x up-sampled tensor (at paper512's second block, 128 MB of bf16
+    written, scaled and read again). The four border lines differ (the convolution's zero
+    padding of the up-sampled image is not the up-sampler's), so they are recomputed the
+    model's way from two-line strips of ``x``."""
+    k, b = polyphase_weight(block.conv0)
+    z = F.pixel_shuffle(F.conv2d(x, k, b, padding=1), 2)
+    conv, up = block.conv0, block.up
+    z[..., :1, :] = conv(up(x[..., :2, :]))[..., :1, :]
+    z[..., -1:, :] = conv(up(x[..., -2:, :]))[..., -1:, :]
+    z[..., :, :1] = conv(up(x[..., :, :2]))[..., :, :1]
+    z[..., :, -1:] = conv(up(x[..., :, -2:]))[..., :, -1:]
+    return z
+
+
+def _sr_block_polyphase(block, x, rgb):
+    h = F.leaky_relu(_up_conv_polyphase(block, x), 0.2)
+    h = F.leaky_relu(block.conv1(h), 0.2)
+    return h, block.up(rgb) + block.torgb(h)
+
+
+# (block, x, rgb) -> (features, rgb), as export3d.superres.SRBlock.forward.
+SUPERRES_FORMS = {
+    "model": lambda block, x, rgb: block(x, rgb),
+    "polyphase": _sr_block_polyphase,
+}
+
+
+def superres_forms(x, rgb, block) -> dict:
+    return {name: (lambda f=f: f(block, x, rgb)) for name, f in SUPERRES_FORMS.items()}
+
+
 def attention_forms(q, k, v, kwargs) -> dict:
     return {name: (lambda f=attention_form(name): f(q, k, v, kwargs))
             for name in attention_form_names()}
@@ -207,8 +278,9 @@ def fastest_forms(model, sites: list[dict]):
     use (it replaces module forwards and ``F.scaled_dot_product_attention`` for the block);
     yields {kind: {shapes: form}} of what it put in place."""
     from export3d.generator import GaussianLowPass, MixFFN
+    from export3d.superres import SRBlock
 
-    chosen: dict = {"attention": {}, "depthwise": {}, "lowpass": {}}
+    chosen: dict = {"attention": {}, "depthwise": {}, "lowpass": {}, "superres": {}}
     for site in sites:
         best = site.get("fastest_within")
         if best and best != "model":
@@ -218,11 +290,11 @@ def fastest_forms(model, sites: list[dict]):
     def patch(module, kind, table):
         own = _Unpatched(module)
 
-        def forward(x, *args, **kwargs):
-            name = chosen[kind].get((tuple(x.shape),))
-            if name is None or args or kwargs:
-                return own(x, *args, **kwargs)
-            return table[name](own, x)
+        def forward(*args, **kwargs):
+            name = chosen[kind].get(tuple(tuple(a.shape) for a in args))
+            if name is None or kwargs:
+                return own(*args, **kwargs)
+            return table[name](own, *args)
         module.forward = forward
         patched.append(module)
 
@@ -231,6 +303,8 @@ def fastest_forms(model, sites: list[dict]):
             patch(module, "lowpass", LOWPASS_FORMS)
         elif isinstance(module, MixFFN) and chosen["depthwise"]:
             patch(module.dwconv, "depthwise", DEPTHWISE_FORMS)
+        elif isinstance(module, SRBlock) and chosen["superres"]:
+            patch(module, "superres", SUPERRES_FORMS)
     original = F.scaled_dot_product_attention
 
     def sdpa(q, k, v, *args, **kwargs):
@@ -256,7 +330,16 @@ def _forms(site) -> dict:
         return attention_forms(*inputs, site["extra"])
     if site["kind"] == "depthwise":
         return depthwise_forms(inputs[0], site["extra"])
+    if site["kind"] == "superres":
+        return superres_forms(*inputs, site["extra"])
     return lowpass_forms(inputs[0], site["extra"])
+
+
+def _flat(result) -> torch.Tensor:
+    """A form's result as one fp32 tensor (a super-resolution block returns two)."""
+    if isinstance(result, (tuple, list)):
+        return torch.cat([t.float().flatten() for t in result])
+    return result.float()
 
 
 def _fp32_reference(site) -> torch.Tensor:
@@ -272,7 +355,7 @@ def _fp32_reference(site) -> torch.Tensor:
     try:
         if site["kind"] == "attention":
             return _attention(*inputs, "MATH" if inputs[0].is_cuda else None, extra)
-        return copy.deepcopy(extra).float()(inputs[0])
+        return _flat(copy.deepcopy(extra).float()(*inputs))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
@@ -292,8 +375,8 @@ def measure_site(site, warmup: int, iters: int) -> dict:
             row: dict = {}
             try:
                 result = fn()
-                row["max_abs_err"] = float((result.float() - reference).abs().max())
-                row["out_layout"] = _layout(result)
+                row["max_abs_err"] = float((_flat(result) - reference).abs().max())
+                row["out_layout"] = _layout(result[0] if isinstance(result, tuple) else result)
                 row.update(stats(time_cuda(fn, warmup, iters, torch)))
             except Exception as exc:  # a backend that refuses these shapes or this card
                 row = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}

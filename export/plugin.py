@@ -8,8 +8,8 @@ module), never from here. What this module needs from it, by name:
   ``b1 [Hd]``, ``w2 [Hd, 1 + F]``, ``b2 [1 + F]``, ``origins`` / ``directions`` ``[B, R, 3]``
   (the arguments of ``export3d.renderer.raymarch_reference``, decoder in math layout);
 - ``TRIPLANE_LAYOUT`` (optional): ``"channels_last"``, the node takes the tri-plane as
-  ``[B, 3, P, P, C]`` (a Transpose in the graph, which TensorRT folds into the producing
-  convolution's output format or runs as one copy), else as ``[B, 3, C, P, P]``;
+  ``[B, 3, P, P, C]`` (a Transpose in the graph: one copy of the tri-plane at most), else as
+  ``[B, 3, C, P, P]``;
 - ``OUTPUTS``: output names in node order, drawn from ``features [B, R, F]``, ``depth [B, R]``,
   ``opacity [B, R]`` and ``workspace`` (scratch nothing reads, shape from the contract's
   ``workspace_shape(B, R, Sc, Sf)``);

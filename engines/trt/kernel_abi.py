@@ -13,8 +13,8 @@ An ahead-of-time plugin gets no workspace of its own, so the ONNX node (contract
 declares one as its fourth output, ``workspace``, which nothing downstream reads: TensorRT
 allocates it with the other activations and passes it as the last output pointer, and the
 kernel keeps each ray's CDF and merged depths there, as the torch op's launch does
-(``WORKSPACE``; without it, for a configuration with no fine samples, the pointer is ignored
-and the CDF would stay in registers). The node's tri-plane is channels last, ``[B, 3, P, P, C]``
+(``WORKSPACE``; 0 for a configuration with no fine samples, which needs none: the pointer is
+then ignored). The node's tri-plane is channels last, ``[B, 3, P, P, C]``
 (the strides come from ``plugin.launch_plan``), in the graph's dtype: fp16 in an fp16 graph,
 whose taps the kernel sums in packed fp16 with fp16 tensor-core products, as the torch op does.
 

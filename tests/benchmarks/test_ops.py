@@ -18,9 +18,15 @@ def test_sites_are_the_models_calls_with_their_inputs(tiny):
     config = get_config("tiny")
     sites = ops.capture_sites(*tiny)
     calls = {kind: sum(s["calls"] for s in sites if s["kind"] == kind)
-             for kind in ("attention", "depthwise", "lowpass")}
+             for kind in ("attention", "depthwise", "lowpass", "superres")}
     blocks = config.vit_blocks + config.fusion_blocks
-    assert calls == {"attention": blocks, "depthwise": blocks, "lowpass": 2}
+    assert calls == {"attention": blocks, "depthwise": blocks, "lowpass": 2, "superres": 2}
+    sr = sorted((s for s in sites if s["kind"] == "superres"),
+                key=lambda s: s["inputs"][0].shape[-1])  # the two SR blocks: x and rgb
+    r, c0 = config.render_size, config.sr_channels[0]
+    assert [[list(t.shape) for t in s["inputs"]] for s in sr] == [
+        [[1, config.triplane_channels, r, r], [1, 3, r, r]],
+        [[1, c0, 2 * r, 2 * r], [1, 3, 2 * r, 2 * r]]]
     g, d, heads = config.token_grid, config.token_dim, config.heads
     low = [s for s in sites if s["kind"] == "attention" and s["calls"] == config.vit_blocks]
     assert [list(t.shape) for t in low[0]["inputs"]] == [[1, heads, g * g, d // heads]] * 3
@@ -33,13 +39,15 @@ def test_sites_are_the_models_calls_with_their_inputs(tiny):
 
 def test_every_form_matches_the_model_and_the_saving_is_the_fastest_within(tiny):
     result = ops.op_candidates(*tiny, warmup=0, iters=2)
-    assert {s["kind"] for s in result["sites"]} == {"attention", "depthwise", "lowpass"}
+    assert {s["kind"] for s in result["sites"]} == {"attention", "depthwise", "lowpass",
+                                                    "superres"}
     for site in result["sites"]:
         forms = site["forms"]
         assert forms["model"]["max_abs_err"] == 0.0  # fp32: the model's form is the truth
         expected = {"attention": {"flash_attention", "math"},
                     "depthwise": {"nchw", "channels_last"},
-                    "lowpass": {"depthwise_5x5", "batch_folded", "channels_last"}}[site["kind"]]
+                    "lowpass": {"depthwise_5x5", "batch_folded", "channels_last"},
+                    "superres": {"polyphase"}}[site["kind"]]
         for name in expected:  # every CPU-capable form ran and agrees with the model
             assert forms[name]["within"], (site["kind"], name, forms[name])
             assert forms[name]["max_abs_err"] <= 1e-5
@@ -82,14 +90,16 @@ def test_fastest_forms_put_the_chosen_forms_in_the_models_place(tiny, monkeypatc
 
     model, source, expr = tiny
     sites = ops.capture_sites(model, source, expr)
-    choice = {"attention": "math", "depthwise": "nchw", "lowpass": "batch_folded"}
+    choice = {"attention": "math", "depthwise": "nchw", "lowpass": "batch_folded",
+              "superres": "polyphase"}
     measured = [{"kind": s["kind"], "shapes": [list(t.shape) for t in s["inputs"]],
                  "fastest_within": choice[s["kind"]]} for s in sites]
     used = []
-    for table, name in ((ops.DEPTHWISE_FORMS, "nchw"), (ops.LOWPASS_FORMS, "batch_folded")):
+    for table, name in ((ops.DEPTHWISE_FORMS, "nchw"), (ops.LOWPASS_FORMS, "batch_folded"),
+                        (ops.SUPERRES_FORMS, "polyphase")):
         real = table[name]
-        monkeypatch.setitem(table, name, lambda own, x, real=real, name=name: (
-            used.append(name), real(own, x))[1])
+        monkeypatch.setitem(table, name, lambda own, *x, real=real, name=name: (
+            used.append(name), real(own, *x))[1])
     real_form = ops.attention_form
 
     def counted(name):
@@ -98,16 +108,46 @@ def test_fastest_forms_put_the_chosen_forms_in_the_models_place(tiny, monkeypatc
 
     monkeypatch.setattr(ops, "attention_form", counted)
     sdpa = F.scaled_dot_product_attention
+    features = torch.randn(1, 8, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    def frame():
+        return model.generate(source, expr), model.superresolve(features)
+
     with torch.inference_mode():
-        want = model.generate(source, expr)
+        want = frame()
         with ops.fastest_forms(model, measured) as chosen:
-            got = model.generate(source, expr)
-        again = model.generate(source, expr)
+            got = frame()
+        again = frame()
     config = get_config("tiny")
     blocks = config.vit_blocks + config.fusion_blocks
-    assert sorted(used) == sorted(["math"] * blocks + ["nchw"] * blocks + ["batch_folded"] * 2)
+    assert sorted(used) == sorted(["math"] * blocks + ["nchw"] * blocks + ["batch_folded"] * 2
+                                  + ["polyphase"] * 2)
     assert set(chosen["lowpass"].values()) == {"batch_folded"} and len(chosen["attention"]) == 2
-    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
-    assert torch.equal(again, want)
+    assert set(chosen["superres"].values()) == {"polyphase"}
+    for a, b, c in zip(got, want, again):
+        assert float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
+        assert torch.equal(c, b)
     assert F.scaled_dot_product_attention is sdpa
     assert not any("forward" in vars(m) for m in model.modules())
+
+
+def test_polyphase_super_resolution_needs_its_border_lines(tiny, monkeypatch):
+    # The polyphase form's interior is exact; without recomputing the four border lines the
+    # convolution's zero padding of the up-sampled image would be the up-sampler's instead,
+    # and the tolerance must catch that.
+    import torch.nn.functional as F
+
+    def interior_only(block, x, rgb):
+        k, b = ops.polyphase_weight(block.conv0)
+        h = F.leaky_relu(F.pixel_shuffle(F.conv2d(x, k, b, padding=1), 2), 0.2)
+        h = F.leaky_relu(block.conv1(h), 0.2)
+        return h, block.up(rgb) + block.torgb(h)
+
+    monkeypatch.setitem(ops.SUPERRES_FORMS, "interior_only", interior_only)
+    sites = [s for s in ops.capture_sites(*tiny) if s["kind"] == "superres"]
+    for site in sites:
+        measured = ops.measure_site(site, warmup=0, iters=1)
+        assert measured["forms"]["polyphase"]["within"], measured["forms"]["polyphase"]
+        assert measured["forms"]["polyphase"]["max_abs_err"] <= 1e-5
+        assert measured["forms"]["interior_only"]["within"] is False
+        assert measured["forms"]["interior_only"]["max_abs_err"] > 10 * measured["tolerance"]

@@ -168,3 +168,17 @@ def test_default_launch_puts_one_ray_on_each_mma_row():
     assert kernel.default_block_rays("ieee") == kernel.DEFAULT_BLOCK_RAYS == 32
     with pytest.raises(ValueError, match="dot_precision"):
         kernel.default_block_rays("int8")
+
+
+def test_the_contracts_workspace_row_is_the_kernels():
+    # The torch op and the TensorRT node size each ray's workspace row from the contract
+    # (pure Python); the kernel indexes it with its own constexprs. A row one column short
+    # would let a ray write into the next ray's row.
+    from engines.raymarch import contract, kernel
+
+    for sc in (2, 3, 8, 16, 17, 33, 48, 64, 65, 130):
+        for sf in (0, 1, 48):
+            consts = kernel.constexprs(8, 16, 8, sc, sf, (0, 1, 0, 2, 1, 2), 32)
+            assert contract.workspace_columns(sc, sf) == consts["SC_PAD"] + sc + sf, (sc, sf)
+    assert contract.workspace_shape(1, 16384, 48, 48) == (16384, 160)
+    assert contract.workspace_shape(2, 100, 48, 48) == (256, 160)  # ceil(200 / 64) * 64
