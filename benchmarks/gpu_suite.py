@@ -35,10 +35,10 @@ loses only what had not run yet):
    are also profiled stage by stage (torch.profiler): kernel launches and kernel time per
    frame, and the kernels that take it.
 5. ``ops`` (runs before ``model``): ``benchmarks.ops``, the candidate forms of generate's
-   attention (each SDPA backend), Mix-FFN depthwise and Gaussian low-pass operators and of
-   super-resolution's up-sample + convolution (polyphase) against the model's own, on the
-   inputs a bf16 channels-last frame gives them: error, p50, calls per frame, and the saving
-   per frame of the fastest form within tolerance.
+   attention (each SDPA backend), Mix-FFN depthwise, Gaussian low-pass and EAdaLN operators
+   and of super-resolution's up-sample + convolution (polyphase) against the model's own, on
+   the inputs a bf16 channels-last frame gives them: error, p50, calls per frame, and the
+   saving per frame of the fastest form within tolerance.
 6. ``roofline``: the static per-stage floors of ``benchmarks.roofline`` for this card
    (generate and super-resolution, bf16); the summary divides the bf16 channels_last eager
    stages by them.

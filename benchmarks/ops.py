@@ -25,10 +25,14 @@ whose speed depends on the card, its cuDNN and its attention kernels, not on ari
   4x the output channels and a pixel shuffle (the same multiply-adds; at paper512's second
   block it skips writing, scaling and reading back a 128 MB up-sampled tensor), its four
   border lines recomputed the model's way.
+- ``eadaln``: the expression-adaptive layer norms (two per block; 16384 tokens x 1024 in the
+  fusion block), normalise, then scale and shift by the code's modulation: three passes over
+  the tokens. Candidate: ``affine_in_norm``, with a batch of one the modulation as the layer
+  norm's own weight and bias (one pass, rounded once).
 The sites are found by running a frame once (a torch-function mode records the attention
-calls, forward hooks the depthwise, low-pass and SR-block modules), so the inputs have the
-shapes, dtype and memory layout the model really produces, and the calls per frame are
-counted. Every candidate is checked against the model's form computed in fp32 on the same
+calls, forward hooks the depthwise, low-pass, EAdaLN and SR-block modules), so the inputs
+have the shapes, dtype and memory layout the model really produces, and the calls per frame
+are counted. Every candidate is checked against the model's form computed in fp32 on the same
 inputs: ``max_abs_err``, and ``within`` = at most twice the model's own form's error (its
 rounding in the working dtype) plus 1e-4 of the output's scale. ``saving_ms_per_frame`` =
 (model p50 - fastest candidate within tolerance p50) x calls per frame. Adopting a form is a
@@ -84,7 +88,7 @@ def capture_sites(model, source, expr, camera=None) -> list[dict]:
     kind, the first call's inputs (cloned with their strides), the module or keyword
     arguments, and the number of calls per frame with those shapes and layout."""
     from export3d.camera import orbit_path
-    from export3d.generator import GaussianLowPass, MixFFN
+    from export3d.generator import EAdaLN, GaussianLowPass, MixFFN
     from export3d.superres import SRBlock
 
     sites: dict = {}
@@ -108,6 +112,9 @@ def capture_sites(model, source, expr, camera=None) -> list[dict]:
         elif isinstance(module, SRBlock):
             handles.append(module.register_forward_pre_hook(
                 lambda m, args: record("superres", args[:2], m)))
+        elif isinstance(module, EAdaLN):
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args: record("eadaln", args[:2], m)))
     if camera is None:
         camera = orbit_path("circle", 5)[2:3]
     try:
@@ -235,6 +242,24 @@ SUPERRES_FORMS = {
 }
 
 
+def _eadaln_affine_in_norm(norm, x, code):
+    """EAdaLN with a batch of one: the modulation as the layer norm's own affine (one kernel
+    that rounds once, where the model's form is three: normalise, scale, shift)."""
+    if x.shape[0] != 1:
+        return norm(x, code)
+    mod = norm.proj(F.silu(code)).unsqueeze(1)
+    dim = norm.dim
+    out = F.layer_norm(x, (dim,), 1 + mod[0, 0, :dim], mod[0, 0, dim: 2 * dim])
+    return out, (mod[..., 2 * dim:] if norm.gate else None)
+
+
+# (norm, x, code) -> (out, gate or None), as export3d.generator.EAdaLN.forward.
+EADALN_FORMS = {
+    "model": lambda norm, x, code: norm(x, code),
+    "affine_in_norm": _eadaln_affine_in_norm,
+}
+
+
 def superres_forms(x, rgb, block) -> dict:
     return {name: (lambda f=f: f(block, x, rgb)) for name, f in SUPERRES_FORMS.items()}
 
@@ -277,10 +302,11 @@ def fastest_forms(model, sites: list[dict]):
     shapes, and sites whose fastest form is the model's own, run as before. Eager and CUDA-graph
     use (it replaces module forwards and ``F.scaled_dot_product_attention`` for the block);
     yields {kind: {shapes: form}} of what it put in place."""
-    from export3d.generator import GaussianLowPass, MixFFN
+    from export3d.generator import EAdaLN, GaussianLowPass, MixFFN
     from export3d.superres import SRBlock
 
-    chosen: dict = {"attention": {}, "depthwise": {}, "lowpass": {}, "superres": {}}
+    chosen: dict = {"attention": {}, "depthwise": {}, "lowpass": {}, "superres": {},
+                    "eadaln": {}}
     for site in sites:
         best = site.get("fastest_within")
         if best and best != "model":
@@ -305,6 +331,8 @@ def fastest_forms(model, sites: list[dict]):
             patch(module.dwconv, "depthwise", DEPTHWISE_FORMS)
         elif isinstance(module, SRBlock) and chosen["superres"]:
             patch(module, "superres", SUPERRES_FORMS)
+        elif isinstance(module, EAdaLN) and chosen["eadaln"]:
+            patch(module, "eadaln", EADALN_FORMS)
     original = F.scaled_dot_product_attention
 
     def sdpa(q, k, v, *args, **kwargs):
@@ -332,13 +360,16 @@ def _forms(site) -> dict:
         return depthwise_forms(inputs[0], site["extra"])
     if site["kind"] == "superres":
         return superres_forms(*inputs, site["extra"])
+    if site["kind"] == "eadaln":
+        x, code = inputs
+        return {name: (lambda f=f: f(site["extra"], x, code)) for name, f in EADALN_FORMS.items()}
     return lowpass_forms(inputs[0], site["extra"])
 
 
 def _flat(result) -> torch.Tensor:
     """A form's result as one fp32 tensor (a super-resolution block returns two)."""
     if isinstance(result, (tuple, list)):
-        return torch.cat([t.float().flatten() for t in result])
+        return torch.cat([t.float().flatten() for t in result if t is not None])
     return result.float()
 
 

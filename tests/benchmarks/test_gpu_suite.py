@@ -50,7 +50,7 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     # The forms variant ran with what the ops section found fastest (on this CPU, whatever
     # that was), and says which forms it put in place.
     forms = variants["bf16-kernel-best-forms"]["forms"]
-    assert set(forms) == {"attention", "depthwise", "lowpass", "superres"}
+    assert set(forms) == {"attention", "depthwise", "lowpass", "superres", "eadaln"}
     for kind, table in forms.items():
         fastest = {s["fastest_within"] for s in report["ops"]["sites"] if s["kind"] == kind}
         assert set(table.values()) <= fastest - {"model"}, (kind, table, fastest)
@@ -81,7 +81,7 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     ops = report["ops"]  # generate's candidate forms, tiny and fp32 in the dry run
     assert "error" not in ops, ops.get("traceback")
     assert {s["kind"] for s in ops["sites"]} == {"attention", "depthwise", "lowpass",
-                                                 "superres"}
+                                                 "superres", "eadaln"}
     assert all(s["forms"]["model"]["within"] and "fastest_within" in s for s in ops["sites"])
     roof = report["roofline"]  # the dry run's preset, H100 figures (no GPU here)
     assert "error" not in roof, roof.get("traceback")

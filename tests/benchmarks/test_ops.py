@@ -18,9 +18,10 @@ def test_sites_are_the_models_calls_with_their_inputs(tiny):
     config = get_config("tiny")
     sites = ops.capture_sites(*tiny)
     calls = {kind: sum(s["calls"] for s in sites if s["kind"] == kind)
-             for kind in ("attention", "depthwise", "lowpass", "superres")}
+             for kind in ("attention", "depthwise", "lowpass", "superres", "eadaln")}
     blocks = config.vit_blocks + config.fusion_blocks
-    assert calls == {"attention": blocks, "depthwise": blocks, "lowpass": 2, "superres": 2}
+    assert calls == {"attention": blocks, "depthwise": blocks, "lowpass": 2, "superres": 2,
+                     "eadaln": 2 * blocks}
     sr = sorted((s for s in sites if s["kind"] == "superres"),
                 key=lambda s: s["inputs"][0].shape[-1])  # the two SR blocks: x and rgb
     r, c0 = config.render_size, config.sr_channels[0]
@@ -40,14 +41,14 @@ def test_sites_are_the_models_calls_with_their_inputs(tiny):
 def test_every_form_matches_the_model_and_the_saving_is_the_fastest_within(tiny):
     result = ops.op_candidates(*tiny, warmup=0, iters=2)
     assert {s["kind"] for s in result["sites"]} == {"attention", "depthwise", "lowpass",
-                                                    "superres"}
+                                                    "superres", "eadaln"}
     for site in result["sites"]:
         forms = site["forms"]
         assert forms["model"]["max_abs_err"] == 0.0  # fp32: the model's form is the truth
         expected = {"attention": {"flash_attention", "math"},
                     "depthwise": {"nchw", "channels_last"},
                     "lowpass": {"depthwise_5x5", "batch_folded", "channels_last"},
-                    "superres": {"polyphase"}}[site["kind"]]
+                    "superres": {"polyphase"}, "eadaln": {"affine_in_norm"}}[site["kind"]]
         for name in expected:  # every CPU-capable form ran and agrees with the model
             assert forms[name]["within"], (site["kind"], name, forms[name])
             assert forms[name]["max_abs_err"] <= 1e-5
@@ -91,12 +92,12 @@ def test_fastest_forms_put_the_chosen_forms_in_the_models_place(tiny, monkeypatc
     model, source, expr = tiny
     sites = ops.capture_sites(model, source, expr)
     choice = {"attention": "math", "depthwise": "nchw", "lowpass": "batch_folded",
-              "superres": "polyphase"}
+              "superres": "polyphase", "eadaln": "affine_in_norm"}
     measured = [{"kind": s["kind"], "shapes": [list(t.shape) for t in s["inputs"]],
                  "fastest_within": choice[s["kind"]]} for s in sites]
     used = []
     for table, name in ((ops.DEPTHWISE_FORMS, "nchw"), (ops.LOWPASS_FORMS, "batch_folded"),
-                        (ops.SUPERRES_FORMS, "polyphase")):
+                        (ops.SUPERRES_FORMS, "polyphase"), (ops.EADALN_FORMS, "affine_in_norm")):
         real = table[name]
         monkeypatch.setitem(table, name, lambda own, *x, real=real, name=name: (
             used.append(name), real(own, *x))[1])
@@ -121,7 +122,7 @@ def test_fastest_forms_put_the_chosen_forms_in_the_models_place(tiny, monkeypatc
     config = get_config("tiny")
     blocks = config.vit_blocks + config.fusion_blocks
     assert sorted(used) == sorted(["math"] * blocks + ["nchw"] * blocks + ["batch_folded"] * 2
-                                  + ["polyphase"] * 2)
+                                  + ["polyphase"] * 2 + ["affine_in_norm"] * 2 * blocks)
     assert set(chosen["lowpass"].values()) == {"batch_folded"} and len(chosen["attention"]) == 2
     assert set(chosen["superres"].values()) == {"polyphase"}
     for a, b, c in zip(got, want, again):
@@ -151,3 +152,38 @@ def test_polyphase_super_resolution_needs_its_border_lines(tiny, monkeypatch):
         assert measured["forms"]["polyphase"]["max_abs_err"] <= 1e-5
         assert measured["forms"]["interior_only"]["within"] is False
         assert measured["forms"]["interior_only"]["max_abs_err"] > 10 * measured["tolerance"]
+
+
+def test_eadaln_with_the_modulation_in_the_norm_is_the_models(tiny, monkeypatch):
+    # The model's EAdaLN projections start at zero (identity modulation), which would hide a
+    # wrong mapping of scale and shift: here they are random, and a form with the two swapped
+    # is caught.
+    import copy
+
+    import torch.nn.functional as F
+
+    from export3d.generator import EAdaLN
+
+    model, source, expr = tiny
+    model = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, EAdaLN):
+                module.proj.weight.copy_(0.2 * torch.randn(module.proj.weight.shape,
+                                                           generator=gen))
+                module.proj.bias.copy_(0.2 * torch.randn(module.proj.bias.shape, generator=gen))
+
+    def swapped(norm, x, code):
+        mod = norm.proj(F.silu(code)).unsqueeze(1)
+        d = norm.dim
+        return F.layer_norm(x, (d,), 1 + mod[0, 0, d: 2 * d], mod[0, 0, :d]), None
+
+    monkeypatch.setitem(ops.EADALN_FORMS, "swapped", swapped)
+    sites = [s for s in ops.capture_sites(model, source, expr) if s["kind"] == "eadaln"]
+    assert len(sites) == 2  # the low-resolution blocks' token grid, the fusion block's
+    for site in sites:
+        measured = ops.measure_site(site, warmup=0, iters=1)
+        forms = measured["forms"]
+        assert forms["affine_in_norm"]["within"] and forms["affine_in_norm"]["max_abs_err"] < 1e-5
+        assert forms["swapped"]["within"] is False
