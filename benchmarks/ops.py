@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import json
 import sys
+import weakref
 from pathlib import Path
 
 import torch
@@ -201,16 +202,27 @@ _PHASES = ((( 0.75, 0.25, 0.0), (0.25, 0.75, 0.0), (0.0, 0.75, 0.25)),  # noqa: 
            ((0.25, 0.75, 0.0), (0.0, 0.75, 0.25), (0.0, 0.25, 0.75)))
 
 
+_POLYPHASE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def polyphase_weight(conv) -> tuple[torch.Tensor, torch.Tensor]:
     """``conv`` (3 x 3, padding 1) after the x2 up-sampler, as one 3 x 3 convolution of the
     low-resolution input with 4x the output channels (channel 4o + 2p + q: output channel o at
-    sub-pixel (p, q), pixel_shuffle's order): weights ``A_p^T W A_q`` computed in fp32."""
-    w = conv.weight.float()
+    sub-pixel (p, q), pixel_shuffle's order): weights ``A_p^T W A_q`` computed in fp32. Kept
+    per module until its weights change (a model adopting the form would compute them once;
+    and a CUDA graph capture must not build a tensor from Python data, a host copy)."""
+    w = conv.weight
+    key = (w._version, w.dtype, w.device, w.data_ptr())
+    cached = _POLYPHASE_CACHE.get(conv)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     a = torch.tensor(_PHASES, device=w.device)
-    k = torch.einsum("pdm,oide,qen->opqimn", a, w, a)
+    k = torch.einsum("pdm,oide,qen->opqimn", a, w.float(), a)
     o, i = w.shape[:2]
-    k = k.reshape(4 * o, i, 3, 3).to(conv.weight.dtype)
-    return k, conv.bias.repeat_interleave(4)
+    k = k.reshape(4 * o, i, 3, 3).to(w.dtype)
+    result = (k, conv.bias.repeat_interleave(4))
+    _POLYPHASE_CACHE[conv] = (key, result)
+    return result
 
 
 def _up_conv_polyphase(block, x):

@@ -187,3 +187,15 @@ def test_eadaln_with_the_modulation_in_the_norm_is_the_models(tiny, monkeypatch)
         forms = measured["forms"]
         assert forms["affine_in_norm"]["within"] and forms["affine_in_norm"]["max_abs_err"] < 1e-5
         assert forms["swapped"]["within"] is False
+
+
+def test_polyphase_weights_are_built_once_per_module_until_they_change():
+    # Built once: a CUDA graph capture of the form must not build a tensor from Python data.
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    first = ops.polyphase_weight(conv)
+    assert ops.polyphase_weight(conv)[0] is first[0]
+    assert first[0].shape == (24, 4, 3, 3) and torch.equal(first[1][:4], conv.bias[0].repeat(4))
+    with torch.no_grad():
+        conv.weight.mul_(2.0)
+    again = ops.polyphase_weight(conv)
+    assert again[0] is not first[0] and torch.allclose(again[0], 2 * first[0])
