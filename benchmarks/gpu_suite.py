@@ -656,7 +656,8 @@ def stage_timing(torch, model, source, expr, camera, warmup, iters) -> dict:
 
 
 # Eager variants whose stages are also profiled kernel by kernel (stage_profile).
-PROFILED_VARIANTS = ("bf16-kernel-channels_last", "bf16-kernel-best-launch")
+PROFILED_VARIANTS = ("bf16-kernel-channels_last", "bf16-kernel-best-launch",
+                     "bf16-kernel-best-forms")
 PROFILE_TOP = 12
 
 
@@ -906,6 +907,17 @@ def summary(data: dict, device) -> dict:
     ops = data.get("ops", {})
     if "sites" in ops:
         out["ops_saving_ms_per_frame"] = ops["saving_ms_per_frame"]
+        # What the fastest forms saved on the whole frame: the best-forms variants against
+        # the same launch without them (eager, then CUDA graph).
+        saved = {}
+        for forms, plain in (("bf16-kernel-best-forms", "bf16-kernel-best-launch"),
+                             ("bf16-kernel-best-forms-cudagraph",
+                              "bf16-kernel-best-launch-cudagraph")):
+            a, b = variants.get(forms, {}), variants.get(plain, {})
+            if "frame" in a and "frame" in b:
+                saved[forms] = round(b["frame"]["p50_ms"] - a["frame"]["p50_ms"], 4)
+        if saved:
+            out["forms_frame_saving_ms"] = saved
         out["ops_fastest_forms"] = {
             f"{s['kind']} {'x'.join(map(str, s['shapes'][0]))}": s["fastest_within"]
             for s in ops["sites"] if "fastest_within" in s}

@@ -141,3 +141,26 @@ def test_floor_ratios_divide_the_eager_stages_by_their_floors():
                 "superresolve": {"p50_ms": 2.75}}}}}}
     assert floor_ratios(data) == {"generate": 2.8, "superresolve": 5.5}
     assert floor_ratios({"roofline": data["roofline"]}) == {}
+
+
+def test_summary_says_what_the_fastest_forms_saved_on_the_frame():
+    import types
+
+    from benchmarks.gpu_suite import summary
+
+    def frame(ms):
+        return {"frame": {"p50_ms": ms}, "fps": round(1e3 / ms, 1), "finite": True}
+
+    data = {"model": {"variants": {
+        "bf16-kernel-best-launch": frame(9.0), "bf16-kernel-best-forms": frame(7.5),
+        "bf16-kernel-best-launch-cudagraph": frame(8.0),
+        "bf16-kernel-best-forms-cudagraph": frame(6.25)}},
+        "ops": {"sites": [], "saving_ms_per_frame": 1.2}}
+    out = summary(data, types.SimpleNamespace(type="cuda"))
+    assert out["forms_frame_saving_ms"] == {"bf16-kernel-best-forms": 1.5,
+                                            "bf16-kernel-best-forms-cudagraph": 1.75}
+    assert out["best_variant"] == "bf16-kernel-best-forms-cudagraph"
+    assert out["best_frame_p50_ms"] == 6.25 and out["ops_saving_ms_per_frame"] == 1.2
+    del data["model"]["variants"]["bf16-kernel-best-forms-cudagraph"]
+    assert summary(data, types.SimpleNamespace(type="cuda"))["forms_frame_saving_ms"] == {
+        "bf16-kernel-best-forms": 1.5}
