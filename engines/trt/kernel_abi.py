@@ -72,22 +72,14 @@ def raymarch_trt_kernel(
     # tri-plane: 0.41 M instructions per ray against 0.23 M).
     stride_tc = 1
     stride_tx = C
-    if WORKSPACE:
-        raymarch_kernel(triplane_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, origins_ptr,
-                        directions_ptr, features_ptr, depth_ptr, opacity_ptr, workspace_ptr,
-                        n_rays, rays_per_batch, P, stride_tb, stride_tk, stride_tc, stride_ty,
-                        stride_tx, stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o,
-                        stride_b2, near, step, scale, C, HD, F, C_PAD, H_PAD, F_PAD, SC, SF,
-                        SC_PAD, A0, A1, A2, A3, A4, A5, BLOCK_R, DOT_PRECISION, PREFETCH,
-                        SAMPLES_PER_STEP)
-    else:
-        raymarch_kernel(triplane_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, origins_ptr,
-                        directions_ptr, features_ptr, depth_ptr, opacity_ptr, None,
-                        n_rays, rays_per_batch, P, stride_tb, stride_tk, stride_tc, stride_ty,
-                        stride_tx, stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o,
-                        stride_b2, near, step, scale, C, HD, F, C_PAD, H_PAD, F_PAD, SC, SF,
-                        SC_PAD, A0, A1, A2, A3, A4, A5, BLOCK_R, DOT_PRECISION, PREFETCH,
-                        SAMPLES_PER_STEP)
+    cdf_ptr = workspace_ptr if WORKSPACE else None  # no fine samples: no workspace needed
+    raymarch_kernel(triplane_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, origins_ptr, directions_ptr,
+                    features_ptr, depth_ptr, opacity_ptr, cdf_ptr, n_rays, rays_per_batch, P,
+                    stride_tb, stride_tk, stride_tc, stride_ty, stride_tx,
+                    stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o, stride_b2,
+                    near, step, scale, C, HD, F, C_PAD, H_PAD, F_PAD, SC, SF, SC_PAD,
+                    A0, A1, A2, A3, A4, A5, BLOCK_R, DOT_PRECISION, PREFETCH,
+                    SAMPLES_PER_STEP)
 
 
 def dot_precision(arch: int, triplane_dtype: str = "float32") -> str:

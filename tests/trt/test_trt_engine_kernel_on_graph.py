@@ -9,12 +9,8 @@ dtype, shapes or attributes, which the piecewise tests cannot. Tiny preset, fp32
 graphs; the kernel under Triton's interpreter in a child process (``ieee`` products)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from interpreted import run_interpreted
 
 pytest.importorskip("triton")
 pytest.importorskip("onnxruntime_extensions")
@@ -90,13 +86,7 @@ for precision in ("fp32", "fp16"):
 
 
 def test_the_plugin_runs_the_exported_graphs_node_as_the_graph_feeds_it():
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(root),
-                                                       os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_interpreted(CHILD, timeout=900)
     lines = proc.stdout.splitlines()
     nodes = [line.split(" ", 2) for line in lines if line.startswith("NODE")]
     # tiny: P = 32, C = 8; the fp16 graph hands the node an fp16 tri-plane, channels last

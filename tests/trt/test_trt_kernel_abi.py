@@ -8,12 +8,8 @@ is imported), at tiny sizes: 2 x 20 rays, both plane layouts, an fp16 tri-plane,
 entry's register-CDF body."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from interpreted import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -63,13 +59,7 @@ print("MAX_ABS_ERR", worst)
 
 
 def test_tensorrt_entry_point_matches_the_reference():
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(root),
-                                                       os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_interpreted(CHILD)
     worst = float(proc.stdout.split("MAX_ABS_ERR")[1])
     # fp32 arithmetic in both; measured 1.2e-5, while a scale 1000 ulps off gives 1.9e-4.
     assert worst < 5e-5, proc.stdout
