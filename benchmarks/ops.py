@@ -131,15 +131,6 @@ def capture_sites(model, source, expr, camera=None) -> list[dict]:
 
 # --------------------------------------------------------------------------- candidate forms
 
-def _attention(q, k, v, backend: str | None, kwargs):
-    if backend is None:
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel([getattr(SDPBackend, backend)]):
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-
-
 # Each kind's forms by name, as functions of the live call (so a chosen form can also be put
 # in the model's place: fastest_forms). attention: (q, k, v, kwargs, sdpa) with ``sdpa`` the
 # function to call; depthwise: (conv, x); lowpass: (lowpass, x), ``conv`` / ``lowpass`` the
@@ -397,7 +388,7 @@ def _fp32_reference(site) -> torch.Tensor:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         if site["kind"] == "attention":
-            return _attention(*inputs, "MATH" if inputs[0].is_cuda else None, extra)
+            return attention_form("math" if inputs[0].is_cuda else "model")(*inputs, extra)
         return _flat(copy.deepcopy(extra).float()(*inputs))
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

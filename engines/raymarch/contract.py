@@ -149,9 +149,7 @@ def output_shapes(triplane_shape, w1_shape, b1_shape, w2_shape, b2_shape, origin
     """The torch op's input shapes (tri-plane ``[B, 3, C, P, P]``) -> (features, depth,
     opacity) shapes; ValueError on any mismatch. Dimensions may be ints or symbolic objects
     supporting ``==`` (checks skip non-ints)."""
-    def same(a, b):
-        return not (isinstance(a, int) and isinstance(b, int)) or a == b
-
+    same = _same
     if len(triplane_shape) != 5 or not same(triplane_shape[1], 3):
         raise ValueError(f"triplane must be [B, 3, C, P, P], got {list(triplane_shape)}.")
     b, _, c, p0, p1 = triplane_shape

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from dispatch_recorder import OpsSeen, from_python
 from tolerances import assert_close
 
 from export3d import get_config
@@ -212,27 +213,18 @@ def test_superresolution_builds_its_border_gain_once():
     # The up-sampler's 3/4 border gain depends only on the size, so the model builds it at
     # construction (a non-persistent buffer: not in checkpoints, follows .to()); a frame at
     # the render size builds none, another size builds its own, and both give the same bits.
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Builds(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.__name__.split(".")[0] in ("ones", "constant_pad_nd"):
-                self.seen.append(func.__name__)
-            return func(*args, **(kwargs or {}))
+    def builds():
+        return OpsSeen(lambda func: func.__name__.split(".")[0] in ("ones", "constant_pad_nd"))
 
     model = build_model(get_config("tiny"), seed=0).eval()
     c = model.config
     assert not any("gain" in k for k in model.state_dict())
     features = torch.randn(1, c.triplane_channels, c.render_size, c.render_size)
-    with torch.no_grad(), Builds() as mode:
+    with torch.no_grad(), builds() as mode:
         model.superresolve(features)
     assert mode.seen == []
     x = torch.randn(1, 4, c.render_size, c.render_size)
-    with torch.no_grad(), Builds() as mode:
+    with torch.no_grad(), builds() as mode:
         fresh = Upsample2x()(x)
     assert mode.seen  # the check can fail
     assert torch.equal(model.superres.block0.up(x), fresh)
@@ -270,28 +262,17 @@ def test_per_frame_stages_build_no_tensors_from_python_data():
     # host-to-device copy inside the captured frame, e.g. an index tensor from a Python list
     # or a value assigned into a slice. On a CPU such tensors show as aten.lift_fresh: the
     # per-frame stages (generate, super-resolution) must have none.
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class FromPython(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if "lift_fresh" in str(func):
-                self.seen.append(str(func))
-            return func(*args, **(kwargs or {}))
 
     model = build_model(get_config("tiny"), seed=0).eval()
     c = model.config
     with torch.no_grad():
         source = model.encode_source(torch.zeros(1, 3, c.image_size, c.image_size))
         code = model.expression_code(torch.zeros(1, c.expr_dim))
-        with FromPython() as mode:
+        with from_python() as mode:
             triplane = model.generator.generate(source, code)
             model.superresolve(torch.zeros(1, c.triplane_channels, 16, 16))
     assert triplane.shape[1] == 3 and mode.seen == []
-    with FromPython() as mode:  # the check can fail
+    with from_python() as mode:  # the check can fail
         t = torch.ones(4)
         t[[0, -1]] = 0.5
     assert mode.seen
