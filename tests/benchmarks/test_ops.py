@@ -83,6 +83,15 @@ def test_a_wrong_form_is_not_within_tolerance(tiny, monkeypatch):
     assert measured["fastest_within"] != "horizontal_only"
 
 
+def chosen_sites(tiny, lowpass: str) -> list[dict]:
+    """The tiny frame's sites as op_candidates reports them, each with a non-model form as its
+    fastest (the low-pass's named)."""
+    choice = {"attention": "math", "depthwise": "nchw", "lowpass": lowpass,
+              "superres": "polyphase", "eadaln": "affine_in_norm"}
+    return [{"kind": s["kind"], "shapes": [list(t.shape) for t in s["inputs"]],
+             "fastest_within": choice[s["kind"]]} for s in ops.capture_sites(*tiny)]
+
+
 def test_fastest_forms_put_the_chosen_forms_in_the_models_place(tiny, monkeypatch):
     # Sites as op_candidates reports them, each with a non-model form chosen; within the
     # block every call of those shapes runs that form (counted), the frame's tri-plane is the
@@ -90,11 +99,7 @@ def test_fastest_forms_put_the_chosen_forms_in_the_models_place(tiny, monkeypatc
     import torch.nn.functional as F
 
     model, source, expr = tiny
-    sites = ops.capture_sites(model, source, expr)
-    choice = {"attention": "math", "depthwise": "nchw", "lowpass": "batch_folded",
-              "superres": "polyphase", "eadaln": "affine_in_norm"}
-    measured = [{"kind": s["kind"], "shapes": [list(t.shape) for t in s["inputs"]],
-                 "fastest_within": choice[s["kind"]]} for s in sites]
+    measured = chosen_sites(tiny, lowpass="batch_folded")
     used = []
     for table, name in ((ops.DEPTHWISE_FORMS, "nchw"), (ops.LOWPASS_FORMS, "batch_folded"),
                         (ops.SUPERRES_FORMS, "polyphase"), (ops.EADALN_FORMS, "affine_in_norm")):
@@ -208,11 +213,7 @@ def test_the_forms_build_no_tensors_from_python_data_once_warm(tiny):
     from dispatch_recorder import from_python
 
     model, source, expr = tiny
-    sites = ops.capture_sites(model, source, expr)
-    choice = {"attention": "math", "depthwise": "nchw", "lowpass": "depthwise_5x5",
-              "superres": "polyphase", "eadaln": "affine_in_norm"}
-    measured = [{"kind": s["kind"], "shapes": [list(t.shape) for t in s["inputs"]],
-                 "fastest_within": choice[s["kind"]]} for s in sites]
+    measured = chosen_sites(tiny, lowpass="depthwise_5x5")
     features = torch.randn(1, 8, 16, 16)
     with torch.inference_mode(), ops.fastest_forms(model, measured):
         ops._POLYPHASE_CACHE.clear()
