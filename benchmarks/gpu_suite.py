@@ -1,13 +1,19 @@
 """The one-shot GPU suite: check every GPU path against its reference and time every stage.
 
-``python -m benchmarks.gpu_suite [--out REPORT.json] [--budget-s 420] [--no-compile]``
+``python -m benchmarks.gpu_suite [--out REPORT.json] [--budget-s 420] [--no-compile]
+[--sections kernel_check,model,...] [--in-process]``
 ``python -m benchmarks.gpu_suite --dry-run``  (CPU, ``tiny`` sizes, the kernel under Triton's
 interpreter: proves the script runs end to end without a GPU; its timings mean nothing)
 
 Needs only PyTorch (>= 2.11), Triton and this repository: no mediapipe or network; TensorRT
 is used where it imports.
-Sections, each written to the JSON report as soon as it finishes (a crash or the time budget
-loses only what had not run yet):
+Each section runs in a process of its own (``--in-process``: all in one) and is written to the
+JSON report as soon as it finishes. A process that dies, stops printing for ``--silence-s``
+(a hang) or is left with an unusable CUDA context (an illegal address is sticky) costs one
+item: the launch sweep's rows and the model's variants are saved one by one, and a fresh
+process resumes after the failed item, which the report records with what happened. The time
+budget only stops new work from starting. ``--sections`` runs a subset.
+Sections:
 1. ``machine``: card, compute capability, SMs, memory, driver, CUDA, torch, Triton, Python.
 2. ``kernel_check``: the fused ray-march kernel against the PyTorch reference on random
    tri-planes and cameras at paper512 sizes (128 x 128 rays x (48 + 48) samples, 3 x 32 x 256^2
@@ -53,16 +59,21 @@ loses only what had not run yet):
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime
 import json
 import os
 import platform
+import queue
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import traceback
+import types
 from pathlib import Path
 
 # Tolerances of the kernel against the reference (absolute), by output. Both compute in fp32
@@ -77,20 +88,30 @@ TARGET_FRAME_P50_MS = 5.0
 
 
 class Budget:
-    def __init__(self, seconds: float):
-        self.deadline = time.monotonic() + seconds
+    """The suite's time budget as a wall-clock deadline (``time.time()``), so that the
+    processes the sections run in share it."""
+
+    def __init__(self, seconds: float, deadline: float | None = None):
+        self.deadline = deadline if deadline is not None else time.time() + seconds
 
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - time.time()
 
 
 class Report:
-    """The JSON report, rewritten after every section."""
+    """The JSON report, rewritten after every section (and after every item of a resumable
+    section); the sections' processes share it through the file."""
 
     def __init__(self, path: Path):
         self.path = path
         self.data: dict = {"suite": "export3d gpu_suite", "version": 1,
                            "started_utc": datetime.datetime.now(datetime.UTC).isoformat()}
+
+    def reload(self) -> Report:
+        """Take what the file holds (another process may have written it)."""
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+        return self
 
     def put(self, key: str, value) -> None:
         self.data[key] = value
@@ -100,10 +121,120 @@ class Report:
         tmp.replace(self.path)
 
 
-def section(report: Report, key: str, fn, *args):
+# ------------------------------------------------------------------ surviving a broken kernel
+# A GPU loan is rare and short, and the suite runs code that has never run on hardware. One
+# illegal address or launch failure is sticky: every later CUDA call of that process fails.
+# So (unless --in-process) every section runs in a process of its own, and the two long ones,
+# the launch sweep and the model variants, keep each finished item in the report: when an item
+# leaves the CUDA context unusable, or its process dies or stops printing, a fresh process
+# resumes the section after that item, which is recorded with what went wrong.
+
+# Exit status of a section's process whose CUDA context an item left unusable.
+CONTEXT_LOST_EXIT = 3
+# Processes one section may take (the first and its resumptions).
+MAX_SECTION_STARTS = 5
+# A section's process printing nothing for this long is taken to hang, and killed. Every item
+# prints when it starts; the slowest silent steps measured were a torch.compile of the frame
+# (19 s on the H200) and the compile of a tiled launch (tens of seconds).
+SILENCE_LIMIT_S = 240.0
+# How long past the budget a section's process may go on before it is killed: the budget only
+# stops new items from starting, and the summary still has to be written.
+OVERRUN_LIMIT_S = 120.0
+# The module a section's process runs (the tests point it at a faulty stand-in).
+CHILD_MODULE_ENV = "EXPORT3D_GPU_SUITE_CHILD"
+RESUMABLE = ("raymarch_timing", "model")
+
+
+class ContextLost(Exception):
+    """An item's CUDA error left this process's context unusable."""
+
+
+def context_lost(torch) -> bool:
+    """Whether this process's CUDA context still works (after an item's error): a sticky
+    error (illegal address, launch failure, device-side assert) fails every later call,
+    a recoverable one (out of memory, a bad argument) does not."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        torch.cuda.synchronize()
+        torch.ones(1, device="cuda").add_(1).item()
+        return False
+    except Exception:  # noqa: BLE001 - any failure here means the context is gone
+        return True
+
+
+class Resumable:
+    """A section whose items (sweep rows, model variants) are saved in the report as each
+    finishes, the section marked ``incomplete`` until it returns. ``field`` names where the
+    items go in the section's value: a list (items by index, in order) or a dict (by name).
+    A process resuming the section takes the finished items from the report; the item the
+    last process was running when it died or hung is recorded with ``failure`` (what the
+    parent saw) instead of being run again."""
+
+    def __init__(self, report: Report, key: str, initial: dict, failure: str | None = None):
+        old = report.data.get(key)
+        self.value = old if isinstance(old, dict) and old.get("incomplete") else initial
+        self.value["incomplete"] = True
+        dead = self.value.pop("running", None)
+        self.dead = tuple(dead) if dead else None
+        self.failure = failure or "its process ended during this item"
+        self.report, self.key = report, key
+
+    def finished(self, field: str | None, name):
+        items = self.value if field is None else self.value.get(field)
+        if isinstance(items, list):
+            return items[name] if name < len(items) else None
+        return (items or {}).get(name)
+
+    def store(self, field: str | None, name, result: dict) -> None:
+        items = self.value if field is None else self.value[field]
+        if isinstance(items, list):
+            items.append(result)
+        else:
+            items[name] = result
+        self.report.put(self.key, self.value)
+
+    def run(self, torch, field: str | None, name, fn, base: dict | None = None) -> dict:
+        """``{**base, **fn()}``, an earlier process's result for this item, or ``{**base,
+        "error": ...}``; raises ContextLost, the result saved, when the item's error left the
+        CUDA context unusable."""
+        done = self.finished(field, name)
+        if done is not None:
+            return done
+        base = dict(base or {})
+        if self.dead == (field, name):
+            result = {**base, "error": self.failure}
+            self.store(field, name, result)
+            return result
+        self.value["running"] = [field, name]
+        self.report.put(self.key, self.value)
+        try:
+            result = {**base, **fn()}
+        except Exception as exc:  # recorded as the item's result; the next item still runs
+            result = {**base, "error": f"{type(exc).__name__}: {exc}"[:500],
+                      "traceback": traceback.format_exc(limit=6)}
+        del self.value["running"]
+        self.store(field, name, result)
+        if "error" in result and context_lost(torch):
+            raise ContextLost(f"{self.key}: {field} {name}")
+        return result
+
+    def complete(self) -> dict:
+        self.value.pop("incomplete", None)
+        return self.value
+
+
+def section(report: Report, key: str, fn, isolated: bool = False):
+    """Run ``fn()`` as section ``key``; its value (or its error) goes into the report.
+    ContextLost ends an isolated section's process (the parent resumes it); in-process it is
+    recorded like any other error, and later sections may fail the same way."""
     start = time.monotonic()
     try:
-        value = fn(*args)
+        value = fn()
+    except ContextLost as exc:
+        if isolated:
+            raise
+        value = {**report.data.get(key, {}), "error": f"CUDA context lost in {exc}"}
     except Exception as exc:  # a failing section is recorded, the others still run
         value = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     value["seconds"] = round(time.monotonic() - start, 2)
@@ -328,36 +459,47 @@ def tensorrt_kernel(torch, config, device, warmup, iters) -> dict:
 SWEEP_RESERVE_S = 240.0
 
 
-def raymarch_timing(torch, config, device, warmup, iters, budget=None) -> dict:
+def raymarch_timing(torch, config, device, warmup, iters, budget=None, report=None,
+                    failure=None) -> dict:
     from engines import raymarch as kernel
     from export3d.renderer import RayMarchSettings, raymarch_reference
 
     settings = RayMarchSettings(config.ray_near, config.ray_far, config.samples_coarse,
                                 config.samples_fine, config.box_warp, config.eg3d_plane_axes)
-    out = {}
+    job = Resumable(report, "raymarch_timing", {"launch_sweep": []}, failure)
     for dtype in (torch.float32, torch.float16):
-        tp, dec, o, d = random_case(torch, config, 1, dtype, 7, 0.0, device)
-        kw = dict(near=settings.near, far=settings.far, samples_coarse=settings.samples_coarse,
-                  samples_fine=settings.samples_fine, box_warp=settings.box_warp,
-                  plane_axes=settings.plane_axes)
-        with torch.no_grad():
-            ref = stats(time_cuda(lambda: raymarch_reference(tp, dec, o, d, settings),
-                                  warmup, iters, torch))
-            ker = stats(time_cuda(lambda: kernel.raymarch(tp, dec.w1, dec.b1, dec.w2, dec.b2, o,
-                                                          d, **kw), warmup, iters, torch))
         name = str(dtype).replace("torch.", "")
-        out[name] = {"reference": ref, "kernel": ker,
-                     "speedup_p50": round(ref["p50_ms"] / ker["p50_ms"], 2)}
-        print(f"  raymarch {name}: reference {ref['p50_ms']:.3f} ms, kernel {ker['p50_ms']:.3f}"
-              f" ms, x{out[name]['speedup_p50']}", flush=True)
+
+        def timed():
+            print(f"  raymarch {name} ...", flush=True)
+            tp, dec, o, d = random_case(torch, config, 1, dtype, 7, 0.0, device)
+            kw = dict(near=settings.near, far=settings.far,
+                      samples_coarse=settings.samples_coarse,
+                      samples_fine=settings.samples_fine, box_warp=settings.box_warp,
+                      plane_axes=settings.plane_axes)
+            with torch.no_grad():
+                ref = stats(time_cuda(lambda: raymarch_reference(tp, dec, o, d, settings),
+                                      warmup, iters, torch))
+                ker = stats(time_cuda(lambda: kernel.raymarch(tp, dec.w1, dec.b1, dec.w2,
+                                                              dec.b2, o, d, **kw),
+                                      warmup, iters, torch))
+            return {"reference": ref, "kernel": ker,
+                    "speedup_p50": round(ref["p50_ms"] / ker["p50_ms"], 2)}
+
+        if job.finished(None, name) is not None:
+            continue  # done by an earlier process of this section
+        got = job.run(torch, None, name, timed)
+        if "speedup_p50" in got:
+            print(f"  raymarch {name}: reference {got['reference']['p50_ms']:.3f} ms, kernel "
+                  f"{got['kernel']['p50_ms']:.3f} ms, x{got['speedup_p50']}", flush=True)
     # On a CPU (dry run) two rows, one per variant, so the sweep's code runs there too.
-    out["launch_sweep"] = launch_sweep(torch, config, device, settings, warmup, iters,
-                                       short=device.type != "cuda", budget=budget)
-    out["shape"] = {"rays": config.render_size ** 2, "samples": [config.samples_coarse,
-                                                                config.samples_fine],
-                    "triplane": [3, config.triplane_channels, config.triplane_size,
-                                 config.triplane_size]}
-    return out
+    launch_sweep(torch, config, device, settings, warmup, iters, job,
+                 short=device.type != "cuda", budget=budget)
+    job.value["shape"] = {"rays": config.render_size ** 2,
+                          "samples": [config.samples_coarse, config.samples_fine],
+                          "triplane": [3, config.triplane_channels, config.triplane_size,
+                                       config.triplane_size]}
+    return job.complete()
 
 
 def _serial(block_rays, num_warps, dot_precision, triplane_dtype="float32", **extra):
@@ -406,48 +548,54 @@ LAUNCH_FIELDS = ("variant", "block_rays", "num_warps", "dot_precision", "sample_
                  "max_registers", "prefetch", "cdf_in_memory", "samples_per_step")
 
 
-def launch_sweep(torch, config, device, settings, warmup, iters, short=False,
-                 budget=None) -> list:
-    """Rows in SWEEP order; a row is skipped (and says so) once less than
-    SWEEP_RESERVE_S of the budget is left, so the later sections still run."""
+def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
+                 short=False, budget=None) -> list:
+    """Rows in SWEEP order, into ``job``'s ``launch_sweep`` list as each finishes; a row is
+    skipped (and says so) once less than SWEEP_RESERVE_S of the budget is left, so the later
+    sections still run."""
     from engines.raymarch import op
     from export3d.renderer import raymarch_reference
 
-    rows = []
+    rows = job.value["launch_sweep"]
+    plan = list(SWEEP)
+    if short:  # fp16 products on fp16 tri-planes, one row of each variant
+        plan = [next(r for r in plan if r["variant"] == v and r["dot_precision"] == "fp16"
+                     and r["triplane_dtype"] == "float16") for v in ("serial", "tiled")]
+    cases = {}
     with torch.no_grad():
-        cases = {}
-        for name in ("float32", "float16"):
-            tp, dec, o, d = random_case(torch, config, 1, getattr(torch, name), 7, 0.0, device)
-            args = (tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, settings.near, settings.far,
-                    settings.samples_coarse, settings.samples_fine, settings.box_warp,
-                    settings.plane_axes)
-            cases[name] = (args, raymarch_reference(tp, dec, o, d, settings))
-        plan = list(SWEEP)
-        if short:  # fp16 products on fp16 tri-planes, one row of each variant
-            plan = [next(r for r in plan if r["variant"] == v and r["dot_precision"] == "fp16"
-                         and r["triplane_dtype"] == "float16") for v in ("serial", "tiled")]
-        for launch in plan:
-            row = dict(launch)
-            launch = {k: v for k, v in launch.items() if k in LAUNCH_FIELDS}
-            dtype = row["triplane_dtype"]
-            args, ref = cases[dtype]
+        for index, launch in enumerate(plan):
+            if job.finished("launch_sweep", index) is not None:
+                continue  # done by an earlier process of this section
             if budget is not None and budget.left() < SWEEP_RESERVE_S:
-                row["skipped"] = "time budget"
-                rows.append(row)
+                job.store("launch_sweep", index, {**launch, "skipped": "time budget"})
                 continue
-            try:
+            dtype = launch["triplane_dtype"]
+            if dtype not in cases:
+                tp, dec, o, d = random_case(torch, config, 1, getattr(torch, dtype), 7, 0.0,
+                                            device)
+                args = (tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, settings.near,
+                        settings.far, settings.samples_coarse, settings.samples_fine,
+                        settings.box_warp, settings.plane_axes)
+                cases[dtype] = (args, raymarch_reference(tp, dec, o, d, settings))
+            args, ref = cases[dtype]
+            options = {k: v for k, v in launch.items() if k in LAUNCH_FIELDS}
+
+            def measured():
+                print(f"  sweep {index}: {launch} ...", flush=True)
+
                 def call():
-                    return op.launch(*args, **launch)
-                got = call()
+                    return op.launch(*args, **options)
+                got, row = call(), {}
                 for i, name in enumerate(("features", "depth", "opacity")):
                     row[f"max_abs_err_{name}"] = float((got[i] - ref[i]).abs().max())
                 row["within_tolerance"] = all(row[f"max_abs_err_{n}"] <= tol
                                               for n, tol in KERNEL_TOLERANCE.items())
                 row.update(stats(time_cuda(call, warmup, iters, torch)))
-            except Exception as exc:
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-            rows.append(row)
-            print(f"  sweep {row}", flush=True)
+                return row
+
+            row = job.run(torch, "launch_sweep", index, measured, base=launch)
+            print(f"  sweep {({k: v for k, v in row.items() if k != 'traceback'})}",
+                  flush=True)
     return rows
 
 
@@ -503,10 +651,11 @@ def half_precision_launch(timing: dict) -> dict | None:
 
 
 def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, compile_ok,
-                 report: Report) -> dict:
+                 report: Report, failure=None) -> dict:
     from export3d.model import build_model
 
-    results = {"preset": config.preset, "batch": 1, "variants": {}}
+    job = Resumable(report, "model", {"preset": config.preset, "batch": 1, "variants": {}},
+                    failure)
     base = build_model(config, seed=0)
     base.clebs.freeze_basis()
     best = half_precision_launch(report.data.get("raymarch_timing", {}))
@@ -516,28 +665,27 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
              if s.get("fastest_within") not in (None, "model")]
     for name, dtype, impl, channels_last, mode, launch in model_variants(
             torch, device, dry_run, compile_ok, best, forms=bool(sites) or dry_run):
+        if job.finished("variants", name) is not None:
+            continue  # done by an earlier process of this section
         if budget.left() < (150 if mode == "compile" else 20):
-            results["variants"][name] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
+            job.store("variants", name, {"skipped": f"time budget ({budget.left():.0f} s left)"})
             continue
-        print(f"  model {name} ...", flush=True)
-        try:
-            results["variants"][name] = run_variant(
-                torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters,
-                launch, profile_stages=name in PROFILED_VARIANTS,
-                forms=sites if "best-forms" in name else None)
-        except Exception as exc:
-            results["variants"][name] = {"error": f"{type(exc).__name__}: {exc}",
-                                         "traceback": traceback.format_exc(limit=6)}
-        v = results["variants"][name]
+
+        def measured():
+            print(f"  model {name} ...", flush=True)
+            return run_variant(torch, base, config, device, dtype, impl, channels_last, mode,
+                               warmup, iters, launch, profile_stages=name in PROFILED_VARIANTS,
+                               forms=sites if "best-forms" in name else None)
+
+        v = job.run(torch, "variants", name, measured)
         if "frame" in v:
             print(f"    per frame p50 {v['frame']['p50_ms']:.3f} ms ({v['fps']:.1f} fps), peak "
                   f"{v.get('peak_memory_mib', 0):.0f} MiB", flush=True)
         elif "error" in v:
             print(f"    {v['error']}", flush=True)
-        report.put("model", results)  # partial results survive a crash
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return results
+    return job.complete()
 
 
 def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, warmup, iters,
@@ -771,8 +919,10 @@ def tensorrt_section(torch, config, device, warmup, iters, budget: Budget, data:
                 start = time.monotonic()
                 export_onnx(model, graphs, variant="plugin", precision=precision)
                 row["export_seconds"] = round(time.monotonic() - start, 1)
+                # The builder's progress lines also tell the suite's hang watch it is alive.
                 metas = build_engines(graphs, engines, BuildOptions(
-                    timing_cache=Path(tmp) / "timing.cache"), report=lambda line: None)
+                    timing_cache=Path(tmp) / "timing.cache"),
+                    report=lambda line: print(f"    {line}", flush=True))
                 row["build_seconds"] = {m["stage"]: m["build_seconds"] for m in metas}
                 with open_tensorrt(engines) as backend:
                     backend.encode_source(image)
@@ -838,7 +988,8 @@ def ops_section(torch, device, dry_run: bool, warmup, iters, budget: Budget) -> 
     preset, dtype = ("tiny", torch.float32) if dry_run else ("paper512", torch.bfloat16)
     model, source, expr = ops.prepared_model(preset, dtype, device, channels_last=True)
     out = {"preset": preset, "dtype": str(dtype).replace("torch.", ""), "channels_last": True,
-           **ops.op_candidates(model, source, expr, warmup, min(iters, 30))}
+           **ops.op_candidates(model, source, expr, warmup, min(iters, 30),
+                               progress=lambda line: print(f"  ops {line}", flush=True))}
     del model, source
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -873,7 +1024,7 @@ def best_launch(timing: dict) -> dict:
     its tri-plane dtype, and its speed-up over the fp32 reference's p50 ({} if none)."""
     good = [r for r in timing.get("launch_sweep", []) if r.get("within_tolerance")
             and "p50_ms" in r]
-    if not good or "float32" not in timing:
+    if not good or "reference" not in timing.get("float32", {}):
         return {}
     best = min(good, key=lambda r: r["p50_ms"])
     speedup = round(timing["float32"]["reference"]["p50_ms"] / best["p50_ms"], 2)
@@ -889,7 +1040,7 @@ def summary(data: dict, device) -> dict:
         return {"targets": "not applicable: no GPU (dry run)",
                 "kernel_check_passed": data.get("kernel_check", {}).get("all_passed")}
     timing = data.get("raymarch_timing", {})
-    if "float32" in timing:
+    if "speedup_p50" in timing.get("float32", {}):
         out["kernel_speedup_fp32"] = timing["float32"]["speedup_p50"]
         out["kernel_speedup_target"] = TARGET_SPEEDUP
         out["kernel_speedup_met"] = timing["float32"]["speedup_p50"] >= TARGET_SPEEDUP
@@ -972,7 +1123,12 @@ def print_table(data: dict) -> None:
     print(f"\nsummary: {json.dumps({k: v for k, v in s.items() if k != 'seconds'})}")
 
 
-def main(argv=None) -> int:
+SECTIONS = ("kernel_check", "raymarch_timing", "tensorrt_kernel", "ops", "model", "roofline",
+            "tensorrt", "live")
+KERNEL_ONLY_SECTIONS = ("raymarch_timing", "tensorrt_kernel")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="report path (default: benchmarks/results/"
                         "gpu_suite-<card>-<date>.json, or a temporary file in --dry-run)")
@@ -983,10 +1139,36 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--kernel-only", action="store_true",
-                        help="only the kernel timing and launch sweep (each sweep row still "
-                        "records its error against the reference)")
+                        help="only the kernel timing and launch sweep, and the TensorRT "
+                        "engine's kernel (each sweep row still records its error against the "
+                        "reference)")
+    parser.add_argument("--sections", default=None,
+                        help="comma-separated sections to run, in the suite's order (default: "
+                        f"all: {','.join(SECTIONS)})")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every section in this process (by default each runs in a "
+                        "process of its own, so that a kernel that breaks the CUDA context "
+                        "costs one item, not the rest of the run)")
+    parser.add_argument("--silence-s", type=float, default=SILENCE_LIMIT_S,
+                        help="kill a section's process that prints nothing for this long "
+                        f"(default {SILENCE_LIMIT_S:.0f})")
+    # Set by the parent for a section's process.
+    parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--failure", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    chosen = args.sections.split(",") if args.sections else (
+        KERNEL_ONLY_SECTIONS if args.kernel_only else SECTIONS)
+    unknown = [k for k in chosen if k not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; choose from "
+                     f"{', '.join(SECTIONS)}")
+    args.chosen = [k for k in SECTIONS if k in chosen]
+    return args
 
+
+def setup(args) -> types.SimpleNamespace | None:
+    """torch, the preset, device, iterations and dtypes a run uses (None: no CUDA device)."""
     if args.dry_run:
         # The interpreter must be chosen before Triton compiles anything.
         os.environ["TRITON_INTERPRET"] = "1"
@@ -994,23 +1176,158 @@ def main(argv=None) -> int:
 
     from export3d import get_config
 
-    budget = Budget(args.budget_s)
+    run = types.SimpleNamespace(torch=torch, dry_run=args.dry_run,
+                                budget=Budget(args.budget_s, args.deadline),
+                                compile_ok=not args.no_compile and not args.dry_run,
+                                kernel_only=args.kernel_only)
     if args.dry_run:
-        device = torch.device("cpu")
+        run.device = torch.device("cpu")
         # tiny, shrunk to 8 x 8 rays: Triton's interpreter runs a kernel call in seconds.
-        config = get_config("tiny", image_size=32, render_size=8)
-        warmup, iters = 0, 2
-        dtypes = (torch.float32, torch.float16)
+        run.config = get_config("tiny", image_size=32, render_size=8)
+        run.warmup, run.iters = 0, 2
+        run.dtypes = (torch.float32, torch.float16)
+        return run
+    if not torch.cuda.is_available():
+        print("gpu_suite: error: no CUDA device; run with --dry-run to check the script on a "
+              "CPU", file=sys.stderr)
+        return None
+    run.device = torch.device("cuda")
+    run.config = get_config("paper512")
+    run.warmup, run.iters = 10, args.iters
+    run.dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    torch.backends.cudnn.benchmark = True
+    return run
+
+
+def run_section(key: str, run, report: Report, isolated: bool = False, failure=None):
+    torch, config, device = run.torch, run.config, run.device
+    if key in ("kernel_check", "raymarch_timing", "tensorrt_kernel"):
+        # The kernel is checked fp32 math against fp32 math: TF32 kept out of the reference.
+        torch.backends.cuda.matmul.allow_tf32 = False
     else:
-        if not torch.cuda.is_available():
-            print("gpu_suite: error: no CUDA device; run with --dry-run to check the script on "
-                  "a CPU", file=sys.stderr)
-            return 2
-        device = torch.device("cuda")
-        config = get_config("paper512")
-        warmup, iters = 10, args.iters
-        dtypes = (torch.float32, torch.float16, torch.bfloat16)
-        torch.backends.cudnn.benchmark = True
+        # The model runs as a user would run it: TF32 allowed for fp32 matmuls and convolutions.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    calls = {
+        "kernel_check": lambda: kernel_check(torch, config, device, run.dtypes),
+        "raymarch_timing": lambda: raymarch_timing(
+            torch, config, device, run.warmup, run.iters,
+            None if run.kernel_only else run.budget, report, failure),
+        "tensorrt_kernel": lambda: tensorrt_kernel(torch, config, device, run.warmup,
+                                                   run.iters),
+        # Before the model section: seconds, and it says which forms would cut generate.
+        "ops": lambda: ops_section(torch, device, run.dry_run, run.warmup, run.iters,
+                                   run.budget),
+        "model": lambda: model_timing(torch, config, device, run.warmup, run.iters, run.budget,
+                                      run.dry_run, run.compile_ok, report, failure),
+        "roofline": lambda: roofline_section(config.preset,
+                                             report.data.get("machine", {}).get("gpu")),
+        "tensorrt": lambda: tensorrt_section(torch, config, device, run.warmup, run.iters,
+                                             run.budget, report.data),
+        "live": lambda: live_section("tiny" if run.dry_run else "paper512", device,
+                                     8 if run.dry_run else 300,
+                                     30.0 if run.dry_run else 60.0, run.budget),
+    }
+    return section(report, key, calls[key], isolated=isolated)
+
+
+def child_command(args, path: Path, deadline: float, key: str, failure: str | None) -> list:
+    module = os.environ.get(CHILD_MODULE_ENV) or "benchmarks.gpu_suite"
+    cmd = [sys.executable, "-m", module, "--out", str(path), "--iters", str(args.iters),
+           "--budget-s", str(args.budget_s), "--deadline", repr(deadline), "--section", key]
+    cmd += [flag for flag, on in (("--dry-run", args.dry_run), ("--no-compile", args.no_compile),
+                                  ("--kernel-only", args.kernel_only)) if on]
+    return cmd + (["--failure", failure] if failure else [])
+
+
+def watch(cmd: list, silence_s: float, kill_at: float) -> tuple[int, str | None, list]:
+    """Run ``cmd`` (its own process group), passing its output through; kill it when it prints
+    nothing for ``silence_s`` or runs past ``kill_at`` (wall clock). Returns its exit status,
+    why it was killed (None if it was not) and its last lines."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+
+    def read():
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    tail: collections.deque = collections.deque(maxlen=30)
+    last, killed = time.time(), None
+    while True:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            line = ""
+        if line is None:
+            break
+        if line:
+            print(line, end="", flush=True)
+            tail.append(line.rstrip())
+            last = time.time()
+            continue
+        if killed:
+            continue  # the group is killed; wait for the pipe to close
+        if time.time() - last > silence_s:
+            killed = f"printed nothing for {silence_s:.0f} s (a hang?) and was killed"
+        elif time.time() > kill_at:
+            killed = OVERRAN
+        if killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait(), killed, list(tail)
+
+
+OVERRAN = "ran past the time budget and was killed"
+
+
+def exit_reason(status: int) -> str:
+    if status == CONTEXT_LOST_EXIT:
+        return "stopped after a CUDA error left its context unusable"
+    if status < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-status).name}"
+    return f"exited with status {status}"
+
+
+def isolated_section(args, report: Report, key: str, deadline: float) -> None:
+    """Section ``key`` in a process of its own, resumed in fresh ones (up to
+    MAX_SECTION_STARTS) while its value is ``incomplete``; what no process finished is
+    recorded in the report with why, and the process's last lines."""
+    failure, began = None, time.monotonic()
+    for start in range(MAX_SECTION_STARTS):
+        status, killed, tail = watch(child_command(args, report.path, deadline, key, failure),
+                                     args.silence_s, deadline + OVERRUN_LIMIT_S)
+        value = report.reload().data.get(key)
+        value = value if isinstance(value, dict) else {}
+        if start:  # the section's time over all its processes
+            value.update(processes=start + 1, seconds=round(time.monotonic() - began, 2))
+        if status == 0 and not killed and value and not value.get("incomplete"):
+            if start:
+                report.put(key, value)
+            return
+        how = killed or exit_reason(status)
+        if (value.get("incomplete") and key in RESUMABLE and killed != OVERRAN
+                and start + 1 < MAX_SECTION_STARTS):
+            last = next((line for line in reversed(tail) if line.strip()), "")
+            failure = f"its process {how}" + (f"; its last line: {last[:300]}" if last else "")
+            print(f"[{key}] the process {how}; resuming in a fresh process", flush=True)
+            continue
+        value.update(error=f"the section's process {how}", output_tail=tail[-15:],
+                     seconds=round(time.monotonic() - began, 2))
+        report.put(key, value)
+        print(f"[{key}] {value['error']}", flush=True)
+        return
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    run = setup(args)
+    if run is None:
+        return 2
+    torch, device = run.torch, run.device
     if args.out:
         path = Path(args.out)
     elif args.dry_run:
@@ -1019,34 +1336,24 @@ def main(argv=None) -> int:
         card = torch.cuda.get_device_name().replace(" ", "_").replace("/", "_")
         path = Path("benchmarks/results") / f"gpu_suite-{card}-{datetime.date.today()}.json"
     report = Report(path)
+    if args.section:  # one section, in the process the parent started for it
+        report.reload()
+        try:
+            run_section(args.section, run, report, isolated=True, failure=args.failure)
+        except ContextLost as exc:
+            print(f"[{args.section}] a CUDA error in {exc} left this process's context "
+                  "unusable; a fresh process goes on", flush=True)
+            return CONTEXT_LOST_EXIT
+        return 0
     report.put("mode", "dry-run (CPU, tiny, Triton interpreter)" if args.dry_run else "gpu")
     report.put("machine", machine_info(torch, device))
     print(json.dumps(report.data["machine"]), flush=True)
-    # The kernel check compares fp32 math with fp32 math: keep TF32 out of the reference.
-    torch.backends.cuda.matmul.allow_tf32 = False
-    if not args.kernel_only:
-        section(report, "kernel_check", kernel_check, torch, config, device, dtypes)
-    section(report, "raymarch_timing", raymarch_timing, torch, config, device, warmup, iters,
-            None if args.kernel_only else budget)
-    section(report, "tensorrt_kernel", tensorrt_kernel, torch, config, device, warmup, iters)
-    # The model runs as a user would run it: TF32 allowed for fp32 matmuls and convolutions.
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    if not args.kernel_only:
-        # Before the model section: seconds, and it says which forms would cut generate.
-        section(report, "ops", ops_section, torch, device, args.dry_run, warmup, iters, budget)
-    if not args.kernel_only:
-        section(report, "model", model_timing, torch, config, device, warmup, iters, budget,
-                args.dry_run, not args.no_compile and not args.dry_run, report)
-    if not args.kernel_only:
-        section(report, "roofline", roofline_section, config.preset,
-                report.data["machine"].get("gpu"))
-    if not args.kernel_only:
-        section(report, "tensorrt", tensorrt_section, torch, config, device, warmup, iters,
-                budget, report.data)
-    if not args.kernel_only:
-        section(report, "live", live_section, "tiny" if args.dry_run else "paper512", device,
-                8 if args.dry_run else 300, 30.0 if args.dry_run else 60.0, budget)
+    report.put("isolation", "in-process" if args.in_process else "a process per section")
+    for key in args.chosen:
+        if args.in_process:
+            run_section(key, run, report)
+        else:
+            isolated_section(args, report, key, run.budget.deadline)
     report.put("summary", summary(report.data, device))
     report.put("finished_utc", datetime.datetime.now(datetime.UTC).isoformat())
     print_table(report.data)

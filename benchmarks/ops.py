@@ -433,10 +433,15 @@ def measure_site(site, warmup: int, iters: int) -> dict:
     return out
 
 
-def op_candidates(model, source, expr, warmup: int, iters: int) -> dict:
+def op_candidates(model, source, expr, warmup: int, iters: int, progress=None) -> dict:
     """Every site of ``model.generate`` measured (see the module docstring), and the total
-    saving per frame if each site took its fastest form within tolerance."""
-    sites = [measure_site(site, warmup, iters) for site in capture_sites(model, source, expr)]
+    saving per frame if each site took its fastest form within tolerance. ``progress``: a
+    callable given a line as each site starts."""
+    sites = []
+    for site in capture_sites(model, source, expr):
+        if progress:
+            progress(f"{site['kind']} {'x'.join(map(str, site['inputs'][0].shape))} ...")
+        sites.append(measure_site(site, warmup, iters))
     sites.sort(key=lambda s: -s.get("saving_ms_per_frame", 0.0))
     return {"sites": sites,
             "saving_ms_per_frame": round(sum(s.get("saving_ms_per_frame", 0.0)

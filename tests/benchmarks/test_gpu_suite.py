@@ -164,3 +164,48 @@ def test_summary_says_what_the_fastest_forms_saved_on_the_frame():
     del data["model"]["variants"]["bf16-kernel-best-forms-cudagraph"]
     assert summary(data, types.SimpleNamespace(type="cuda"))["forms_frame_saving_ms"] == {
         "bf16-kernel-best-forms": 1.5}
+
+
+def test_a_crashing_hanging_or_context_breaking_item_costs_only_itself(tmp_path):
+    """Each section runs in a process of its own. A section whose process dies is recorded
+    with why, and the next section still runs. In the sweep and the model variants, the item
+    that killed its process, hung, or broke the CUDA context is recorded with what happened,
+    and a fresh process goes on with the next item. Faults from tests/benchmarks/faulty_suite.py."""
+    out = tmp_path / "suite.json"
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), here]),
+           "EXPORT3D_GPU_SUITE_CHILD": "faulty_suite",
+           "FAULTY_SUITE": "section kernel_check=abort,launch_sweep 0=abort,"
+                           "variants fp32-kernel=context,variants bf16-kernel-best-launch=hang"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run",
+                           "--sections", "kernel_check,raymarch_timing,model", "--silence-s",
+                           "30", "--out", str(out)], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["isolation"] == "a process per section"
+    check = report["kernel_check"]  # not resumable: recorded with why, the others still ran
+    assert check["error"] == "the section's process was killed by SIGABRT", check
+    assert isinstance(check["output_tail"], list)
+    timing = report["raymarch_timing"]
+    assert "incomplete" not in timing and "running" not in timing
+    assert timing["float32"]["kernel"]["p50_ms"] > 0 and "speedup_p50" in timing["float16"]
+    first, second = timing["launch_sweep"]
+    assert first["variant"] == "serial" and "p50_ms" not in first
+    assert first["error"].startswith("its process was killed by SIGABRT"), first
+    assert second["variant"] == "tiled" and second["within_tolerance"], second
+    variants = report["model"]["variants"]
+    assert "incomplete" not in report["model"] and "running" not in report["model"]
+    assert list(variants) == ["fp32-reference", "fp32-kernel", "bf16-kernel-best-launch",
+                              "bf16-kernel-best-forms"]
+    assert "illegal memory access" in variants["fp32-kernel"]["error"]
+    hung = variants["bf16-kernel-best-launch"]["error"]
+    assert hung.startswith("its process printed nothing for 30 s (a hang?) and was killed"), hung
+    for name in ("fp32-reference", "bf16-kernel-best-forms"):
+        assert variants[name]["finite"] and variants[name]["frame"]["p50_ms"] > 0
+    # The best launch came from the one sweep row that ran.
+    assert variants["bf16-kernel-best-forms"]["kernel_launch"]["variant"] == "tiled"
+    assert proc.stdout.count("resuming in a fresh process") == 3
+    assert timing["processes"] == 2 and report["model"]["processes"] == 3
+    assert "processes" not in check and check["seconds"] > 0
+    assert report["summary"]["kernel_check_passed"] is None

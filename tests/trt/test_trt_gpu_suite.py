@@ -36,7 +36,7 @@ def test_dry_run_report_has_the_tensorrt_record(monkeypatch, tmp_path):
     monkeypatch.setattr(gpu_suite, "model_timing", lambda *args: {"variants": {}})
     monkeypatch.setattr(gpu_suite, "print_table", lambda data: None)
     out = tmp_path / "suite.json"
-    assert gpu_suite.main(["--dry-run", "--out", str(out)]) == 0
+    assert gpu_suite.main(["--dry-run", "--in-process", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["tensorrt"]["skipped"] == "tensorrt not importable"
     assert list(report).index("tensorrt") < list(report).index("summary")
