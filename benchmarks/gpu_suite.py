@@ -132,7 +132,7 @@ class Report:
 # Exit status of a section's process whose CUDA context an item left unusable.
 CONTEXT_LOST_EXIT = 3
 # Processes one section may take (the first and its resumptions).
-MAX_SECTION_STARTS = 5
+MAX_SECTION_STARTS = 8
 # A section's process printing nothing for this long is taken to hang, and killed. Every item
 # prints when it starts; the slowest silent steps measured were a torch.compile of the frame
 # (19 s on the H200) and the compile of a tiled launch (tens of seconds).
@@ -140,6 +140,11 @@ SILENCE_LIMIT_S = 240.0
 # How long past the budget a section's process may go on before it is killed: the budget only
 # stops new items from starting, and the summary still has to be written.
 OVERRUN_LIMIT_S = 120.0
+# Sections that run the ray-march kernel, and how each does without it when the kernel check's
+# process died, hung or lost its CUDA context (each would only fail the same way, at the cost
+# of a fresh process or a hang-watch wait per item): skipped, or the model and operator
+# sections with the reference renderer.
+KERNEL_SKIPPED = ("raymarch_timing", "tensorrt_kernel", "live")
 # The module a section's process runs (the tests point it at a faulty stand-in).
 CHILD_MODULE_ENV = "EXPORT3D_GPU_SUITE_CHILD"
 RESUMABLE = ("raymarch_timing", "model")
@@ -237,6 +242,9 @@ def section(report: Report, key: str, fn, isolated: bool = False):
         value = {**report.data.get(key, {}), "error": f"CUDA context lost in {exc}"}
     except Exception as exc:  # a failing section is recorded, the others still run
         value = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        torch = sys.modules.get("torch")
+        if torch is not None and context_lost(torch):
+            value["cuda_context_lost"] = True
     value["seconds"] = round(time.monotonic() - start, 2)
     report.put(key, value)
     print(f"[{key}] done in {value['seconds']} s" + (f": {value['error']}" if "error" in value
@@ -600,12 +608,13 @@ def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
 
 
 def model_variants(torch, device, dry_run: bool, compile_ok: bool, best=None,
-                   forms: bool = False):
+                   forms: bool = False, kernel_impl: str = "kernel"):
     """(name, dtype, renderer impl, channels_last, mode, kernel launch or None) in the order
     they run; ``best``: the launch the sweep found fastest for half-precision tri-planes;
     ``forms``: the ops section found faster forms of generate's operators, so the best-launch
-    variant runs once more with them in place (``benchmarks.ops.fastest_forms``)."""
-    kernel_impl = "kernel"
+    variant runs once more with them in place (``benchmarks.ops.fastest_forms``);
+    ``kernel_impl``: the renderer of the "-kernel" variants ("reference" when the kernel is
+    unusable on this machine; each variant records the renderer it ran)."""
     out = [("fp32-reference", torch.float32, "reference", False, "eager"),
            ("fp32-kernel", torch.float32, kernel_impl, False, "eager"),
            ("fp16-kernel", torch.float16, kernel_impl, False, "eager"),
@@ -651,11 +660,14 @@ def half_precision_launch(timing: dict) -> dict | None:
 
 
 def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, compile_ok,
-                 report: Report, failure=None) -> dict:
+                 report: Report, failure=None, kernel_unusable=None) -> dict:
     from export3d.model import build_model
 
     job = Resumable(report, "model", {"preset": config.preset, "batch": 1, "variants": {}},
                     failure)
+    if kernel_unusable:
+        job.value["kernel_unusable"] = f"{kernel_unusable}: the -kernel variants ran with the " \
+            "reference renderer"
     base = build_model(config, seed=0)
     base.clebs.freeze_basis()
     best = half_precision_launch(report.data.get("raymarch_timing", {}))
@@ -664,7 +676,8 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
     sites = [s for s in report.data.get("ops", {}).get("sites", [])
              if s.get("fastest_within") not in (None, "model")]
     for name, dtype, impl, channels_last, mode, launch in model_variants(
-            torch, device, dry_run, compile_ok, best, forms=bool(sites) or dry_run):
+            torch, device, dry_run, compile_ok, best, forms=bool(sites) or dry_run,
+            kernel_impl="reference" if kernel_unusable else "kernel"):
         if job.finished("variants", name) is not None:
             continue  # done by an earlier process of this section
         if budget.left() < (150 if mode == "compile" else 20):
@@ -977,7 +990,8 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
             "summary": summary}
 
 
-def ops_section(torch, device, dry_run: bool, warmup, iters, budget: Budget) -> dict:
+def ops_section(torch, device, dry_run: bool, warmup, iters, budget: Budget,
+                render_impl: str = "auto") -> dict:
     """``benchmarks.ops``: the candidate forms of generate's attention, depthwise and low-pass
     operators against the model's, at their real inputs (bf16 + channels-last on a GPU, as
     the frame's best eager variant runs; fp32 at tiny size in a dry run)."""
@@ -986,7 +1000,8 @@ def ops_section(torch, device, dry_run: bool, warmup, iters, budget: Budget) -> 
     if budget.left() < 60:
         return {"skipped": f"time budget ({budget.left():.0f} s left)"}
     preset, dtype = ("tiny", torch.float32) if dry_run else ("paper512", torch.bfloat16)
-    model, source, expr = ops.prepared_model(preset, dtype, device, channels_last=True)
+    model, source, expr = ops.prepared_model(preset, dtype, device, channels_last=True,
+                                             render_impl=render_impl)
     out = {"preset": preset, "dtype": str(dtype).replace("torch.", ""), "channels_last": True,
            **ops.op_candidates(model, source, expr, warmup, min(iters, 30),
                                progress=lambda line: print(f"  ops {line}", flush=True))}
@@ -1038,7 +1053,9 @@ def summary(data: dict, device) -> dict:
     out = {}
     if device.type != "cuda":
         return {"targets": "not applicable: no GPU (dry run)",
-                "kernel_check_passed": data.get("kernel_check", {}).get("all_passed")}
+                "kernel_check_passed": data.get("kernel_check", {}).get("all_passed"),
+                **({"kernel_unusable": data["kernel_unusable"]} if "kernel_unusable" in data
+                   else {})}
     timing = data.get("raymarch_timing", {})
     if "speedup_p50" in timing.get("float32", {}):
         out["kernel_speedup_fp32"] = timing["float32"]["speedup_p50"]
@@ -1076,6 +1093,8 @@ def summary(data: dict, device) -> dict:
     if ratios:
         out["bf16_channels_last_over_eager_floor"] = ratios
     out["kernel_check_passed"] = data.get("kernel_check", {}).get("all_passed")
+    if "kernel_unusable" in data:
+        out["kernel_unusable"] = data["kernel_unusable"]
     engine = data.get("tensorrt_kernel", {})
     if "cases" in engine:
         out["tensorrt_kernel_passed"] = engine["all_passed"]
@@ -1156,6 +1175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--section", choices=SECTIONS, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--failure", help=argparse.SUPPRESS)
+    parser.add_argument("--kernel-unusable", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     chosen = args.sections.split(",") if args.sections else (
         KERNEL_ONLY_SECTIONS if args.kernel_only else SECTIONS)
@@ -1179,7 +1199,8 @@ def setup(args) -> types.SimpleNamespace | None:
     run = types.SimpleNamespace(torch=torch, dry_run=args.dry_run,
                                 budget=Budget(args.budget_s, args.deadline),
                                 compile_ok=not args.no_compile and not args.dry_run,
-                                kernel_only=args.kernel_only)
+                                kernel_only=args.kernel_only,
+                                kernel_unusable=args.kernel_unusable)
     if args.dry_run:
         run.device = torch.device("cpu")
         # tiny, shrunk to 8 x 8 rays: Triton's interpreter runs a kernel call in seconds.
@@ -1201,6 +1222,9 @@ def setup(args) -> types.SimpleNamespace | None:
 
 def run_section(key: str, run, report: Report, isolated: bool = False, failure=None):
     torch, config, device = run.torch, run.config, run.device
+    unusable = run.kernel_unusable
+    if unusable and key in KERNEL_SKIPPED:
+        return section(report, key, lambda: {"skipped": f"{unusable} (kernel_check)"})
     if key in ("kernel_check", "raymarch_timing", "tensorrt_kernel"):
         # The kernel is checked fp32 math against fp32 math: TF32 kept out of the reference.
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -1217,9 +1241,9 @@ def run_section(key: str, run, report: Report, isolated: bool = False, failure=N
                                                    run.iters),
         # Before the model section: seconds, and it says which forms would cut generate.
         "ops": lambda: ops_section(torch, device, run.dry_run, run.warmup, run.iters,
-                                   run.budget),
+                                   run.budget, "reference" if unusable else "auto"),
         "model": lambda: model_timing(torch, config, device, run.warmup, run.iters, run.budget,
-                                      run.dry_run, run.compile_ok, report, failure),
+                                      run.dry_run, run.compile_ok, report, failure, unusable),
         "roofline": lambda: roofline_section(config.preset,
                                              report.data.get("machine", {}).get("gpu")),
         "tensorrt": lambda: tensorrt_section(torch, config, device, run.warmup, run.iters,
@@ -1231,12 +1255,14 @@ def run_section(key: str, run, report: Report, isolated: bool = False, failure=N
     return section(report, key, calls[key], isolated=isolated)
 
 
-def child_command(args, path: Path, deadline: float, key: str, failure: str | None) -> list:
+def child_command(args, path: Path, deadline: float, key: str, failure: str | None,
+                  kernel_unusable: str | None = None) -> list:
     module = os.environ.get(CHILD_MODULE_ENV) or "benchmarks.gpu_suite"
     cmd = [sys.executable, "-m", module, "--out", str(path), "--iters", str(args.iters),
            "--budget-s", str(args.budget_s), "--deadline", repr(deadline), "--section", key]
     cmd += [flag for flag, on in (("--dry-run", args.dry_run), ("--no-compile", args.no_compile),
                                   ("--kernel-only", args.kernel_only)) if on]
+    cmd += ["--kernel-unusable", kernel_unusable] if kernel_unusable else []
     return cmd + (["--failure", failure] if failure else [])
 
 
@@ -1292,14 +1318,17 @@ def exit_reason(status: int) -> str:
     return f"exited with status {status}"
 
 
-def isolated_section(args, report: Report, key: str, deadline: float) -> None:
+def isolated_section(args, report: Report, key: str, deadline: float,
+                     kernel_unusable: str | None = None) -> str | None:
     """Section ``key`` in a process of its own, resumed in fresh ones (up to
     MAX_SECTION_STARTS) while its value is ``incomplete``; what no process finished is
-    recorded in the report with why, and the process's last lines."""
+    recorded in the report with why, and the process's last lines. Returns how its last
+    process failed (died, hung, lost its CUDA context), None if it did not."""
     failure, began = None, time.monotonic()
     for start in range(MAX_SECTION_STARTS):
-        status, killed, tail = watch(child_command(args, report.path, deadline, key, failure),
-                                     args.silence_s, deadline + OVERRUN_LIMIT_S)
+        status, killed, tail = watch(
+            child_command(args, report.path, deadline, key, failure, kernel_unusable),
+            args.silence_s, deadline + OVERRUN_LIMIT_S)
         value = report.reload().data.get(key)
         value = value if isinstance(value, dict) else {}
         if start:  # the section's time over all its processes
@@ -1307,7 +1336,8 @@ def isolated_section(args, report: Report, key: str, deadline: float) -> None:
         if status == 0 and not killed and value and not value.get("incomplete"):
             if start:
                 report.put(key, value)
-            return
+            return "its process lost its CUDA context" if value.get("cuda_context_lost") \
+                else None
         how = killed or exit_reason(status)
         if (value.get("incomplete") and key in RESUMABLE and killed != OVERRAN
                 and start + 1 < MAX_SECTION_STARTS):
@@ -1319,7 +1349,7 @@ def isolated_section(args, report: Report, key: str, deadline: float) -> None:
                      seconds=round(time.monotonic() - began, 2))
         report.put(key, value)
         print(f"[{key}] {value['error']}", flush=True)
-        return
+        return f"its process {how}"
 
 
 def main(argv=None) -> int:
@@ -1349,11 +1379,16 @@ def main(argv=None) -> int:
     report.put("machine", machine_info(torch, device))
     print(json.dumps(report.data["machine"]), flush=True)
     report.put("isolation", "in-process" if args.in_process else "a process per section")
+    unusable = None
     for key in args.chosen:
         if args.in_process:
             run_section(key, run, report)
-        else:
-            isolated_section(args, report, key, run.budget.deadline)
+            continue
+        failed = isolated_section(args, report, key, run.budget.deadline, unusable)
+        if key == "kernel_check" and failed:
+            unusable = f"the kernel is unusable here: {failed}"
+            report.put("kernel_unusable", unusable)
+            print(f"[{key}] {unusable}; later sections run without it", flush=True)
     report.put("summary", summary(report.data, device))
     report.put("finished_utc", datetime.datetime.now(datetime.UTC).isoformat())
     print_table(report.data)

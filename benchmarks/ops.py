@@ -466,14 +466,14 @@ def print_table(result: dict) -> None:
     print(f"total saving per frame: {result['saving_ms_per_frame']:.4f} ms")
 
 
-def prepared_model(preset: str, dtype, device, channels_last: bool):
+def prepared_model(preset: str, dtype, device, channels_last: bool, render_impl="auto"):
     """A randomly initialised model of ``preset`` in ``dtype`` on ``device`` with a cached
     source and an expression code, as the suite's model variants run it."""
     from export3d import get_config
     from export3d.model import build_model
 
     config = get_config(preset)
-    model = build_model(config, seed=0).eval()
+    model = build_model(config, seed=0, render_impl=render_impl).eval()
     model.clebs.freeze_basis()
     model = model.to(device=device, dtype=dtype)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format

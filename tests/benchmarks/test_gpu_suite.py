@@ -166,27 +166,30 @@ def test_summary_says_what_the_fastest_forms_saved_on_the_frame():
         "bf16-kernel-best-forms": 1.5}
 
 
-def test_a_crashing_hanging_or_context_breaking_item_costs_only_itself(tmp_path):
-    """Each section runs in a process of its own. A section whose process dies is recorded
-    with why, and the next section still runs. In the sweep and the model variants, the item
-    that killed its process, hung, or broke the CUDA context is recorded with what happened,
-    and a fresh process goes on with the next item. Faults from tests/benchmarks/faulty_suite.py."""
+def faulty_run(tmp_path, faults: str, sections: str, silence_s: int):
+    """The suite's dry run over ``sections`` with its section processes failing as
+    tests/benchmarks/faulty_suite.py is told by ``faults``: (the parent's output, the report)."""
     out = tmp_path / "suite.json"
     here = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), here]),
-           "EXPORT3D_GPU_SUITE_CHILD": "faulty_suite",
-           "FAULTY_SUITE": "section kernel_check=abort,launch_sweep 0=abort,"
-                           "variants fp32-kernel=context,variants bf16-kernel-best-launch=hang"}
+           "EXPORT3D_GPU_SUITE_CHILD": "faulty_suite", "FAULTY_SUITE": faults}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run",
-                           "--sections", "kernel_check,raymarch_timing,model", "--silence-s",
-                           "30", "--out", str(out)], capture_output=True, text=True,
-                          timeout=600, env=env)
+                           "--sections", sections, "--silence-s", str(silence_s), "--out",
+                           str(out)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["isolation"] == "a process per section"
-    check = report["kernel_check"]  # not resumable: recorded with why, the others still ran
-    assert check["error"] == "the section's process was killed by SIGABRT", check
-    assert isinstance(check["output_tail"], list)
+    return proc.stdout, report
+
+
+def test_a_crashing_hanging_or_context_breaking_item_costs_only_itself(tmp_path):
+    """Each section runs in a process of its own. In the sweep and the model variants, the
+    item that killed its process, hung, or broke the CUDA context is recorded with what
+    happened, and a fresh process goes on with the next item."""
+    stdout, report = faulty_run(
+        tmp_path, "launch_sweep 0=abort,variants fp32-kernel=context,"
+        "variants bf16-kernel-best-launch=hang", "kernel_check,raymarch_timing,model", 30)
+    assert report["kernel_check"]["all_passed"] and "kernel_unusable" not in report
     timing = report["raymarch_timing"]
     assert "incomplete" not in timing and "running" not in timing
     assert timing["float32"]["kernel"]["p50_ms"] > 0 and "speedup_p50" in timing["float16"]
@@ -203,9 +206,31 @@ def test_a_crashing_hanging_or_context_breaking_item_costs_only_itself(tmp_path)
     assert hung.startswith("its process printed nothing for 30 s (a hang?) and was killed"), hung
     for name in ("fp32-reference", "bf16-kernel-best-forms"):
         assert variants[name]["finite"] and variants[name]["frame"]["p50_ms"] > 0
+    assert variants["bf16-kernel-best-forms"]["renderer"] == "kernel"
     # The best launch came from the one sweep row that ran.
     assert variants["bf16-kernel-best-forms"]["kernel_launch"]["variant"] == "tiled"
-    assert proc.stdout.count("resuming in a fresh process") == 3
+    assert stdout.count("resuming in a fresh process") == 3
     assert timing["processes"] == 2 and report["model"]["processes"] == 3
-    assert "processes" not in check and check["seconds"] > 0
-    assert report["summary"]["kernel_check_passed"] is None
+
+
+def test_a_kernel_check_that_dies_or_hangs_keeps_the_kernel_out_of_later_sections(tmp_path):
+    """A section that is not resumable is recorded with why its process ended. When that is
+    the kernel check, the kernel sections are skipped and the model runs with the reference
+    renderer, instead of every later item dying or hanging the same way."""
+    for how, said in (("abort", "its process was killed by SIGABRT"),
+                      ("hang", "its process printed nothing for 15 s (a hang?) and was killed")):
+        stdout, report = faulty_run(tmp_path, f"section kernel_check={how}",
+                                    "kernel_check,raymarch_timing,model", 15)
+        check = report["kernel_check"]
+        assert check["error"] == f"the section's process {said.removeprefix('its process ')}"
+        assert isinstance(check["output_tail"], list) and check["seconds"] > 0
+        assert report["kernel_unusable"] == f"the kernel is unusable here: {said}"
+        assert report["summary"]["kernel_unusable"] == report["kernel_unusable"]
+        assert report["raymarch_timing"]["skipped"].startswith(report["kernel_unusable"])
+        model = report["model"]
+        assert model["kernel_unusable"].startswith(report["kernel_unusable"])
+        assert list(model["variants"]) == ["fp32-reference", "fp32-kernel",
+                                           "bf16-kernel-best-forms"]
+        for v in model["variants"].values():
+            assert v["renderer"] == "reference" and v["frame"]["p50_ms"] > 0
+        assert "resuming" not in stdout
