@@ -140,6 +140,7 @@ SILENCE_LIMIT_S = 240.0
 # How long past the budget a section's process may go on before it is killed: the budget only
 # stops new items from starting, and the summary still has to be written.
 OVERRUN_LIMIT_S = 120.0
+OVERRAN = "ran past the time budget and was killed"
 # Sections that run the ray-march kernel, and how each does without it when the kernel check's
 # process died, hung or lost its CUDA context (each would only fail the same way, at the cost
 # of a fresh process or a hang-watch wait per item): skipped, or the model and operator
@@ -1267,31 +1268,35 @@ def child_command(args, path: Path, deadline: float, key: str, failure: str | No
 
 
 def watch(cmd: list, silence_s: float, kill_at: float) -> tuple[int, str | None, list]:
-    """Run ``cmd`` (its own process group), passing its output through; kill it when it prints
-    nothing for ``silence_s`` or runs past ``kill_at`` (wall clock). Returns its exit status,
-    why it was killed (None if it was not) and its last lines."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, start_new_session=True)
-    lines: queue.Queue = queue.Queue()
+    """Run ``cmd`` (its own process group, unbuffered), passing its output through; kill it
+    when it writes nothing for ``silence_s`` (a progress bar's carriage returns count) or runs
+    past ``kill_at`` (wall clock). Returns its exit status, why it was killed (None if it was
+    not) and its last lines."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    chunks: queue.Queue = queue.Queue()
 
     def read():
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
+        while chunk := os.read(proc.stdout.fileno(), 65536):
+            chunks.put(chunk)
+        chunks.put(None)
 
     threading.Thread(target=read, daemon=True).start()
     tail: collections.deque = collections.deque(maxlen=30)
-    last, killed = time.time(), None
+    partial, last, killed = "", time.time(), None
     while True:
         try:
-            line = lines.get(timeout=0.5)
+            chunk = chunks.get(timeout=0.5)
         except queue.Empty:
-            line = ""
-        if line is None:
+            chunk = b""
+        if chunk is None:
             break
-        if line:
-            print(line, end="", flush=True)
-            tail.append(line.rstrip())
+        if chunk:
+            text = chunk.decode(errors="replace")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            *done, partial = (partial + text).split("\n")
+            tail.extend(line.rstrip("\r") for line in done)
             last = time.time()
             continue
         if killed:
@@ -1303,10 +1308,10 @@ def watch(cmd: list, silence_s: float, kill_at: float) -> tuple[int, str | None,
         if killed:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+    if partial:
+        tail.append(partial)
+    proc.stdout.close()
     return proc.wait(), killed, list(tail)
-
-
-OVERRAN = "ran past the time budget and was killed"
 
 
 def exit_reason(status: int) -> str:
