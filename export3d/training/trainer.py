@@ -131,7 +131,11 @@ class Distributed:
             self.dist.barrier()
 
     def close(self) -> None:
+        """Leave the process group once every rank is here: a rank tearing its connections
+        down while a peer still talks to it can abort that peer (gloo: "terminate called
+        without an active exception")."""
         if self.world > 1 and self.dist.is_initialized():
+            self.dist.barrier()
             self.dist.destroy_process_group()
 
 
