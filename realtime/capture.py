@@ -6,6 +6,7 @@ carrying a scripted *driving* (neutral expression, a camera orbit) that bypasses
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,23 @@ class ImageSequenceCapture:
         pass
 
 
+@contextlib.contextmanager
+def quiet_opencv(cv2):
+    """OpenCV's own log silenced within the block (probing a camera index that does not
+    exist logs "global obsensor_uvc_stream_channel.cpp:163 getStreamChannelGroup Camera index
+    out of range" to stderr, above the error this module raises)."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    level = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(level)
+
+
 class WebcamCapture:
     """``webcam:N``: MJPG asked for, then the resolution and fps; opening and empty frames are
     retried with exponential back-off, then one clear message."""
@@ -141,7 +159,8 @@ class WebcamCapture:
         delay = config.backoff_s
         self.cap = None
         for attempt in range(max(1, config.retries)):
-            cap = opener(index)
+            with quiet_opencv(cv2):  # a missing camera: our one line, not OpenCV's log too
+                cap = opener(index)
             if cap is not None and cap.isOpened():
                 self.cap = cap
                 break

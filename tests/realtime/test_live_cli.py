@@ -201,3 +201,19 @@ def test_compiled_torch_backend_matches_eager_and_swaps_sources_without_retracin
         _open(GeneratorConfig(backend="onnxruntime", compile=True))
     assert build_config(parse(["--compile"])).generator.compile is True
     assert build_config(parse([])).generator.compile is False
+
+
+def test_missing_camera_prints_only_our_line_on_stderr():
+    """OpenCV logs its own error when probing an index with no camera; the user sees the one
+    line that says what to do."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "export3d.cli", "live", "--camera", "97",
+                           "--frames", "1"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("export3d: error: no camera at index 97"), \
+        proc.stderr
