@@ -98,17 +98,38 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
 def test_best_launch_picks_the_fastest_row_within_tolerance():
     from benchmarks.gpu_suite import best_launch
 
+    def row(variant, block_rays, dtype="float32", **measured):
+        return {"variant": variant, "block_rays": block_rays, "triplane_dtype": dtype,
+                **measured}
+
     timing = {"float32": {"reference": {"p50_ms": 5.0}}, "launch_sweep": [
-        {"variant": "serial", "block_rays": 32, "p50_ms": 0.4, "within_tolerance": False},
-        {"variant": "serial", "block_rays": 64, "p50_ms": 0.8, "within_tolerance": True},
-        {"variant": "tiled", "block_rays": 16, "p50_ms": 1.0, "within_tolerance": True},
-        {"variant": "serial", "block_rays": 128, "error": "OutOfResources"}]}
+        row("serial", 32, p50_ms=0.4, within_tolerance=False),
+        row("serial", 64, p50_ms=0.8, within_tolerance=True),
+        row("tiled", 16, p50_ms=1.0, within_tolerance=True),
+        row("serial", 128, error="OutOfResources")]}
     got = best_launch(timing)
-    assert got["kernel_best_launch"] == {"variant": "serial", "block_rays": 64, "p50_ms": 0.8}
+    assert got["kernel_best_launch"] == {"variant": "serial", "block_rays": 64,
+                                         "triplane_dtype": "float32", "p50_ms": 0.8}
     assert got["kernel_best_speedup"] == 6.25 and got["kernel_best_speedup_met"] is False
     timing["launch_sweep"][1]["p50_ms"] = 0.5
     assert best_launch(timing)["kernel_best_speedup_met"] is True
     assert best_launch({"float32": {"reference": {"p50_ms": 5.0}}}) == {}
+    # Per tri-plane dtype, each against the reference at its dtype: the defaults to adopt
+    # for fp32 tri-planes and for half precision (the model's bf16/fp16 frames).
+    timing["launch_sweep"][1]["p50_ms"] = 0.8
+    timing["float16"] = {"reference": {"p50_ms": 4.0}}
+    timing["launch_sweep"] += [row("serial", 64, "float16", p50_ms=0.35, within_tolerance=True),
+                               row("serial", 32, "float16", p50_ms=0.45, within_tolerance=True),
+                               row("serial", 16, "float16", p50_ms=0.3, within_tolerance=False)]
+    got = best_launch(timing)
+    assert got["kernel_best_launch"]["p50_ms"] == 0.35
+    by_dtype = got["kernel_best_by_triplane_dtype"]
+    assert by_dtype["float32"] == {"launch": {"variant": "serial", "block_rays": 64},
+                                   "p50_ms": 0.8, "speedup_over_reference": 6.25,
+                                   "speedup_met": False}
+    assert by_dtype["float16"] == {"launch": {"variant": "serial", "block_rays": 64},
+                                   "p50_ms": 0.35, "speedup_over_reference": 11.43,
+                                   "speedup_met": True}
 
 
 def test_every_sweep_row_is_a_valid_launch():
