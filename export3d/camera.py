@@ -1,4 +1,5 @@
-"""Camera conventions: the EG3D 25-d label, look-at and orbit cameras, head rotation -> camera, rays.
+"""Camera conventions: the EG3D 25-d label, look-at and orbit cameras, head rotation ->
+camera, rays.
 
 A camera label is ``[B, 25]`` float32: ``cam2world.reshape(16)`` (OpenCV axes: x right, y down,
 z forward; row-major) followed by the normalised intrinsics ``K.reshape(9)`` (focal 4.2647,
@@ -93,8 +94,9 @@ def label_from_rotation(rotation: torch.Tensor, focal: float = FOCAL) -> torch.T
     offset = torch.tensor([0.0, 0.006, 0.161], dtype=rotation.dtype, device=rotation.device)
     c1 = 0.27 * c0 + offset
     centre = RADIUS * torch.nn.functional.normalize(c1, dim=-1)
-    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=rotation.dtype, device=rotation.device))
-    pose = torch.eye(4, dtype=rotation.dtype, device=rotation.device).repeat(rotation.shape[0], 1, 1)
+    like = dict(dtype=rotation.dtype, device=rotation.device)
+    flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], **like))
+    pose = torch.eye(4, **like).repeat(rotation.shape[0], 1, 1)
     pose[:, :3, :3] = rotation.transpose(1, 2) @ flip
     pose[:, :3, 3] = centre
     return make_label(pose, focal)

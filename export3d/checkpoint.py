@@ -63,7 +63,8 @@ def read_header(path: str | Path) -> dict:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} is not a safetensors checkpoint (unreadable header)") from None
+        raise CheckpointError(f"{path} is not a safetensors checkpoint (unreadable "
+                              "header)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors checkpoint (unreadable header)")
     return header

@@ -1,10 +1,11 @@
 """The ``export3d`` command: one subcommand per job.
 
 Subcommands register themselves: each is a ``register(subparsers)`` function that adds its
-parser and sets ``run``. export3d's own (``render``; ``prepare``, ``train`` and ``eval`` from :mod:`.training.cli`) are listed here; other packages of the
-project (``export``, ``realtime``) add theirs through the ``export3d.commands`` entry-point
-group in pyproject.toml, so this package never imports them. Bad input ends with one sentence
-on stderr and exit status 2, never a stack trace.
+parser and sets ``run``. export3d's own (``render``; ``prepare``, ``train`` and ``eval``
+from :mod:`.training.cli`) are listed here; other packages of the project (``export``,
+``realtime``) add theirs through the ``export3d.commands`` entry-point group in
+pyproject.toml, so this package never imports them. Bad input ends with one sentence on
+stderr and exit status 2, never a stack trace.
 """
 from __future__ import annotations
 

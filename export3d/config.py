@@ -141,7 +141,8 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 def get_config(preset: str, **overrides) -> ModelConfig:
-    """The named preset, optionally with fields replaced (``get_config("tiny", image_size=128)``)."""
+    """The named preset, optionally with fields replaced
+    (``get_config("tiny", image_size=128)``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     config = PRESETS[preset]

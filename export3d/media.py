@@ -41,7 +41,8 @@ def load_image(path: str | Path) -> np.ndarray:
         raise MediaError(f"{path} is not a readable image (corrupt, empty or not an image file); "
                          "use a JPEG or PNG photo")
     if min(bgr.shape[:2]) < 32:
-        raise MediaError(f"{path} is {bgr.shape[1]}x{bgr.shape[0]} pixels, too small for a portrait")
+        raise MediaError(f"{path} is {bgr.shape[1]}x{bgr.shape[0]} pixels, too small for a "
+                         "portrait")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

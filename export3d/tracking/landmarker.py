@@ -81,9 +81,9 @@ def as_rgb(frame: np.ndarray) -> np.ndarray:
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise TrackingInputError(f"a frame must be an image [H, W, 3], got shape {frame.shape}")
     if min(frame.shape[:2]) < MIN_SIDE:
-        raise TrackingInputError(f"the image is {frame.shape[1]}x{frame.shape[0]} pixels, too small "
-                                 f"to find a face (at least {MIN_SIDE}x{MIN_SIDE}); use a larger "
-                                 "image")
+        raise TrackingInputError(f"the image is {frame.shape[1]}x{frame.shape[0]} pixels, too "
+                                 f"small to find a face (at least {MIN_SIDE}x{MIN_SIDE}); use "
+                                 "a larger image")
     return np.ascontiguousarray(frame)
 
 

@@ -2,8 +2,10 @@
 
     export3d prepare WolfgangLanger_Pexels.mp4 --preset demo64 --out data/
     export3d train clebs --data data/ --preset demo64 --out runs/clebs.safetensors
-    export3d train generator --data data/ --preset demo64 --init runs/clebs.safetensors --out runs/g
-    export3d eval --checkpoint runs/g/model.safetensors --data data/ --drive other.mp4 --json eval.json
+    export3d train generator --data data/ --preset demo64 --init runs/clebs.safetensors \\
+        --out runs/g
+    export3d eval --checkpoint runs/g/model.safetensors --data data/ --drive other.mp4 \\
+        --json eval.json
 
 ``train generator`` resumes from ``--out/state.pt`` when it exists, so re-running the same
 command continues the run. Under ``torchrun --nproc-per-node N -m export3d.cli train ...`` it
@@ -23,7 +25,8 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+        raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use "
+                        "--device cpu")
     return name
 
 

@@ -1,10 +1,10 @@
 """``export3d eval``: a checkpoint scored on a dataset's held-out frames, next to baselines.
 
 Same identity (self-reenactment, ground truth exists): one source crop (``--source-frame``, a
-training frame; default the clip's first) is driven by the expression code and camera of every held-out frame, in the
-two held-out sets of :func:`.data.holdout_split` (``interp``: every 10th frame; ``extrap``:
-the last 15 % of the clip). Scores: PSNR (dB, on uint8 RGB) and SSIM (Gaussian 11-tap,
-:func:`.losses.ssim`) against the real frame, for
+training frame; default the clip's first) is driven by the expression code and camera of
+every held-out frame, in the two held-out sets of :func:`.data.holdout_split` (``interp``:
+every 10th frame; ``extrap``: the last 15 % of the clip). Scores: PSNR (dB, on uint8 RGB)
+and SSIM (Gaussian 11-tap, :func:`.losses.ssim`) against the real frame, for
 - the model;
 - ``copy_source``: the source crop itself (a model that ignores the driver scores this);
 - ``nearest_train``: for each held-out frame, the training crop closest to it in pixels, an
