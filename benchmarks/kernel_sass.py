@@ -72,6 +72,7 @@ CONFIGS = (
     ("serial 32x4 tf32x3", dict(dot_precision="tf32x3")),
     ("serial 64x4 tf32x3", dict(dot_precision="tf32x3", block_rays=64)),  # fp32 default
     ("serial 32x4 tf32", dict(dot_precision="tf32")),
+    ("serial 64x4 tf32", dict(dot_precision="tf32", block_rays=64)),
     ("serial 32x4 fp16", dict(dot_precision="fp16")),
     ("serial 64x4 fp16", dict(dot_precision="fp16", block_rays=64)),
     # Half-precision tri-planes (the model in fp16 or bf16; the op hands bf16 over in fp16):

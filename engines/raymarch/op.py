@@ -96,12 +96,27 @@ def validate(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_c
 
 
 def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
-    """The MLP products' precision on this device for this tri-plane dtype.
-    fp32 tri-planes: "tf32x3" (three TF32 tensor-core products, fp32-accurate) where TF32
-    exists (sm_80 and newer), else "ieee" (fp32 FMAs). Measured on an H200 at paper512 sizes
+    """The MLP products' precision on this device for this tri-plane dtype
+    (:func:`dot_precision_for` with this device's compute capability and PyTorch's float32
+    matmul precision setting)."""
+    if device.type != "cuda":
+        return "ieee"
+    return dot_precision_for(torch.cuda.get_device_capability(device)[0], triplane_dtype,
+                             torch.get_float32_matmul_precision())
+
+
+def dot_precision_for(major: int, triplane_dtype, fp32_matmul_precision: str = "highest"
+                      ) -> str:
+    """The MLP products' precision for a compute capability ``major`` and a tri-plane dtype.
+    fp32 tri-planes follow PyTorch's own switch for fp32 matmuls
+    (``torch.set_float32_matmul_precision``, or ``torch.backends.cuda.matmul.allow_tf32``):
+    "highest" (PyTorch's default) gives "tf32x3", three TF32 tensor-core products,
+    fp32-accurate; "high" or "medium" (TF32 allowed) gives "tf32", one product. Both need
+    sm_80 or newer; before, "ieee" (fp32 FMAs). Measured on an H200 at paper512 sizes
     (benchmarks/results/kernel_sweep-NVIDIA_H200-2026-11-28.json, before the instruction diet):
-    3.07 ms vs 3.39 ms at 32 rays x 4 warps, both 4.4e-6 from the reference; plain "tf32" was
-    faster (2.58 ms) but 9e-5 off.
+    32 rays x 4 warps, "tf32x3" 3.07 ms and 4.4e-6 from the reference, "tf32" 2.58 ms and
+    9e-5 off (the kernel tolerance is 2e-3); in SASS now (benchmarks.kernel_sass, 64 x 4):
+    0.45 M instructions per ray and 272 bytes of spills against 0.32 M and none.
     fp16 / bf16 tri-planes (the model in half precision): "fp16" tensor-core products with fp32
     accumulation on sm_80 and newer (Triton emits no fp16 MMA for sm_75: "ieee" there). Their
     operands keep 11 significant bits, more than a bf16 tri-plane's 8, where the PyTorch path
@@ -109,12 +124,11 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
     (benchmarks.kernel_sass, 32 rays x 4 warps: 0.44 M per ray against 0.83 M for "tf32x3").
     Their one risk is range: a feature or hidden value beyond 65504 would overflow fp16, far
     outside what the generator produces."""
-    if device.type != "cuda":
+    if int(major) < 8:
         return "ieee"
-    major = torch.cuda.get_device_capability(device)[0]
-    if major < 8:
-        return "ieee"
-    return "fp16" if triplane_dtype in (torch.float16, torch.bfloat16) else "tf32x3"
+    if triplane_dtype in (torch.float16, torch.bfloat16):
+        return "fp16"
+    return "tf32x3" if fp32_matmul_precision == "highest" else "tf32"
 
 
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,

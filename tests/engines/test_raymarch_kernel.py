@@ -384,6 +384,32 @@ def test_deterministic(variant):
         assert torch.equal(a, b)
 
 
+@pytest.mark.skipif(IN_CHILD, reason="runs in the parent: no kernel call")
+def test_default_products_follow_the_devices_and_pytorchs_fp32_matmul_setting():
+    from engines.raymarch.op import default_dot_precision, dot_precision_for
+    from engines.trt import kernel_abi
+
+    for major, half, highest, tf32 in ((7, "ieee", "ieee", "ieee"), (8, "fp16", "tf32x3", "tf32"),
+                                       (9, "fp16", "tf32x3", "tf32")):
+        assert dot_precision_for(major, torch.float16) == half
+        assert dot_precision_for(major, torch.bfloat16, "high") == half
+        assert dot_precision_for(major, torch.float32) == highest
+        assert dot_precision_for(major, torch.float32, "highest") == highest
+        assert dot_precision_for(major, torch.float32, "high") == tf32
+        assert dot_precision_for(major, torch.float32, "medium") == tf32
+        # A TensorRT engine's kernel cannot see PyTorch's setting: PyTorch's default.
+        for dtype, name in ((torch.float32, "float32"), (torch.float16, "float16")):
+            assert kernel_abi.dot_precision(10 * major, name) == dot_precision_for(major, dtype)
+    # PyTorch's switch, as users flip it: allow_tf32 is the "high" precision.
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    assert default_dot_precision(torch.device("cpu"), torch.float32) == "ieee"
+
+
 @interpreted
 def test_fake_implementation_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
