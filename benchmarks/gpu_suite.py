@@ -141,6 +141,8 @@ SILENCE_LIMIT_S = 240.0
 # stops new items from starting, and the summary still has to be written.
 OVERRUN_LIMIT_S = 120.0
 OVERRAN = "ran past the time budget and was killed"
+# How long the output of a section's process that has ended (or been killed) is still read.
+EXITED_QUIET_S = 5.0
 # Sections that run the ray-march kernel, and how each does without it when the kernel check's
 # process died, hung or lost its CUDA context (each would only fail the same way, at the cost
 # of a fresh process or a hang-watch wait per item): skipped, or the model and operator
@@ -1297,13 +1299,14 @@ def watch(cmd: list, silence_s: float, kill_at: float) -> tuple[int, str | None,
 
     threading.Thread(target=read, daemon=True).start()
     tail: collections.deque = collections.deque(maxlen=30)
-    partial, last, killed = "", time.time(), None
+    partial, last, killed, killed_at, eof = "", time.time(), None, 0.0, False
     while True:
         try:
             chunk = chunks.get(timeout=0.5)
         except queue.Empty:
             chunk = b""
         if chunk is None:
+            eof = True
             break
         if chunk:
             text = chunk.decode(errors="replace")
@@ -1313,18 +1316,27 @@ def watch(cmd: list, silence_s: float, kill_at: float) -> tuple[int, str | None,
             tail.extend(line.rstrip("\r") for line in done)
             last = time.time()
             continue
+        now = time.time()
+        # A process of its own (a compile worker) may outlive the section's process and keep
+        # the pipe open: once the section's process has ended, a short quiet is enough.
+        if proc.poll() is not None and now - last > EXITED_QUIET_S:
+            break
         if killed:
-            continue  # the group is killed; wait for the pipe to close
-        if time.time() - last > silence_s:
+            if now - killed_at > EXITED_QUIET_S:
+                break
+            continue
+        if now - last > silence_s:
             killed = f"printed nothing for {silence_s:.0f} s (a hang?) and was killed"
-        elif time.time() > kill_at:
+        elif now > kill_at:
             killed = OVERRAN
         if killed:
+            killed_at = now
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
     if partial:
         tail.append(partial)
-    proc.stdout.close()
+    if eof:  # else the reader thread may still be reading the pipe: leave it open
+        proc.stdout.close()
     return proc.wait(), killed, list(tail)
 
 

@@ -1,10 +1,13 @@
 """The GPU suite runs end to end on a CPU (dry run) so it cannot rot between GPU loans."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 
 def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
@@ -192,11 +195,18 @@ def faulty_run(tmp_path, faults: str, sections: str, silence_s: int):
     tests/benchmarks/faulty_suite.py is told by ``faults``: (the parent's output, the report)."""
     out = tmp_path / "suite.json"
     here = os.path.dirname(os.path.abspath(__file__))
+    orphans = tmp_path / "orphans.txt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), here]),
-           "EXPORT3D_GPU_SUITE_CHILD": "faulty_suite", "FAULTY_SUITE": faults}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run",
-                           "--sections", sections, "--silence-s", str(silence_s), "--out",
-                           str(out)], capture_output=True, text=True, timeout=600, env=env)
+           "EXPORT3D_GPU_SUITE_CHILD": "faulty_suite", "FAULTY_SUITE": faults,
+           "FAULTY_SUITE_ORPHANS": str(orphans)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run",
+                               "--sections", sections, "--silence-s", str(silence_s), "--out",
+                               str(out)], capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        for pid in (orphans.read_text().split() if orphans.exists() else []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["isolation"] == "a process per section"
@@ -207,9 +217,14 @@ def test_a_crashing_hanging_or_context_breaking_item_costs_only_itself(tmp_path)
     """Each section runs in a process of its own. In the sweep and the model variants, the
     item that killed its process, hung, or broke the CUDA context is recorded with what
     happened, and a fresh process goes on with the next item."""
+    start = time.monotonic()
     stdout, report = faulty_run(
-        tmp_path, "launch_sweep 0=abort,variants fp32-kernel=context,"
-        "variants bf16-kernel-best-launch=hang", "kernel_check,raymarch_timing,model", 30)
+        tmp_path, "launch_sweep 0=abort,variants fp32-reference=orphan,"
+        "variants fp32-kernel=context,variants bf16-kernel-best-launch=hang",
+        "kernel_check,raymarch_timing,model", 30)
+    # A process the model section left behind holds the output pipe for 900 s: the suite
+    # stops reading it once the section's own process has ended.
+    assert time.monotonic() - start < 400
     assert report["kernel_check"]["all_passed"] and "kernel_unusable" not in report
     timing = report["raymarch_timing"]
     assert "incomplete" not in timing and "running" not in timing
