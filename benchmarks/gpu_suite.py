@@ -612,13 +612,12 @@ def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
 
 
 def model_variants(torch, device, dry_run: bool, compile_ok: bool, best=None,
-                   forms: bool = False, kernel_impl: str = "kernel"):
+                   forms: bool = False):
     """(name, dtype, renderer impl, channels_last, mode, kernel launch or None) in the order
     they run; ``best``: the launch the sweep found fastest for half-precision tri-planes;
     ``forms``: the ops section found faster forms of generate's operators, so the best-launch
-    variant runs once more with them in place (``benchmarks.ops.fastest_forms``);
-    ``kernel_impl``: the renderer of the "-kernel" variants ("reference" when the kernel is
-    unusable on this machine; each variant records the renderer it ran)."""
+    variant runs once more with them in place (``benchmarks.ops.fastest_forms``)."""
+    kernel_impl = "kernel"
     out = [("fp32-reference", torch.float32, "reference", False, "eager"),
            ("fp32-kernel", torch.float32, kernel_impl, False, "eager"),
            ("fp16-kernel", torch.float16, kernel_impl, False, "eager"),
@@ -665,13 +664,19 @@ def half_precision_launch(timing: dict) -> dict | None:
 
 def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, compile_ok,
                  report: Report, failure=None, kernel_unusable=None) -> dict:
+    """The model variants (model_variants), one item each. The "-kernel" variants run with the
+    reference renderer once the kernel is known not to run here: the kernel check's process
+    died, hung or lost its context (``kernel_unusable``), or an eager variant with the kernel
+    failed before any had run (the plainest use of it; each later one would fail the same
+    way, at worst one fresh process or one hang-watch wait each; after one has run, a failure
+    is taken to be that variant's own). The generator and super-resolution timings,
+    the frame target's larger part, are still measured; ``kernel_unusable`` says why."""
     from export3d.model import build_model
 
     job = Resumable(report, "model", {"preset": config.preset, "batch": 1, "variants": {}},
                     failure)
     if kernel_unusable:
-        job.value["kernel_unusable"] = f"{kernel_unusable}: the -kernel variants ran with the " \
-            "reference renderer"
+        job.value["kernel_unusable"] = kernel_unusable
     base = build_model(config, seed=0)
     base.clebs.freeze_basis()
     best = half_precision_launch(report.data.get("raymarch_timing", {}))
@@ -679,29 +684,38 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
     # variant runs even with none, so that its code runs too).
     sites = [s for s in report.data.get("ops", {}).get("sites", [])
              if s.get("fastest_within") not in (None, "model")]
+    kernel_ran = False
     for name, dtype, impl, channels_last, mode, launch in model_variants(
-            torch, device, dry_run, compile_ok, best, forms=bool(sites) or dry_run,
-            kernel_impl="reference" if kernel_unusable else "kernel"):
-        if job.finished("variants", name) is not None:
-            continue  # done by an earlier process of this section
-        if budget.left() < (150 if mode == "compile" else 20):
+            torch, device, dry_run, compile_ok, best, forms=bool(sites) or dry_run):
+        kernel_eager = impl == "kernel" and mode == "eager"
+        if impl == "kernel" and "kernel_unusable" in job.value:
+            impl = "reference"
+        v = job.finished("variants", name)  # done by an earlier process of this section
+        if v is None and budget.left() < (150 if mode == "compile" else 20):
             job.store("variants", name, {"skipped": f"time budget ({budget.left():.0f} s left)"})
             continue
+        if v is None:
+            def measured():
+                print(f"  model {name} ...", flush=True)
+                return run_variant(torch, base, config, device, dtype, impl, channels_last,
+                                   mode, warmup, iters, launch,
+                                   profile_stages=name in PROFILED_VARIANTS,
+                                   forms=sites if "best-forms" in name else None)
 
-        def measured():
-            print(f"  model {name} ...", flush=True)
-            return run_variant(torch, base, config, device, dtype, impl, channels_last, mode,
-                               warmup, iters, launch, profile_stages=name in PROFILED_VARIANTS,
-                               forms=sites if "best-forms" in name else None)
-
-        v = job.run(torch, "variants", name, measured)
-        if "frame" in v:
-            print(f"    per frame p50 {v['frame']['p50_ms']:.3f} ms ({v['fps']:.1f} fps), peak "
-                  f"{v.get('peak_memory_mib', 0):.0f} MiB", flush=True)
-        elif "error" in v:
-            print(f"    {v['error']}", flush=True)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            v = job.run(torch, "variants", name, measured, base={"renderer": impl})
+            if "frame" in v:
+                print(f"    per frame p50 {v['frame']['p50_ms']:.3f} ms ({v['fps']:.1f} fps), "
+                      f"peak {v.get('peak_memory_mib', 0):.0f} MiB", flush=True)
+            elif "error" in v:
+                print(f"    {v['error']}", flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        kernel_ran |= kernel_eager and impl == "kernel" and "frame" in v
+        if kernel_eager and impl == "kernel" and "error" in v and not kernel_ran:
+            job.value["kernel_unusable"] = f"the kernel failed in {name}: {v['error'][:300]}"
+            print(f"  {job.value['kernel_unusable']}; the later -kernel variants run with the "
+                  "reference renderer", flush=True)
+            job.report.put(job.key, job.value)
     return job.complete()
 
 

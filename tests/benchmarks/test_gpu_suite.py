@@ -219,8 +219,8 @@ def test_a_crashing_hanging_or_context_breaking_item_costs_only_itself(tmp_path)
     happened, and a fresh process goes on with the next item."""
     start = time.monotonic()
     stdout, report = faulty_run(
-        tmp_path, "launch_sweep 0=abort,variants fp32-reference=orphan,"
-        "variants fp32-kernel=context,variants bf16-kernel-best-launch=hang",
+        tmp_path, "launch_sweep 0=abort,variants fp32-reference=context,"
+        "variants fp32-kernel=orphan,variants bf16-kernel-best-launch=hang",
         "kernel_check,raymarch_timing,model", 30)
     # A process the model section left behind holds the output pipe for 900 s: the suite
     # stops reading it once the section's own process has ended.
@@ -237,12 +237,15 @@ def test_a_crashing_hanging_or_context_breaking_item_costs_only_itself(tmp_path)
     assert "incomplete" not in report["model"] and "running" not in report["model"]
     assert list(variants) == ["fp32-reference", "fp32-kernel", "bf16-kernel-best-launch",
                               "bf16-kernel-best-forms"]
-    assert "illegal memory access" in variants["fp32-kernel"]["error"]
+    assert "illegal memory access" in variants["fp32-reference"]["error"]
     hung = variants["bf16-kernel-best-launch"]["error"]
     assert hung.startswith("its process printed nothing for 30 s (a hang?) and was killed"), hung
-    for name in ("fp32-reference", "bf16-kernel-best-forms"):
+    assert variants["bf16-kernel-best-launch"]["renderer"] == "kernel"
+    # The kernel had run (fp32-kernel), so the hang is taken to be that launch's own.
+    assert "kernel_unusable" not in report["model"]
+    for name in ("fp32-kernel", "bf16-kernel-best-forms"):
         assert variants[name]["finite"] and variants[name]["frame"]["p50_ms"] > 0
-    assert variants["bf16-kernel-best-forms"]["renderer"] == "kernel"
+        assert variants[name]["renderer"] == "kernel"
     # The best launch came from the one sweep row that ran.
     assert variants["bf16-kernel-best-forms"]["kernel_launch"]["variant"] == "tiled"
     assert stdout.count("resuming in a fresh process") == 3
@@ -270,3 +273,17 @@ def test_a_kernel_check_that_dies_or_hangs_keeps_the_kernel_out_of_later_section
         for v in model["variants"].values():
             assert v["renderer"] == "reference" and v["frame"]["p50_ms"] > 0
         assert "resuming" not in stdout
+
+
+def test_a_kernel_that_fails_its_first_model_variant_is_not_run_again(tmp_path):
+    """The first eager variant with the kernel breaks the CUDA context: the section resumes
+    in a fresh process, and the later -kernel variants run with the reference renderer."""
+    stdout, report = faulty_run(tmp_path, "variants fp32-kernel=context", "model", 30)
+    model = report["model"]
+    assert model["kernel_unusable"].startswith(
+        "the kernel failed in fp32-kernel: RuntimeError: CUDA error: an illegal memory access")
+    variants = model["variants"]
+    assert variants["fp32-kernel"]["renderer"] == "kernel" and "error" in variants["fp32-kernel"]
+    for name in ("fp32-reference", "bf16-kernel-best-forms"):
+        assert variants[name]["renderer"] == "reference" and variants[name]["frame"]["p50_ms"] > 0
+    assert model["processes"] == 2 and stdout.count("resuming in a fresh process") == 1
