@@ -145,8 +145,8 @@ OVERRAN = "ran past the time budget and was killed"
 EXITED_QUIET_S = 5.0
 # Sections that run the ray-march kernel, and how each does without it when the kernel check's
 # process died, hung or lost its CUDA context (each would only fail the same way, at the cost
-# of a fresh process or a hang-watch wait per item): skipped, or the model and operator
-# sections with the reference renderer.
+# of a fresh process or a hang-watch wait per item): skipped, or the model section with the
+# reference renderer (model_timing).
 KERNEL_SKIPPED = ("raymarch_timing", "tensorrt_kernel", "live")
 # The module a section's process runs (the tests point it at a faulty stand-in).
 CHILD_MODULE_ENV = "EXPORT3D_GPU_SUITE_CHILD"
@@ -1008,18 +1008,20 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
             "summary": summary}
 
 
-def ops_section(torch, device, dry_run: bool, warmup, iters, budget: Budget,
-                render_impl: str = "auto") -> dict:
+def ops_section(torch, device, dry_run: bool, warmup, iters, budget: Budget) -> dict:
     """``benchmarks.ops``: the candidate forms of generate's attention, depthwise and low-pass
     operators against the model's, at their real inputs (bf16 + channels-last on a GPU, as
-    the frame's best eager variant runs; fp32 at tiny size in a dry run)."""
+    the frame's best eager variant runs; fp32 at tiny size in a dry run). The frame that
+    captures them renders with the reference renderer: no site is in the ray march, the
+    features super-resolution gets are cast to the model's dtype and laid out alike by both
+    renderers, and so this section does not depend on the kernel running on this machine."""
     from benchmarks import ops
 
     if budget.left() < 60:
         return {"skipped": f"time budget ({budget.left():.0f} s left)"}
     preset, dtype = ("tiny", torch.float32) if dry_run else ("paper512", torch.bfloat16)
     model, source, expr = ops.prepared_model(preset, dtype, device, channels_last=True,
-                                             render_impl=render_impl)
+                                             render_impl="reference")
     out = {"preset": preset, "dtype": str(dtype).replace("torch.", ""), "channels_last": True,
            **ops.op_candidates(model, source, expr, warmup, min(iters, 30),
                                progress=lambda line: print(f"  ops {line}", flush=True))}
@@ -1272,7 +1274,7 @@ def run_section(key: str, run, report: Report, isolated: bool = False, failure=N
                                                    run.iters),
         # Before the model section: seconds, and it says which forms would cut generate.
         "ops": lambda: ops_section(torch, device, run.dry_run, run.warmup, run.iters,
-                                   run.budget, "reference" if unusable else "auto"),
+                                   run.budget),
         "model": lambda: model_timing(torch, config, device, run.warmup, run.iters, run.budget,
                                       run.dry_run, run.compile_ok, report, failure, unusable),
         "roofline": lambda: roofline_section(config.preset,
