@@ -12,7 +12,9 @@ JSON report as soon as it finishes. A process that dies, stops printing for ``--
 (a hang) or is left with an unusable CUDA context (an illegal address is sticky) costs one
 item: the launch sweep's rows and the model's variants are saved one by one, and a fresh
 process resumes after the failed item, which the report records with what happened. The time
-budget only stops new work from starting. ``--sections`` runs a subset.
+budget only stops new work from starting. ``--sections`` runs a subset; ``--resume REPORT``
+goes on from a run cut short (same card and mode): finished sections kept, the others run, the
+sweep and the model only their items that did not run.
 Sections:
 1. ``machine``: card, compute capability, SMs, memory, driver, CUDA, torch, Triton, Python.
 2. ``kernel_check``: the fused ray-march kernel against the PyTorch reference on random
@@ -1197,6 +1199,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sections", default=None,
                         help="comma-separated sections to run, in the suite's order (default: "
                         f"all: {','.join(SECTIONS)})")
+    parser.add_argument("--resume", default=None, metavar="REPORT",
+                        help="go on from an earlier report of this card (a run cut short): "
+                        "its finished sections are kept, the others run, resumable ones "
+                        "from their saved items")
     parser.add_argument("--in-process", action="store_true",
                         help="run every section in this process (by default each runs in a "
                         "process of its own, so that a kernel that breaks the CUDA context "
@@ -1399,6 +1405,36 @@ def isolated_section(args, report: Report, key: str, deadline: float,
         return f"its process {how}"
 
 
+def resume_from(data: dict) -> dict:
+    """An earlier report made ready to go on from: finished sections kept; a section that
+    failed, was skipped or did not finish runs again, the sweep and the model from their saved
+    items (those skipped for time run this time; an item that failed stays failed); the
+    summary is made anew."""
+    out = {k: v for k, v in data.items() if k not in ("summary", "finished_utc")}
+    for key in SECTIONS:
+        value = out.get(key)
+        if not isinstance(value, dict):
+            continue
+        resumable = key in RESUMABLE and value.get("incomplete")
+        if "skipped" in value or ("error" in value and not resumable):
+            del out[key]  # runs again from the start
+            continue
+        if key not in RESUMABLE:
+            continue
+        value = {k: v for k, v in value.items()
+                 if k not in ("error", "output_tail", "traceback", "seconds", "processes")}
+        rows = value.get("launch_sweep")
+        while rows and "time budget" in str(rows[-1].get("skipped", "")):
+            rows.pop()  # the rows skipped for time are the sweep's last ones
+            value["incomplete"] = True
+        variants = value.get("variants") or {}
+        for name in [n for n, v in variants.items() if "time budget" in str(v.get("skipped"))]:
+            del variants[name]
+            value["incomplete"] = True
+        out[key] = value
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     run = setup(args)
@@ -1422,12 +1458,34 @@ def main(argv=None) -> int:
                   "unusable; a fresh process goes on", flush=True)
             return CONTEXT_LOST_EXIT
         return 0
-    report.put("mode", "dry-run (CPU, tiny, Triton interpreter)" if args.dry_run else "gpu")
-    report.put("machine", machine_info(torch, device))
+    mode = "dry-run (CPU, tiny, Triton interpreter)" if args.dry_run else "gpu"
+    machine = machine_info(torch, device)
+    if args.resume:
+        try:
+            earlier = json.loads(Path(args.resume).read_text())
+        except (OSError, ValueError) as exc:
+            print(f"gpu_suite: error: cannot read the report {args.resume} ({exc})",
+                  file=sys.stderr)
+            return 2
+        was = (earlier.get("mode"), earlier.get("machine", {}).get("gpu"))
+        if was != (mode, machine.get("gpu")):
+            print(f"gpu_suite: error: {args.resume} is a {was[0]} report of {was[1]}, this is a "
+                  f"{mode} run on {machine.get('gpu')}; resume on the same card and mode, or "
+                  "start a new report", file=sys.stderr)
+            return 2
+        report.data = resume_from(earlier)
+        report.data["resumed_utc"] = [*earlier.get("resumed_utc", []),
+                                      datetime.datetime.now(datetime.UTC).isoformat()]
+    report.put("mode", mode)
+    report.put("machine", machine)
     print(json.dumps(report.data["machine"]), flush=True)
     report.put("isolation", "in-process" if args.in_process else "a process per section")
-    unusable = None
+    unusable = report.data.get("kernel_unusable")
     for key in args.chosen:
+        value = report.data.get(key)
+        if isinstance(value, dict) and not value.get("incomplete"):
+            print(f"[{key}] kept from {args.resume}", flush=True)
+            continue
         if args.in_process:
             run_section(key, run, report)
             continue

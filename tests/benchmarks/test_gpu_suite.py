@@ -287,3 +287,55 @@ def test_a_kernel_that_fails_its_first_model_variant_is_not_run_again(tmp_path):
     for name in ("fp32-reference", "bf16-kernel-best-forms"):
         assert variants[name]["renderer"] == "reference" and variants[name]["frame"]["p50_ms"] > 0
     assert model["processes"] == 2 and stdout.count("resuming in a fresh process") == 1
+
+
+def test_resume_keeps_finished_work_and_runs_what_was_cut_short(tmp_path):
+    """A run cut short (the time budget, or a loan's time limit) goes on from its report:
+    finished sections are kept as they were, a section skipped for time runs, the sweep and
+    the model run only their items skipped for time."""
+    done_row = {"variant": "serial", "block_rays": 32, "num_warps": 4, "dot_precision": "fp16",
+                "triplane_dtype": "float16", "within_tolerance": True, "p50_ms": 123.0}
+    timed = {"reference": {"p50_ms": 1.0}, "kernel": {"p50_ms": 2.0}, "speedup_p50": 0.5}
+    earlier = {
+        "mode": "dry-run (CPU, tiny, Triton interpreter)", "machine": {"device": "cpu"},
+        "kernel_check": {"all_passed": True, "cases": [], "kept": "yes", "seconds": 1.0},
+        "raymarch_timing": {"float32": timed, "float16": timed, "shape": {}, "launch_sweep": [
+            done_row, {"variant": "tiled", "block_rays": 16, "sample_tile": 8, "num_warps": 8,
+                       "dot_precision": "fp16", "triplane_dtype": "float16",
+                       "skipped": "time budget"}]},
+        "ops": {"skipped": "time budget (5 s left)"},
+        "model": {"preset": "tiny", "batch": 1, "variants": {
+            "fp32-reference": {"skipped": "time budget (10 s left)"}}},
+        "summary": {"stale": True}}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier))
+    out = tmp_path / "suite.json"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run", "--resume",
+                           str(path), "--sections", "kernel_check,raymarch_timing,model",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["kernel_check"] == earlier["kernel_check"]
+    assert "[kernel_check] kept from" in proc.stdout
+    timing = report["raymarch_timing"]
+    assert timing["float32"] == timed and timing["launch_sweep"][0] == done_row
+    tiled = timing["launch_sweep"][1]
+    assert tiled["variant"] == "tiled" and tiled["within_tolerance"] and tiled["p50_ms"] > 0
+    assert "incomplete" not in timing and timing["shape"]["rays"] == 64
+    assert "ops" not in report  # skipped for time before, not asked for now
+    variants = report["model"]["variants"]
+    assert set(variants) == {"fp32-reference", "fp32-kernel", "bf16-kernel-best-launch",
+                             "bf16-kernel-best-forms"}
+    assert all(v["frame"]["p50_ms"] > 0 for v in variants.values())
+    assert len(report["resumed_utc"]) == 1 and "stale" not in report["summary"]
+    # A report of another card or mode is refused in one line.
+    earlier["mode"] = "gpu"
+    path.write_text(json.dumps(earlier))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_suite", "--dry-run", "--resume",
+                           str(path), "--sections", "roofline", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"gpu_suite: error: {path} is a gpu report of None, this is a dry-run")
