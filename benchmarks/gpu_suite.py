@@ -1486,6 +1486,9 @@ def main(argv=None) -> int:
         if isinstance(value, dict) and not value.get("incomplete"):
             print(f"[{key}] kept from {args.resume}", flush=True)
             continue
+        if key == "kernel_check":  # checked again: an earlier verdict no longer stands
+            unusable = None
+            report.data.pop("kernel_unusable", None)
         if args.in_process:
             run_section(key, run, report)
             continue
