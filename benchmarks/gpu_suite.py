@@ -537,11 +537,14 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # SM, on launches with 4 threads a ray (a paper512 frame has 16384 rays: at 64 x 4 its 1024
 # warps already all fit at 255 registers, 8 per SM, so a cap there buys nothing).
 # benchmarks.kernel_sass counts each row's instructions on a CPU; this measures them. Most
-# informative first (the budget may stop the sweep early): the fp16-product launches
-# kernel_sass ranks best, on fp16 tri-planes, the latency options, then fp32 tri-planes and
-# the baselines last measured on the H200. Tiled rows (engines/raymarch/tiled.py: rays x
-# samples = rows per MLP product) come last: each compiles for tens of seconds.
+# informative first (the budget may stop the sweep early; the H200's second run took ~10 s a
+# row; --resume goes on): the fp16-product launches kernel_sass ranks best on fp16
+# tri-planes, then the two fp32 defaults (TF32x3, TF32 when allowed), so each tri-plane dtype
+# has a best launch, then the latency options, the other fp32 rows and the baselines last
+# measured on the H200. Tiled rows (engines/raymarch/tiled.py: rays x samples = rows per MLP
+# product) come last: each compiles for tens of seconds.
 SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
+         _serial(64, 4, "tf32x3"), _serial(64, 4, "tf32"),
          _serial(64, 4, "fp16", "float16", samples_per_step=1),
          _serial(64, 4, "fp16", "float16", cdf_in_memory=False),
          _serial(32, 2, "fp16", "float16"), _serial(16, 1, "fp16", "float16"),
@@ -551,8 +554,7 @@ SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
          _serial(32, 4, "fp16", "float16", max_registers=128),
          _serial(32, 2, "fp16", "float16", max_registers=168),
          _serial(32, 4, "fp16"), _serial(64, 4, "fp16"), _serial(32, 2, "fp16"),
-         _serial(32, 4, "tf32x3"), _serial(64, 4, "tf32x3"), _serial(64, 4, "tf32"),
-         _serial(128, 4, "fp16"),
+         _serial(32, 4, "tf32x3"), _serial(128, 4, "fp16"),
          _serial(64, 8, "fp16"), _serial(128, 8, "fp16"), _serial(16, 2, "fp16"),
          _serial(32, 4, "tf32"), _serial(32, 4, "ieee"),
          _tiled(16, 8, 8, "fp16", "float16"), _tiled(16, 8, 8, "tf32x3"),
