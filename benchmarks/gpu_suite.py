@@ -680,7 +680,11 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
     job = Resumable(report, "model", {"preset": config.preset, "batch": 1, "variants": {}},
                     failure)
     if kernel_unusable:
-        job.value["kernel_unusable"] = kernel_unusable
+        job.value.update(kernel_unusable=kernel_unusable, kernel_unusable_by="kernel_check")
+    elif job.value.get("kernel_unusable_by") == "kernel_check":
+        # Resumed (--resume) after a kernel check that ran again and passed: the earlier
+        # verdict no longer stands (one from a model variant's own failure does).
+        del job.value["kernel_unusable"], job.value["kernel_unusable_by"]
     base = build_model(config, seed=0)
     base.clebs.freeze_basis()
     best = half_precision_launch(report.data.get("raymarch_timing", {}))
@@ -717,6 +721,7 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
         kernel_ran |= kernel_eager and impl == "kernel" and "frame" in v
         if kernel_eager and impl == "kernel" and "error" in v and not kernel_ran:
             job.value["kernel_unusable"] = f"the kernel failed in {name}: {v['error'][:300]}"
+            job.value["kernel_unusable_by"] = name
             print(f"  {job.value['kernel_unusable']}; the later -kernel variants run with the "
                   "reference renderer", flush=True)
             job.report.put(job.key, job.value)

@@ -304,8 +304,12 @@ def test_resume_keeps_finished_work_and_runs_what_was_cut_short(tmp_path):
                        "dot_precision": "fp16", "triplane_dtype": "float16",
                        "skipped": "time budget"}]},
         "ops": {"skipped": "time budget (5 s left)"},
-        "model": {"preset": "tiny", "batch": 1, "variants": {
-            "fp32-reference": {"skipped": "time budget (10 s left)"}}},
+        # Cut short, after a kernel check that failed then; it passes now (kept above as if
+        # it had run again), so the model's kernel variants run with the kernel.
+        "model": {"preset": "tiny", "batch": 1, "incomplete": True,
+                  "kernel_unusable": "the kernel is unusable here: its process was killed by "
+                                     "SIGABRT", "kernel_unusable_by": "kernel_check",
+                  "variants": {"fp32-reference": {"skipped": "time budget (10 s left)"}}},
         "summary": {"stale": True}}
     path = tmp_path / "earlier.json"
     path.write_text(json.dumps(earlier))
@@ -329,6 +333,8 @@ def test_resume_keeps_finished_work_and_runs_what_was_cut_short(tmp_path):
     assert set(variants) == {"fp32-reference", "fp32-kernel", "bf16-kernel-best-launch",
                              "bf16-kernel-best-forms"}
     assert all(v["frame"]["p50_ms"] > 0 for v in variants.values())
+    assert "kernel_unusable" not in report["model"]
+    assert {v["renderer"] for n, v in variants.items() if "-kernel" in n} == {"kernel"}
     assert len(report["resumed_utc"]) == 1 and "stale" not in report["summary"]
     # A report of another card or mode is refused in one line.
     earlier["mode"] = "gpu"
