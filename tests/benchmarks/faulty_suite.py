@@ -21,6 +21,8 @@ import time
 from benchmarks import gpu_suite
 
 FAULTS = dict(item.split("=") for item in os.environ.get("FAULTY_SUITE", "").split(",") if item)
+# A misspelt fault would otherwise strike as "context", and a test could pass for that reason.
+assert set(FAULTS.values()) <= {"abort", "hang", "context", "orphan"}, FAULTS
 broken = {"context": False}
 
 
