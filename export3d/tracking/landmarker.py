@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .native_logs import quiet_startup
 
 MODES = ("image", "video", "live_stream")
 MIN_SIDE = 32  # smaller frames cannot hold a detectable face; refuse them with a message
@@ -123,7 +124,8 @@ class Landmarker:
             output_face_blendshapes=True,
             result_callback=self._on_result if config.mode == "live_stream" else None)
         try:
-            self._task = vision.FaceLandmarker.create_from_options(options)
+            with quiet_startup():  # mediapipe's five lines of start-up log (see native_logs)
+                self._task = vision.FaceLandmarker.create_from_options(options)
         except (RuntimeError, ValueError) as exc:
             raise UserError(f"mediapipe cannot load the face model {self.model_path} ({exc}); "
                             "run 'export3d assets' to restore it") from None
