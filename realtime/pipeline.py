@@ -108,6 +108,10 @@ def format_summary(s: dict) -> str:
     for name, p in rows:
         if p.get("n"):
             lines.append(f"{name:<16}{p['p50_ms']:>9.1f}{p['p95_ms']:>9.1f}{p['p99_ms']:>9.1f}")
+    if "audio_delay_ms" in s:
+        lines.append(f"audio: this video runs at least {s['audio_delay_ms']} ms behind your "
+                     "microphone; to match them, delay the microphone by that much (OBS: "
+                     "Edit > Advanced Audio Properties > Sync Offset)")
     return "\n".join(lines)
 
 
@@ -184,7 +188,12 @@ class Pipeline:
         return s
 
     def summary(self) -> dict:
-        return self.stats.summary(self.queues)
+        s = self.stats.summary(self.queues)
+        if self.config.capture.source.startswith("webcam") and s["glass_to_glass"].get("n"):
+            # The microphone is not delayed: the call hears the user this much before it
+            # shows them (at least: the camera's own latency comes on top).
+            s["audio_delay_ms"] = round(s["glass_to_glass"]["p50_ms"])
+        return s
 
     def stop(self) -> None:
         self._stop.set()

@@ -209,3 +209,22 @@ def test_cuda_compiled_generator_with_cuda_graphs_matches_eager():
     assert np.abs(outs[False][0].astype(int) - outs[False][1].astype(int)).max() > 0
     for eager, compiled in zip(outs[False], outs[True]):
         assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1
+
+
+def test_a_webcam_run_says_how_far_to_delay_the_microphone():
+    """The call hears the user before it sees them, by the glass-to-glass latency: a webcam
+    run's summary gives that delay; a file or synthetic run (no microphone beside it) does
+    not."""
+    from realtime.capture import SyntheticCapture
+
+    capture = CaptureConfig(source="webcam:0", fps=100, frames=6, width=64, height=48)
+    cfg = PipelineConfig(capture=capture)
+    pipe = Pipeline(cfg, capture=SyntheticCapture(capture), sink=SlowSink(0.01))
+    summary = pipe.run()
+    g2g = summary["glass_to_glass"]["p50_ms"]
+    assert summary["frames"] >= 2 and g2g > 10  # the sink alone takes 10 ms a frame
+    assert summary["audio_delay_ms"] == round(g2g)
+    assert f"at least {round(g2g)} ms behind your microphone" in format_summary(summary)
+    synthetic = CaptureConfig(source="synthetic", fps=100, frames=3, width=64, height=48)
+    summary = Pipeline(PipelineConfig(capture=synthetic), sink=SlowSink(0)).run()
+    assert "audio_delay_ms" not in summary and "microphone" not in format_summary(summary)
