@@ -19,6 +19,7 @@ import torch
 
 from . import camera as cam
 from .config import get_config
+from .devices import resolve_device
 from .media import (MediaError, VideoWriter, center_crop, default_portrait, depth_to_rgb,
                     load_image, to_model_input, to_uint8_rgb)
 
@@ -149,12 +150,13 @@ def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
 def _run(args) -> None:
     if args.frames < 1:
         raise MediaError("--frames must be at least 1")
+    device = resolve_device(args.device)
     if args.driving:
         driving = load_driving(args.driving)
     else:
         driving = orbit_driving(args.orbit, args.frames, fps=args.fps)
     out = render_video(args.source, args.out, driving, checkpoint=args.checkpoint,
-                       preset=args.preset, device=args.device, impl=args.impl,
+                       preset=args.preset, device=device, impl=args.impl,
                        batch=args.batch, progress=not args.quiet)
     print(f"wrote {out} ({len(driving)} frames: rendered frame | depth)")
 
@@ -177,7 +179,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", help="weights (.safetensors); without it they are random")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                    help="model preset when no checkpoint is given (default: tiny)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--impl", choices=("auto", "reference", "kernel"), default="auto",
                    help="ray marcher: the fused kernel on CUDA (auto) or the reference")
     p.add_argument("--batch", type=int, default=1, help="frames per forward pass")

@@ -14,10 +14,13 @@ compute stream, between the frames pushed before and after it.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from export3d.devices import resolve_device
 
 from .buffers import CudaStreams, DoubleBuffer, ThreadStreams
 from .config import PRECISIONS, GeneratorConfig
@@ -171,6 +174,7 @@ def _open(config: GeneratorConfig):
     from export3d.config import get_config
     from export3d.errors import UserError
 
+    config = dataclasses.replace(config, device=resolve_device(config.device))
     if config.backend != "torch" and config.precision != "auto":
         raise UserError(f"--precision is the torch backend's; {config.backend} runs in the "
                         "precision its graphs or engines were exported with")

@@ -16,18 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-
-def _device(name: str) -> str:
-    import torch
-
-    from ..errors import UserError
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use "
-                        "--device cpu")
-    return name
+from ..devices import resolve_device
 
 
 def run_prepare(args) -> None:
@@ -55,7 +44,7 @@ def run_train(args) -> None:
 
         dataset = Dataset(args.data, config.image_size)
         train_clebs(config, dataset, args.out, steps=args.steps or 400, frames=args.frames,
-                    seed=args.seed, device=_device(args.device), progress=not args.quiet)
+                    seed=args.seed, device=resolve_device(args.device), progress=not args.quiet)
         return
     from .trainer import TrainConfig, Trainer
 
@@ -66,8 +55,8 @@ def run_train(args) -> None:
     if args.adv_start is not None:
         tc = dataclasses.replace(tc, adv_start=args.adv_start)
     dataset = Dataset(args.data, config.image_size, tc.holdout_every, tc.holdout_tail)
-    trainer = Trainer(config, dataset, args.out, tc, device=_device(args.device), init=args.init,
-                      progress=not args.quiet, perceptual=args.perceptual)
+    trainer = Trainer(config, dataset, args.out, tc, device=resolve_device(args.device),
+                      init=args.init, progress=not args.quiet, perceptual=args.perceptual)
     if trainer.resume():
         print(f"resuming {args.out} at step {trainer.step}")
     elif args.init is None and trainer.dist.main:
@@ -84,9 +73,9 @@ def run_train(args) -> None:
 def run_eval(args) -> None:
     from .evaluate import evaluate, format_table
 
-    report = evaluate(args.checkpoint, args.data, drive=args.drive, device=_device(args.device),
-                      progress=not args.quiet, retrack=not args.no_retrack,
-                      source_frame=args.source_frame)
+    report = evaluate(args.checkpoint, args.data, drive=args.drive,
+                      device=resolve_device(args.device), progress=not args.quiet,
+                      retrack=not args.no_retrack, source_frame=args.source_frame)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:
