@@ -4,8 +4,8 @@ Subcommands register themselves: each is a ``register(subparsers)`` function tha
 parser and sets ``run``. export3d's own (``render``; ``prepare``, ``train`` and ``eval``
 from :mod:`.training.cli`) are listed here; other packages of the project (``export``,
 ``realtime``) add theirs through the ``export3d.commands`` entry-point group in
-pyproject.toml, so this package never imports them. Bad input ends with one sentence on
-stderr and exit status 2, never a stack trace.
+pyproject.toml, so this package never imports them. Bad input, and a path that cannot be
+read or written, end with one sentence on stderr and exit status 2, never a stack trace.
 """
 from __future__ import annotations
 
@@ -54,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except UserError as exc:
         print(f"export3d: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug, keep the trace
+            raise
+        # A file or folder that cannot be read or written (a typo, a read-only or full disk):
+        # what the system said, about which path.
+        print(f"export3d: error: {exc.filename}: {exc.strerror or exc}; check the path and its "
+              "permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("export3d: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ in [-1, 1]; ``VideoWriter`` writes BGR frames to .mp4 (mp4v), .avi (MJPG) or .mk
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,24 @@ def depth_to_rgb(depth: torch.Tensor, near: float, far: float) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def output_path(path: str | Path) -> Path:
+    """``path``, a file a command will write, checked before the work that fills it: its
+    folder is created, and a folder that cannot be, a folder that is not writable or a path
+    that is itself a folder is a MediaError now, not after minutes of work."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MediaError(f"cannot write {path}: cannot create {exc.filename} "
+                         f"({exc.strerror or exc}); choose a writable location") from None
+    if path.is_dir():
+        raise MediaError(f"cannot write {path}: it is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise MediaError(f"cannot write {path}: {path.parent} is not writable; choose a "
+                         "writable location")
+    return path
+
+
 _FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
 
 
@@ -94,7 +113,7 @@ class VideoWriter:
         suffix = self.path.suffix.lower()
         if suffix not in _FOURCC:
             raise MediaError(f"cannot write {self.path.name}: use a .mp4, .avi or .mkv file name")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        output_path(self.path)
         self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*_FOURCC[suffix]),
                                        fps, size)
         if not self._writer.isOpened():

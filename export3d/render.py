@@ -150,6 +150,10 @@ def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
 def _run(args) -> None:
     if args.frames < 1:
         raise MediaError("--frames must be at least 1")
+    if args.batch < 1:
+        raise MediaError("--batch must be at least 1")
+    if not args.fps > 0:
+        raise MediaError("--fps must be more than 0")
     device = resolve_device(args.device)
     if args.driving:
         driving = load_driving(args.driving)

@@ -217,6 +217,8 @@ def open_capture(config: CaptureConfig, opener=None):
             index = int(arg or 0)
         except ValueError:
             raise CaptureError(f"webcam index must be a number, got {arg!r}") from None
+        if index < 0:  # OpenCV takes -1 as "any camera" and has crashed on it here
+            raise CaptureError(f"webcam index must be 0 or more, got {index}")
         return WebcamCapture(config, index, opener=opener)
     raise CaptureError(f"unknown source {name!r}; use synthetic, file:PATH, images:DIR or "
                        "webcam:N")

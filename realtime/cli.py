@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import sys
 
-from export3d.errors import UserError
-
 from .config import load_config, with_overrides
 
 
@@ -48,8 +46,6 @@ def build_config(args):
         source = "synthetic"
     else:
         source = None  # the config file's, else webcam:0
-    if args.frames is not None and args.frames < 0:
-        raise UserError("--frames must be 0 (no limit) or more")
     config = load_config(args.config)
     if source is None and args.config is None:
         source = "webcam:0"
@@ -76,6 +72,10 @@ def _run(args) -> None:
     from .pipeline import Pipeline, format_summary, write_json
 
     config = build_config(args)
+    if args.stats_json:
+        from export3d.media import output_path
+
+        output_path(args.stats_json)  # before the run, not after it
     pipeline = Pipeline(config)
     url = getattr(pipeline.sink, "url", None)
     if url:

@@ -23,6 +23,14 @@ class CaptureConfig:
     backoff_s: float = 0.2
     frames: int = 0  # stop after this many frames (0: until the source ends)
 
+    def __post_init__(self):
+        _at_least(self.fps, 0, "capture.fps", "--fps", strict=True)
+        _at_least(self.width, 1, "capture.width")
+        _at_least(self.height, 1, "capture.height")
+        _at_least(self.frames, 0, "capture.frames", "--frames")
+        _at_least(self.retries, 1, "capture.retries")
+        _at_least(self.backoff_s, 0, "capture.backoff_s")
+
 
 @dataclass(frozen=True)
 class TrackingConfig:
@@ -60,6 +68,10 @@ class SinkConfig:
     size: int = 0  # output height in pixels (the model's frame scaled up); 0: the model's size
     side_by_side: bool = False  # the driving frame beside the output
 
+    def __post_init__(self):
+        _at_least(self.fps, 0, "sink.fps", strict=True)
+        _at_least(self.size, 0, "sink.size", "--size")
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -69,6 +81,20 @@ class PipelineConfig:
     sink: SinkConfig = field(default_factory=SinkConfig)
     queue_size: int = 1  # latest frame wins between stages
     join_timeout_s: float = 5.0
+
+    def __post_init__(self):
+        _at_least(self.queue_size, 1, "queue_size")
+        _at_least(self.join_timeout_s, 0, "join_timeout_s", strict=True)
+
+
+def _at_least(value, low, setting: str, flag: str | None = None, strict: bool = False) -> None:
+    """A number setting's range, checked when a config is made (defaults, YAML and flags all
+    pass here): one sentence naming the flag and the setting, not a failure frames later."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
+            or (strict and value == low):
+        where = f"{flag} (setting {setting})" if flag else f"setting {setting}"
+        want = f"more than {low}" if strict else f"{low} or more"
+        raise UserError(f"{where} must be a number, {want}; got {value!r}")
 
 
 def _replace(obj, values: dict, where: str):
@@ -104,7 +130,13 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"config file {path} is not valid YAML{where}: "
+                        f"{getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of stage -> settings")
     return with_overrides(config, data)

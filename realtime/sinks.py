@@ -50,7 +50,9 @@ class FileSink:
     opened at the first frame's size."""
 
     def __init__(self, path: str, fps: float):
-        self.path, self.fps = path, fps
+        from export3d.media import output_path
+
+        self.path, self.fps = output_path(path), fps  # checked now, opened at the first frame
         self._writer = None
         self.frames = 0
 
@@ -317,6 +319,8 @@ def open_sink(config: SinkConfig, stats=None):
             port = int(arg) if arg else 8765
         except ValueError:
             raise SinkError(f"preview port must be a number, got {arg!r}") from None
+        if not 0 <= port <= 65535:  # 0: any free port (the page's address is printed)
+            raise SinkError(f"preview port must be between 0 and 65535, got {port}")
         return PreviewSink(port, stats=stats)
     raise SinkError(f"unknown sink {config.sink!r}; use null, file:OUT, window, virtualcam or "
                     "preview[:PORT]")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import EXPRESSION_CODE_VERSION
-from ..media import MediaError, VideoWriter, load_image
+from ..media import MediaError, VideoWriter, load_image, output_path
 from .expression import CHANNEL_NAMES, activity, robust_neutral
 from .landmarker import LandmarkerConfig
 
@@ -122,6 +122,9 @@ def track_file(path, out, overlay=None, neutral: str = "clip", camera: str = "ab
         raise MediaError(f"--out {out.name} must end in .npz (the driving-file format)")
     if neutral not in ("clip", "auto"):
         raise MediaError(f"--neutral must be 'clip' or 'auto', got {neutral!r}")
+    output_path(out)  # before the tracking, not after it
+    if overlay is not None:
+        output_path(overlay)
     fps, count, frames = read_frames(path, max_frames)
     is_image = path.suffix.lower() in IMAGE_SUFFIXES
     config = ExtractorConfig(landmarker=LandmarkerConfig(mode="image" if is_image else "video"))
@@ -193,7 +196,6 @@ def track_file(path, out, overlay=None, neutral: str = "clip", camera: str = "ab
         "face_model_sha256": np.array(ASSETS[FACE_MODEL].sha256),
         "fps": np.float64(fps),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out, **arrays)
     return arrays
 

@@ -134,3 +134,37 @@ def test_source_is_face_aligned_and_a_photo_without_a_face_is_refused(tmp_path, 
     assert main(["render", "--source", landscape, "--frames", "1", "--out",
                  str(tmp_path / "x.mp4"), "--quiet"]) == 2
     assert "no face found" in capsys.readouterr().err
+
+
+def test_numbers_out_of_range_and_unwritable_outputs_give_one_sentence(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for argv, message in [(["--batch", "0"], "--batch must be at least 1"),
+                          (["--fps", "0"], "--fps must be more than 0"),
+                          (["--out", str(blocker / "x.mp4")],
+                           f"cannot write {blocker / 'x.mp4'}: cannot create {blocker}")]:
+        argv = ["render", "--frames", "1", "--quiet", "--out", str(tmp_path / "x.mp4"), *argv]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"export3d: error: {message}"), err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_an_os_error_about_a_path_is_one_sentence_and_any_other_a_traceback(monkeypatch,
+                                                                            capsys):
+    """What the system says about a path the user gave (a read-only disk, a full one) is
+    theirs to fix: one line. An OSError about no path is a bug: its traceback stays."""
+    import export3d.render as render
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/media/card/out.mp4")
+    monkeypatch.setattr(render, "_run", denied)
+    assert main(["render"]) == 2
+    assert capsys.readouterr().err == ("export3d: error: /media/card/out.mp4: Permission "
+                                       "denied; check the path and its permissions\n")
+
+    def broken(args):
+        raise OSError("a pipe broke")
+    monkeypatch.setattr(render, "_run", broken)
+    with pytest.raises(OSError, match="a pipe broke"):
+        main(["render"])

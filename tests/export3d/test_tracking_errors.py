@@ -42,6 +42,17 @@ def test_wrong_output_suffix(tmp_path):
         track_file(tmp_path / "x.mp4", tmp_path / "o.json", progress=False)
 
 
+def test_an_output_that_cannot_be_written_is_refused_before_the_tracking(tmp_path):
+    """The driving file and the overlay are written at the end of a long clip: their folders
+    are checked first (the missing input below is never reached)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out, overlay in [(blocker / "o.npz", None), (tmp_path / "o.npz", blocker / "o.mp4")]:
+        with pytest.raises(MediaError, match=f"^cannot write .*cannot create {blocker}") as info:
+            track_file(tmp_path / "nothing.mp4", out, overlay=overlay, progress=False)
+        _one_sentence(info.value)
+
+
 def test_tiny_grayscale_and_float_frames():
     with pytest.raises(TrackingInputError, match="too small") as info:
         as_rgb(np.zeros((20, 20, 3), np.uint8))

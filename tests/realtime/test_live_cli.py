@@ -217,3 +217,61 @@ def test_missing_camera_prints_only_our_line_on_stderr():
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("export3d: error: no camera at index 97"), \
         proc.stderr
+
+
+def test_settings_out_of_range_are_refused_when_the_config_is_made(tmp_path):
+    """Flags and YAML alike, before anything opens: --fps 0 used to be handed to the camera,
+    --size -5 ended in OpenCV's traceback at the first frame, a YAML typo in PyYAML's."""
+    from export3d.errors import UserError
+
+    for argv, message in [(["--fps", "0"], "--fps (setting capture.fps) must be a number, "
+                           "more than 0; got 0.0"),
+                          (["--size", "-5"], "--size (setting sink.size) must be a number, 0 "
+                           "or more; got -5"),
+                          (["--frames", "-3"], "--frames (setting capture.frames)")]:
+        with pytest.raises(UserError) as info:
+            build_config(parse(["--synthetic", *argv]))
+        assert str(info.value).startswith(message)
+    path = tmp_path / "c.yaml"
+    path.write_text("capture:\n  width: 0\n")
+    with pytest.raises(UserError, match=r"^setting capture.width must be a number, 1 or more"):
+        build_config(parse(["--config", str(path)]))
+    path.write_text("capture:\n  fps: fast\n")
+    with pytest.raises(UserError, match=r"capture.fps\) must be a number.*got 'fast'"):
+        build_config(parse(["--config", str(path)]))
+    path.write_text("generator: [1, 2\n")
+    with pytest.raises(UserError, match=r"is not valid YAML \(line 2, column 1\)"):
+        build_config(parse(["--config", str(path)]))
+    assert build_config(parse(["--synthetic", "--size", "0", "--frames", "0"])).sink.size == 0
+
+
+def test_a_camera_index_or_port_out_of_range_is_refused():
+    """OpenCV takes webcam index -1 as "any camera" (it crashed here, status 139); a port
+    over 65535 ended in socketserver's OverflowError."""
+    from realtime.capture import CaptureError, open_capture
+    from realtime.config import CaptureConfig, SinkConfig
+    from realtime.sinks import SinkError, open_sink
+
+    opened = []
+    with pytest.raises(CaptureError, match="webcam index must be 0 or more, got -1"):
+        open_capture(CaptureConfig(source="webcam:-1"), opener=opened.append)
+    assert opened == []  # refused before OpenCV is asked
+    for port in ("-1", "99999"):
+        with pytest.raises(SinkError, match=f"between 0 and 65535, got {port}"):
+            open_sink(SinkConfig(sink=f"preview:{port}"))
+
+
+def test_output_files_are_checked_before_the_run(tmp_path, capsys):
+    """A stats file or a video in a folder that cannot be made: refused at the start, with
+    the path, not after the run (the stats file used to fail at exit, with a traceback)."""
+    from export3d.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for flags in (["--stats-json", str(blocker / "s.json")],
+                  ["--sink", f"file:{blocker / 'out.mp4'}"], ["--sink", f"file:{tmp_path}"]):
+        assert main(["live", "--synthetic", "--frames", "1", "--sink", "null", *flags]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines()
+               if line.startswith("export3d:")]
+        assert len(err) == 1 and err[0].startswith("export3d: error: cannot write "), err
+    assert blocker.read_text() == "x"
