@@ -91,8 +91,8 @@ def run(frames: int | None = None, paced: bool = False, preset: str = "tiny",
     from realtime.generator import Generator
     from realtime.pipeline import Pipeline
 
-    asset_path(FACE_MODEL, fetch=True)
-    clip = asset_path("WolfgangLanger_Pexels.mp4", fetch=True)
+    asset_path(FACE_MODEL)
+    clip = asset_path("WolfgangLanger_Pexels.mp4")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         if backend == "onnxruntime" and graphs is None:

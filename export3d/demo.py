@@ -35,7 +35,7 @@ def source_photo() -> Path:
     out = cache_dir() / f"demo_source_{Path(SOURCE_VIDEO).stem}_{SOURCE_FRAME}.png"
     if out.is_file():
         return out
-    video = asset_path(SOURCE_VIDEO, fetch=True)
+    video = asset_path(SOURCE_VIDEO)
     cap = cv2.VideoCapture(str(video))
     try:
         cap.set(cv2.CAP_PROP_POS_FRAMES, SOURCE_FRAME)
@@ -54,4 +54,4 @@ def source_photo() -> Path:
 def driver_video() -> Path:
     from .assets import asset_path
 
-    return asset_path(DRIVER_VIDEO, fetch=True)
+    return asset_path(DRIVER_VIDEO)

