@@ -1,7 +1,9 @@
 """The two exported stages as plain ``nn.Module``s with flat, named tensor I/O.
 
 - :class:`SourceEncoder`: ``source_image [1, 3, H, W]`` in [-1, 1] -> ``source_high
-  [1, Ch, H/2, W/2]``, ``source_tokens [1, (H/16)^2, D]`` (run once per photo);
+  [1, F0, H/2, W/2]`` (the high-res branch through its half of the fusion's first convolution,
+  see ``export3d.generator.SourceFeatures``), ``source_tokens [1, (H/16)^2, D]`` (run once per
+  photo);
 - :class:`FrameGenerator`: ``source_high``, ``source_tokens``, ``expr [1, 64]`` fp32, ``camera
   [1, 25]`` fp32 -> ``image [1, 3, H, W]``, ``image_raw [1, 3, r, r]``, ``depth [1, 1, r, r]`` fp32.
 
@@ -51,7 +53,7 @@ def stage_specs(config, precision: str = "fp32") -> dict[str, StageSpec]:
     half = c.image_size // 2
     grid = c.token_grid
     r = c.render_size
-    high = ((1, c.high_channels, half, half), act)
+    high = ((1, c.fusion_channels[0], half, half), act)  # see export3d.generator.SourceFeatures
     tokens = ((1, grid * grid, c.token_dim), act)
     return {
         "source_encoder": StageSpec(
@@ -85,8 +87,8 @@ class SourceEncoder(nn.Module):
     def forward(self, source_image: torch.Tensor):
         gen = self.model.generator
         x = torch.cat([source_image, self.coords.to(source_image.dtype)], dim=1)  # [1, 5, H, W]
-        tokens, _, _ = gen.merge(gen.stem(x))
-        return gen.high(x), tokens
+        source = gen.encode_with_coordinates(x)
+        return source.high, source.tokens
 
 
 class FrameGenerator(nn.Module):

@@ -39,7 +39,7 @@ def test_stage_shapes(preset, device):
     shapes = stage_shapes(model, 2, device)
     h, r, p = c.image_size, c.render_size, c.triplane_size
     assert shapes == {
-        "high": (2, c.high_channels, h // 2, h // 2),
+        "high": (2, c.fusion_channels[0], h // 2, h // 2),  # the branch through fuse_in[0]
         "tokens": (2, (h // 16) ** 2, c.token_dim),
         "code": (2, c.clebs_dim),
         "triplane": (2, 3, c.triplane_channels, p, p),
@@ -74,6 +74,30 @@ def test_split_equals_full_forward_exactly():
         split = model.synthesize(model.encode_source(image), expr, camera)
     for key in full:
         assert torch.equal(full[key], split[key]), key
+
+
+def test_source_half_of_the_fusion_convolution_is_the_convolution_of_the_concatenation():
+    """encode_source carries the high-res branch through its half of fuse_in[0]; per frame
+    only ``low`` is convolved and the two are added. In float64 that is the plain
+    ``fuse_in[1](fuse_in[0](cat(low, branch)))`` to rounding, checked where generate feeds
+    fuse_in[2] (fails if the halves, the bias, the padding or the activation were wrong)."""
+    from export3d.generator import coordinate_channels
+
+    model = build_model(get_config("tiny"), seed=5).double()
+    _perturb_zero_inits(model)
+    gen = model.generator
+    image = torch.rand(2, 3, 64, 64, dtype=torch.float64) * 2 - 1
+    code = torch.randn(2, model.config.clebs_dim, dtype=torch.float64)
+    seen = {}
+    gen.low_out.register_forward_hook(lambda m, i, out: seen.update(low=out))
+    gen.fuse_in[2].register_forward_pre_hook(lambda m, i: seen.update(fused=i[0]))
+    with torch.no_grad():
+        source = gen.encode_source(image)
+        assert source.high.shape == (2, model.config.fusion_channels[0], 32, 32)
+        gen.generate(source, code)
+        branch = gen.high(coordinate_channels(image))
+        whole = gen.fuse_in[1](gen.fuse_in[0](torch.cat([seen["low"], branch], 1)))
+    assert (seen["fused"] - whole).abs().max() <= 1e-12 * whole.abs().max()
 
 
 def test_inference_is_bit_identical_across_calls():
