@@ -172,7 +172,8 @@ class WebcamCapture:
         if self.cap is None:
             raise CaptureError(
                 f"no camera at index {index} (tried {max(1, config.retries)} times); plug one "
-                "in, pick another with --camera N, or use --video FILE or --synthetic")
+                "in, close an app that holds it (a call app, OBS), pick another with "
+                "--camera N, or use --video FILE or --synthetic")
         if config.mjpg:
             self.cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
         self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, config.width)
@@ -197,7 +198,8 @@ class WebcamCapture:
             self.empty_frames += 1
             time.sleep(delay)
             delay *= 2
-        raise CaptureError(f"the camera stopped sending frames ({self.empty_frames} empty reads)")
+        raise CaptureError(f"the camera stopped sending frames ({self.empty_frames} empty "
+                           "reads): was it unplugged, or taken by another app?")
 
     def close(self) -> None:
         self.cap.release()
