@@ -90,8 +90,8 @@ class PipelineConfig:
 def _at_least(value, low, setting: str, flag: str | None = None, strict: bool = False) -> None:
     """A number setting's range, checked when a config is made (defaults, YAML and flags all
     pass here): one sentence naming the flag and the setting, not a failure frames later."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low \
-            or (strict and value == low):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+            or value < low or (strict and value == low):  # value != value: NaN
         where = f"{flag} (setting {setting})" if flag else f"setting {setting}"
         want = f"more than {low}" if strict else f"{low} or more"
         raise UserError(f"{where} must be a number, {want}; got {value!r}")

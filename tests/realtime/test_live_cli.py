@@ -228,7 +228,8 @@ def test_settings_out_of_range_are_refused_when_the_config_is_made(tmp_path):
                            "more than 0; got 0.0"),
                           (["--size", "-5"], "--size (setting sink.size) must be a number, 0 "
                            "or more; got -5"),
-                          (["--frames", "-3"], "--frames (setting capture.frames)")]:
+                          (["--frames", "-3"], "--frames (setting capture.frames)"),
+                          (["--fps", "nan"], "--fps (setting capture.fps) must be a number")]:
         with pytest.raises(UserError) as info:
             build_config(parse(["--synthetic", *argv]))
         assert str(info.value).startswith(message)
