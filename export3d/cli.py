@@ -26,8 +26,12 @@ def _load(target: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="export3d", description="Export3D portrait "
                                      "reenactment: render, track, export, live.")
+    parser.add_argument("--version", action="version",
+                        version=f"export3d {__version__} (Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     targets = dict(BUILTIN)
     for ep in entry_points(group="export3d.commands"):

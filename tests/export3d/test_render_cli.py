@@ -119,6 +119,15 @@ def test_console_script_runs_as_module(tmp_path):
     assert out.exists() and "wrote" in proc.stdout
 
 
+def test_version(capsys):
+    import export3d
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"export3d {export3d.__version__} (Python 3.")
+
+
 def test_source_is_face_aligned_and_a_photo_without_a_face_is_refused(tmp_path, capsys):
     from tracking_fixtures import media, model_path
 
