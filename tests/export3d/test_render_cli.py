@@ -119,6 +119,23 @@ def test_console_script_runs_as_module(tmp_path):
     assert out.exists() and "wrote" in proc.stdout
 
 
+def test_a_half_body_photo_is_a_source(tmp_path, capsys):
+    """A face a quarter of the photo wide: mediapipe alone finds none in it, so this photo
+    was refused ("no face found") before the window search."""
+    from tracking_fixtures import model_path
+
+    model_path()
+    photo = np.full((1024, 1024, 3), 110, np.uint8)
+    photo[512:, 512:] = load_image(default_portrait())
+    path = tmp_path / "half_body.png"
+    cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    assert main(["render", "--source", str(path), "--frames", "1", "--out",
+                 str(tmp_path / "x.mp4"), "--quiet"]) == 0, capsys.readouterr().err
+    crop = source_crop(photo, 128, path)
+    alone = source_crop(load_image(default_portrait()), 128, "astronaut")
+    assert np.abs(crop.astype(int) - alone.astype(int)).mean() < 3  # the same aligned crop
+
+
 def test_version(capsys):
     import export3d
 

@@ -145,3 +145,59 @@ def test_calibration_sets_neutral_and_reference():
         assert np.abs(frames[-1].expr).max() < 0.05  # the calibration face is the neutral
         rel = frames[-1].camera_relative[:16].reshape(4, 4)
         np.testing.assert_allclose(rel[:3, :3], np.diag([1, -1, -1]), atol=0.02)
+
+
+def _canvas(width: int, height: int, *placed) -> np.ndarray:
+    """A grey photo with portraits pasted in: (rgb, x, y, height in pixels) each."""
+    import cv2
+
+    photo = np.full((height, width, 3), 110, np.uint8)
+    for rgb, x, y, h in placed:
+        w = round(rgb.shape[1] * h / rgb.shape[0])
+        photo[y:y + h, x:x + w] = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    return photo
+
+
+def test_a_small_face_in_a_large_photo_is_found_in_windows():
+    """mediapipe misses a face under about a quarter of the photo's width (its detector sees
+    the photo at 128 x 128); detect_in_photo finds it in a window, and its landmarks, mapped
+    back to the photo, are where the astronaut's own are (ground truth by construction)."""
+    from export3d.tracking.landmarker import Landmarker
+
+    with Landmarker(LandmarkerConfig(mode="image", model_path=model_path())) as stage:
+        alone = stage.detect(astronaut()).landmarks[:, :2] * 512
+        for (x, y, h), tolerance_px in [((512, 512, 512), 0.5), ((300, 200, 256), 2.0)]:
+            photo = _canvas(1024, 1024, (astronaut(), x, y, h))
+            assert stage.detect(photo) is None  # the case at hand: the plain pass misses it
+            face = stage.detect_in_photo(photo)
+            assert face is not None and (face.width, face.height) == (1024, 1024)
+            got = (face.landmarks[:, :2] * 1024 - (x, y)) * 512 / h  # in astronaut pixels
+            assert np.median(np.linalg.norm(got - alone, axis=1)) < tolerance_px
+
+        # A group: the larger face is kept, whichever side it is on.
+        for big, small in [(astronaut(), grace_hopper()), (grace_hopper(), astronaut())]:
+            photo = _canvas(2048, 1024, (big, 100, 256, 512), (small, 1400, 256, 300))
+            face = stage.detect_in_photo(photo)
+            assert face is not None and face.box()[2] < 1024  # the left, larger one
+
+        assert stage.detect_in_photo(np.full((600, 900, 3), 110, np.uint8)) is None
+
+
+def test_photo_windows_cover_the_photo_coarse_to_fine():
+    from export3d.tracking.landmarker import MIN_WINDOW, photo_windows
+
+    levels = photo_windows(1000, 600)
+    assert [lv[0][2] for lv in levels] == [600, 300, 150]
+    for level in levels:
+        side = level[0][2]
+        covered = np.zeros((600, 1000), bool)
+        for x, y, s in level:
+            assert s == side and 0 <= x <= 1000 - s and 0 <= y <= 600 - s
+            covered[y:y + s, x:x + s] = True
+        assert covered.all()
+        # every face up to half a window wide lies whole inside some window
+        for fx in range(0, 1000 - side // 2 + 1, 7):
+            assert any(x <= fx and fx + side // 2 <= x + side for x, _, _ in level)
+    # a square photo is not searched again whole; no window under MIN_WINDOW
+    assert [lv[0][2] for lv in photo_windows(512, 512)] == [256, 128]
+    assert all(lv[0][2] >= MIN_WINDOW for lv in photo_windows(300, 200))
