@@ -153,7 +153,11 @@ class FaceExtractor:
         """One RGB frame at time ``t`` (seconds, increasing) -> :class:`TrackedFrame`."""
         if self.landmarker.config.mode == "live_stream":
             raise RuntimeError("in live_stream mode use landmarker.submit() and update()")
-        obs = self.landmarker.detect(frame, int(round(t * 1000)))
+        stamp = int(round(t * 1000))
+        if self.landmarker.config.mode == "image":  # a photo: searched harder than a frame
+            obs = self.landmarker.detect_in_photo(frame, stamp)
+        else:
+            obs = self.landmarker.detect(frame, stamp)
         return self.update(obs, t)
 
     def update(self, obs: FaceObservation | None, t: float) -> TrackedFrame:

@@ -196,7 +196,7 @@ class Landmarker:
             result = self._task.detect_for_video(self._image(rgb), timestamp_ms)
         return self._select(result, rgb.shape[1], rgb.shape[0], timestamp_ms)
 
-    def detect_in_photo(self, frame: np.ndarray) -> FaceObservation | None:
+    def detect_in_photo(self, frame: np.ndarray, timestamp_ms: int = 0) -> FaceObservation | None:
         """IMAGE mode: the largest face in a photo, searched harder than a frame (see the
         module doc). The whole photo first; where that finds none, the windows of
         :func:`photo_windows`, coarse to fine, stopping at the first scale that finds a face;
@@ -205,14 +205,14 @@ class Landmarker:
         if self.config.mode != "image":
             raise RuntimeError("detect_in_photo() is for image mode")
         rgb = as_rgb(frame)
-        face = self.detect(rgb)
+        face = self.detect(rgb, timestamp_ms)
         if face is not None:
             return face
         height, width = rgb.shape[:2]
         for level in photo_windows(width, height):
             found = []
             for x0, y0, side in level:
-                window = self.detect(rgb[y0:y0 + side, x0:x0 + side])
+                window = self.detect(rgb[y0:y0 + side, x0:x0 + side], timestamp_ms)
                 if window is not None:
                     found.append(_in_photo(window, x0, y0, width, height))
             if found:

@@ -201,3 +201,11 @@ def test_photo_windows_cover_the_photo_coarse_to_fine():
     # a square photo is not searched again whole; no window under MIN_WINDOW
     assert [lv[0][2] for lv in photo_windows(512, 512)] == [256, 128]
     assert all(lv[0][2] >= MIN_WINDOW for lv in photo_windows(300, 200))
+
+
+def test_tracking_a_photo_searches_it_like_a_source(image_extractor):
+    """export3d track on a photo (and prepare on photos) go through the image-mode extractor:
+    the half-body photo that mediapipe alone misses is tracked, with the astronaut's smile."""
+    photo = _canvas(1024, 1024, (astronaut(), 512, 512, 512))
+    tracked = image_extractor.process(photo, 0.0)
+    assert tracked.face_found and tracked.blendshapes[SMILE].mean() > 0.7
