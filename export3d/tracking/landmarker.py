@@ -200,8 +200,9 @@ class Landmarker:
         """IMAGE mode: the largest face in a photo, searched harder than a frame (see the
         module doc). The whole photo first; where that finds none, the windows of
         :func:`photo_windows`, coarse to fine, stopping at the first scale that finds a face;
-        the largest face found there, in the whole photo's coordinates. At most a few dozen
-        detections (~20 ms each on a laptop CPU), once per source photo."""
+        the largest face found there, in the whole photo's coordinates. Once per photo; on
+        this project's 2-core CPU machine 20-400 ms with a face, and 0.37 s for a 4000 x 3000
+        photo without one (88 detections, every window)."""
         if self.config.mode != "image":
             raise RuntimeError("detect_in_photo() is for image mode")
         rgb = as_rgb(frame)
