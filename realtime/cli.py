@@ -115,7 +115,7 @@ def register(subparsers) -> None:
     p.add_argument("--graphs", help="onnxruntime: the folder 'export3d export onnx' wrote")
     p.add_argument("--engines", help="tensorrt: the folder 'export3d export engine' wrote "
                    "(the weights are in the engines; no --checkpoint)")
-    p.add_argument("--device", default=None, help="cpu (default) or cuda")
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="torch backend: auto (default: bf16 on GPUs from sm_80, fp16 before, "
                    "fp32 on the CPU), fp32, fp16 or bf16")

@@ -10,9 +10,11 @@ frames), ``live_stream`` (a webcam: :meth:`Landmarker.submit` returns at once, t
 on mediapipe's thread and :meth:`Landmarker.latest` reads the newest one).
 
 A source photo is searched harder than a frame (:meth:`Landmarker.detect_in_photo`): mediapipe's
-face detector sees the whole image shrunk to 128 x 128, so a face under about a quarter of the
-photo's width (a half-body shot, a group, a landscape) is not found (measured: scikit-image's
-astronaut, found alone at 512 x 512, is not found in a quadrant of a 1024 x 1024 canvas).
+face detector sees the whole image shrunk to 128 x 128, so a small face in a large photo (a
+half-body shot, a group, a landscape) is not found. Measured with scikit-image's astronaut,
+whose face (landmark box) is 17% of its photo's width: found alone, not found at 9% (the photo
+in a quadrant of a 1024 x 1024 canvas). With the window search: found at 9% and at 4.4%, not
+at 2.2% (the astronaut at 256 px in a 2048 px canvas).
 
 One face: with ``candidates > 1`` mediapipe returns up to that many faces and the stage keeps the
 largest on acquisition, then the one overlapping the previous box most, so a second person

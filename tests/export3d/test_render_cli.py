@@ -120,8 +120,8 @@ def test_console_script_runs_as_module(tmp_path):
 
 
 def test_a_half_body_photo_is_a_source(tmp_path, capsys):
-    """A face a quarter of the photo wide: mediapipe alone finds none in it, so this photo
-    was refused ("no face found") before the window search."""
+    """The astronaut in a quadrant (its face 9% of the photo's width): mediapipe alone finds
+    none in it, so this photo was refused ("no face found") before the window search."""
     from tracking_fixtures import model_path
 
     model_path()

@@ -48,10 +48,14 @@ def test_largest_face_on_acquisition_then_the_tracked_one():
 
 
 def test_photos_are_independent_the_largest_face_each_time():
-    stage = selector()
-    stage.config = LandmarkerConfig(mode="image")
-    first = stage._select(result(face(0.7, 0.5, 0.2)), 640, 480, 0)
-    assert abs(first.landmarks[:, 0].mean() - 0.7) < 0.02
-    # In video mode the track would stay near 0.7; a photo takes its own largest face.
-    other = stage._select(result(face(0.72, 0.5, 0.1), face(0.3, 0.5, 0.3)), 640, 480, 0)
-    assert abs(other.landmarks[:, 0].mean() - 0.3) < 0.02
+    followed, intruder = face(0.72, 0.5, 0.19), face(0.3, 0.5, 0.3)
+    chosen = {}
+    for mode in ("video", "image"):
+        stage = selector()
+        stage.config = LandmarkerConfig(mode=mode)
+        first = stage._select(result(face(0.7, 0.5, 0.2)), 640, 480, 0)
+        assert abs(first.landmarks[:, 0].mean() - 0.7) < 0.02
+        second = stage._select(result(followed, intruder), 640, 480, 1)
+        chosen[mode] = round(float(second.landmarks[:, 0].mean()), 1)
+    # Video follows the face it had; a photo takes its own largest face.
+    assert chosen == {"video": 0.7, "image": 0.3}
