@@ -21,10 +21,12 @@ from export3d.errors import UserError
 
 from .config import SinkConfig
 
+V4L2LOOPBACK_FIX = ("run 'sudo modprobe v4l2loopback devices=1 exclusive_caps=1' (package "
+                    "v4l2loopback-dkms)")
+OBS_FIX = "install OBS Studio and start its Virtual Camera once"
 VIRTUALCAM_HELP = (
-    "no virtual camera driver found; on Linux run 'sudo modprobe v4l2loopback devices=1 "
-    "exclusive_caps=1' (package v4l2loopback-dkms), on Windows/macOS install OBS Studio and "
-    "start its Virtual Camera once; '--sink preview' or '--sink window' work without a driver")
+    f"no virtual camera driver found; on Linux {V4L2LOOPBACK_FIX}, on Windows/macOS {OBS_FIX}; "
+    "'--sink preview' or '--sink window' work without a driver")
 
 
 class SinkError(UserError):
