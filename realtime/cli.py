@@ -54,6 +54,7 @@ def build_config(args):
                     "realtime": False if args.fast else None},
         "generator": {"backend": args.backend, "device": args.device, "preset": args.preset,
                       "checkpoint": args.checkpoint, "graphs": args.graphs,
+                      "providers": args.providers,
                       "engines": args.engines, "precision": args.precision,
                       "compile": True if args.compile else None,
                       "source": _sources(args.source)},
@@ -80,8 +81,11 @@ def _run(args) -> None:
     url = getattr(pipeline.sink, "url", None)
     if url:
         print(f"preview: {url}", file=sys.stderr)
-    print(f"live: {config.capture.source} -> {config.generator.backend}/"
-          f"{config.generator.device} -> {config.sink.sink} (Ctrl-C to stop)", file=sys.stderr)
+    providers = getattr(pipeline.generator.backend, "providers", None)  # onnxruntime's
+    runs_on = (",".join(p.removesuffix("ExecutionProvider") for p in providers) if providers
+               else config.generator.device)
+    print(f"live: {config.capture.source} -> {config.generator.backend}/{runs_on} -> "
+          f"{config.sink.sink} (Ctrl-C to stop)", file=sys.stderr)
     summary = pipeline.run()
     print(format_summary(summary))
     if args.stats_json:
@@ -113,6 +117,9 @@ def register(subparsers) -> None:
                        help="a scripted head (camera orbit, neutral face) without tracking")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="default: torch")
     p.add_argument("--graphs", help="onnxruntime: the folder 'export3d export onnx' wrote")
+    p.add_argument("--providers", help="onnxruntime: execution providers in order, e.g. "
+                   "coreml,cpu (macOS), dml,cpu (DirectML, Windows), cuda,cpu; default cuda,cpu "
+                   "with --device cuda, else cpu ('export3d doctor' lists this machine's)")
     p.add_argument("--engines", help="tensorrt: the folder 'export3d export engine' wrote "
                    "(the weights are in the engines; no --checkpoint)")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")

@@ -48,6 +48,9 @@ class GeneratorConfig:
     preset: str = "tiny"
     checkpoint: str | None = None
     graphs: str | None = None  # onnxruntime: folder written by 'export3d export onnx'
+    # onnxruntime: execution providers in order of preference, e.g. "coreml,cpu" (a Mac),
+    # "dml,cpu" (DirectML: Windows, any GPU); default "cuda,cpu" with a CUDA device, else "cpu"
+    providers: str | None = None
     engines: str | None = None  # tensorrt: folder written by 'export3d export engine'
     # torch backend: auto | fp32 | fp16 | bf16. auto: bf16 on a CUDA GPU that has it (sm_80+),
     # fp16 on older ones, fp32 on the CPU. On CUDA the convolutions also run channels-last.

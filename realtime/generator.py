@@ -181,9 +181,13 @@ def _open(config: GeneratorConfig):
     if config.backend != "torch" and config.compile:
         raise UserError(f"--compile is the torch backend's; {config.backend} runs its own "
                         "compiled graphs or engines")
+    if config.backend != "onnxruntime" and config.providers:
+        raise UserError(f"--providers is the onnxruntime backend's; {config.backend} runs on "
+                        "--device")
 
     if config.backend == "onnxruntime":
-        providers = ("cuda", "cpu") if config.device.startswith("cuda") else ("cpu",)
+        providers = config.providers or (
+            ("cuda", "cpu") if config.device.startswith("cuda") else ("cpu",))
         backend = open_backend("onnxruntime", graphs=config.graphs, providers=providers)
         encoder_input = next(iter(getattr(backend, "enc_in", {}).values()), None)
         size = encoder_input.shape[-1] if encoder_input is not None else \

@@ -276,3 +276,32 @@ def test_output_files_are_checked_before_the_run(tmp_path, capsys):
                if line.startswith("export3d:")]
         assert len(err) == 1 and err[0].startswith("export3d: error: cannot write "), err
     assert blocker.read_text() == "x"
+
+
+def test_onnxruntime_providers_by_flag_and_a_missing_one_in_one_line(tmp_path, capsys):
+    # A Mac (CoreML) or a Windows machine with any GPU (DirectML) names its provider; this
+    # Linux onnxruntime has neither, and says so before any frame.
+    from export.onnx_export import export_onnx
+    from export3d.cli import main
+    from export3d.config import get_config
+    from export3d.errors import UserError
+    from export3d.model import build_model
+    from realtime.config import GeneratorConfig
+    from realtime.generator import _open
+
+    graphs = tmp_path / "graphs"
+    export_onnx(build_model(get_config("tiny"), seed=0), graphs)
+    base = ["--synthetic", "--frames", "3", "--fast", "--sink", "null", "--backend",
+            "onnxruntime", "--graphs", str(graphs)]
+    args = parse([*base, "--providers", "cpu"])
+    assert build_config(args).generator.providers == "cpu"
+    args.run(args)
+    assert "-> onnxruntime/CPU -> null" in capsys.readouterr().err
+    assert main(["live", *base, "--providers", "dml,cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'dml' (DmlExecutionProvider) is not in this onnxruntime " \
+        "build" in err
+    assert main(["live", *base, "--providers", "metal"]) == 2
+    assert "unknown execution provider 'metal'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--providers is the onnxruntime backend's"):
+        _open(GeneratorConfig(backend="torch", providers="cpu"))
