@@ -6,7 +6,9 @@ installed; cameras are opened only when asked (``--cameras N``). The checks:
 - Python, PyTorch (CPU or CUDA build), each CUDA GPU (name, compute capability, memory);
 - what ``export3d live --device auto`` would run here: device, precision, ray marcher (the
   fused Triton kernel on a CUDA GPU, else the PyTorch reference);
-- ONNX Runtime and its execution providers; TensorRT and torch-tensorrt (optional);
+- ONNX Runtime and its execution providers; TensorRT and torch-tensorrt (optional); with
+  ``--engines DIR``, each engine against this GPU and TensorRT, as the tensorrt backend will
+  check it at start (so "built for another GPU" shows before a live run);
 - mediapipe, the face model and the demo's media (``export3d assets``), the demo checkpoint;
 - the virtual-camera driver and the webcams: on Linux read from sysfs without opening a
   device (v4l2loopback's devices are virtual, webcams hang off a USB or PCI bus); elsewhere
@@ -140,6 +142,51 @@ def check_tensorrt() -> list[Check]:
     return out
 
 
+def check_engines(folder, gpu: tuple[str, str] | None = None, tensorrt: str | None = None
+                  ) -> list[Check]:
+    """Each engine of ``folder`` (from 'export3d export engine') against this machine, by its
+    metadata, as the tensorrt backend will check it at start: compute capability, TensorRT
+    version and GPU model, and the engine file against its recorded sha256. ``gpu`` (name,
+    "major.minor") and ``tensorrt`` (version) default to this machine's."""
+    from engines import trt
+    from engines.trt.builder import STAGES, engine_path
+    from engines.trt.device import gpu_info
+    from engines.trt.runtime import check_engine_bytes, check_metadata, read_metadata
+
+    if tensorrt is None and trt.available():
+        try:
+            tensorrt = str(trt.import_tensorrt().__version__)
+        except trt.TensorRTError:
+            tensorrt = None
+    if gpu is None:
+        try:
+            gpu = gpu_info()
+        except trt.TensorRTError:
+            gpu = None
+    out = []
+    for stage in STAGES:
+        path = engine_path(folder, stage)
+        name = f"engine {stage}"
+        try:
+            meta = read_metadata(path)
+            built = (f"built for {meta.get('gpu', '?')} (compute capability "
+                     f"{meta.get('compute_capability', '?')}), TensorRT "
+                     f"{meta.get('tensorrt', '?')}")
+            check_engine_bytes(meta, path, path.read_bytes())
+            if gpu is None or tensorrt is None:
+                missing = "no CUDA GPU" if gpu is None else "no TensorRT"
+                out.append(Check(name, "warn", f"{built}; cannot be matched here ({missing})",
+                                 "run this on the machine that will run the engines"))
+                continue
+            check_metadata(meta, path, gpu[0], gpu[1], tensorrt)
+        except trt.TensorRTError as exc:
+            what, _, fix = str(exc).partition("; ")
+            out.append(Check(name, "missing", what, fix))
+        else:
+            out.append(Check(name, "ok", f"{built}: matches this machine"))
+    return out
+
+
 def check_mediapipe() -> Check:
     try:
         import mediapipe
@@ -269,11 +316,12 @@ def check_display(platform: str = sys.platform) -> Check:
     return Check("display", "ok", "'--sink window' can open a window")
 
 
-def run_checks(cameras: int = 0) -> list[Check]:
+def run_checks(cameras: int = 0, engines=None) -> list[Check]:
     import torch
 
     checks = [check_python(), check_torch(torch), *check_gpus(torch), check_triton(),
               check_live_device(torch), check_onnxruntime(), *check_tensorrt(),
+              *(check_engines(engines) if engines else []),
               check_mediapipe(), *check_assets(), check_virtualcam(),
               *check_webcams(probe=cameras), check_cache(), check_display()]
     unknown = [c for c in checks if c.status not in STATUSES]
@@ -304,7 +352,7 @@ def run(args) -> None:
         from export3d.media import output_path
 
         json_path = output_path(args.json)  # checked before the cameras are opened
-    checks = run_checks(cameras=min(args.cameras, 16))
+    checks = run_checks(cameras=min(args.cameras, 16), engines=args.engines)
     print(format_table(checks))
     ready = demo_ready(checks)
     missing = [c.name for c in checks if c.required and c.status != "ok"]
@@ -323,5 +371,7 @@ def register(subparsers) -> None:
                               "about each gap")
     p.add_argument("--cameras", type=int, default=0, help="also open camera indices 0..N-1 and "
                    "read a frame from each (default: do not open any)")
+    p.add_argument("--engines", help="also check the engines in this folder (from 'export3d "
+                   "export engine') against this GPU and TensorRT")
     p.add_argument("--json", help="also write the checks to this JSON file")
     p.set_defaults(run=run)

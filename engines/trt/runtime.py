@@ -65,6 +65,14 @@ def check_metadata(meta: dict, engine_file, gpu: str, capability: str, tensorrt:
             f"it here with '{rebuild_command(meta.get('onnx_dir', 'GRAPHS'), engine_file.parent)}'")
 
 
+def check_engine_bytes(meta: dict, engine_file, blob: bytes) -> None:
+    """Refuse an engine file that is not the one its metadata was written for."""
+    if meta.get("engine_sha256") not in (None, hashlib.sha256(blob).hexdigest()):
+        rebuild = rebuild_command(meta.get("onnx_dir", "GRAPHS"), Path(engine_file).parent)
+        raise EngineMismatch(f"{engine_file} does not match the sha256 in its metadata "
+                             f"(modified or half-copied); rebuild it with '{rebuild}'")
+
+
 class EngineRunner:
     """One engine, one execution context, one buffer per I/O tensor (see module docstring).
 
@@ -82,9 +90,7 @@ class EngineRunner:
             gpu, capability = gpu_info()
             check_metadata(self.meta, self.path, gpu, capability, str(trt.__version__),
                            allow_other_gpu)
-            if self.meta.get("engine_sha256") not in (None, hashlib.sha256(blob).hexdigest()):
-                raise EngineMismatch(f"{self.path} does not match the sha256 in its metadata "
-                                     f"(modified or half-copied); rebuild it with '{rebuild}'")
+            check_engine_bytes(self.meta, self.path, blob)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(blob)

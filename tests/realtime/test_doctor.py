@@ -139,3 +139,43 @@ def test_no_loopback_device_names_the_module(tmp_path):
     other = doctor.check_virtualcam(cls, "darwin")
     assert other.status == "info" and "OBS" in other.fix
     assert doctor.check_webcams(tmp_path / "no-sysfs", "linux")[0].status == "info"
+
+
+def engine_folder(root, stages):
+    """Engines and their metadata as 'export3d export engine' writes them (blobs stand in)."""
+    import hashlib
+
+    root.mkdir()
+    for stage in stages:
+        blob = f"engine {stage}".encode()
+        (root / f"{stage}.engine").write_bytes(blob)
+        (root / f"{stage}.engine.json").write_text(json.dumps({
+            "stage": stage, "engine_sha256": hashlib.sha256(blob).hexdigest(),
+            "onnx_dir": "graphs", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+            "tensorrt": "10.7.0"}))
+    return root
+
+
+def test_engines_are_matched_to_the_gpu_and_tensorrt_before_a_run(tmp_path):
+    folder = engine_folder(tmp_path / "engines", ["source_encoder", "frame_generator"])
+    h100 = ("NVIDIA H100 80GB HBM3", "9.0")
+    checks = doctor.check_engines(folder, h100, "10.7.0")
+    assert [(c.name, c.status) for c in checks] == [("engine source_encoder", "ok"),
+                                                    ("engine frame_generator", "ok")]
+    # Another card, another TensorRT: each engine says what it was built for and how to
+    # rebuild it here.
+    for gpu, tensorrt in ((("NVIDIA GeForce RTX 4090", "8.9"), "10.7.0"), (h100, "10.8.0")):
+        check = doctor.check_engines(folder, gpu, tensorrt)[1]
+        assert check.status == "missing" and "built for NVIDIA H100 80GB HBM3" in check.detail
+        assert check.fix.startswith("rebuild it here with 'export3d export engine --onnx graphs")
+    (folder / "frame_generator.engine").write_bytes(b"half a cop")
+    (folder / "source_encoder.engine").unlink()
+    enc, gen = doctor.check_engines(folder, h100, "10.7.0")
+    assert enc.status == "missing" and "does not exist" in enc.detail
+    assert gen.status == "missing" and "sha256" in gen.detail
+    # Where the GPU or TensorRT is not there to compare with, it says so instead of passing.
+    (folder / "frame_generator.engine").write_bytes(b"engine frame_generator")
+    gen = doctor.check_engines(folder, None, "10.7.0")[1]
+    assert gen.status == "warn" and "no CUDA GPU" in gen.detail
+    if not torch.cuda.is_available():
+        assert doctor.check_engines(folder)[1].status == "warn"
