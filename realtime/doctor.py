@@ -265,10 +265,11 @@ def check_virtualcam(root: Path = SYSFS_VIDEO, platform: str = sys.platform) -> 
         f"{dev} ({name})" for dev, name in virtual))
 
 
-def check_webcams(root: Path = SYSFS_VIDEO, platform: str = sys.platform, probe: int = 0
-                  ) -> list[Check]:
+def check_webcams(root: Path = SYSFS_VIDEO, platform: str = sys.platform, probe: int = 0,
+                  opener=None) -> list[Check]:
     """Linux: the webcams sysfs lists (each usually shows two nodes, capture and metadata).
-    ``probe`` > 0: open indices 0..probe-1 with OpenCV and read one frame from each."""
+    ``probe`` > 0: open indices 0..probe-1 with OpenCV (``opener``, default
+    ``cv2.VideoCapture``), its own log silenced, and read one frame from each."""
     out = []
     if platform.startswith("linux"):
         _, physical = video_devices(root)
@@ -282,12 +283,15 @@ def check_webcams(root: Path = SYSFS_VIDEO, platform: str = sys.platform, probe:
     if probe:
         import cv2
 
+        from .capture import quiet_opencv
+
         for index in range(probe):
-            cap = cv2.VideoCapture(index)
-            try:
-                ok, frame = cap.read() if cap.isOpened() else (False, None)
-            finally:
-                cap.release()
+            with quiet_opencv(cv2):
+                cap = (opener or cv2.VideoCapture)(index)
+                try:
+                    ok, frame = cap.read() if cap.isOpened() else (False, None)
+                finally:
+                    cap.release()
             out.append(Check(f"camera {index}", "ok", f"read a {frame.shape[1]}x{frame.shape[0]} "
                              "frame") if ok else
                        Check(f"camera {index}", "info", "cannot be opened or read",

@@ -179,3 +179,34 @@ def test_engines_are_matched_to_the_gpu_and_tensorrt_before_a_run(tmp_path):
     assert gen.status == "warn" and "no CUDA GPU" in gen.detail
     if not torch.cuda.is_available():
         assert doctor.check_engines(folder)[1].status == "warn"
+
+
+def test_camera_probe_reads_a_frame_from_each_index(tmp_path):
+    import numpy as np
+
+    class Camera:
+        def __init__(self, index):
+            self.index, self.released = index, False
+
+        def isOpened(self):
+            return self.index == 0
+
+        def read(self):
+            return True, np.zeros((480, 640, 3), np.uint8)
+
+        def release(self):
+            self.released = True
+
+    opened = []
+
+    def opener(index):
+        opened.append(Camera(index))
+        return opened[-1]
+
+    checks = doctor.check_webcams(tmp_path / "no-sysfs", "win32", probe=2, opener=opener)
+    assert [(c.name, c.status) for c in checks] == [("camera 0", "ok"), ("camera 1", "info")]
+    assert checks[0].detail == "read a 640x480 frame" and "may hold it" in checks[1].fix
+    assert all(cam.released for cam in opened)
+    # Not probed and not Linux: says how to probe rather than guessing.
+    (unprobed,) = doctor.check_webcams(tmp_path / "no-sysfs", "win32")
+    assert unprobed.status == "info" and "--cameras" in unprobed.fix
