@@ -29,6 +29,7 @@ from pathlib import Path
 
 STATUSES = ("ok", "missing", "warn", "info")
 SYSFS_VIDEO = Path("/sys/class/video4linux")
+SYSFS_LOOPBACK = Path("/sys/module/v4l2loopback")
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,11 @@ def video_devices(root: Path = SYSFS_VIDEO) -> tuple[list[tuple[str, str]], list
     return virtual, physical
 
 
-def check_virtualcam(root: Path = SYSFS_VIDEO, platform: str = sys.platform) -> Check:
+def check_virtualcam(root: Path = SYSFS_VIDEO, platform: str = sys.platform,
+                     module: Path = SYSFS_LOOPBACK) -> Check:
+    """The virtual-camera driver. On Linux also v4l2loopback's ``exclusive_caps`` (module
+    parameters are readable in sysfs): browsers (Meet), Zoom and other WebRTC apps list a
+    loopback device as a camera only when it is on."""
     from .sinks import OBS_FIX, V4L2LOOPBACK_FIX
 
     if importlib.util.find_spec("pyvirtualcam") is None:
@@ -255,14 +260,22 @@ def check_virtualcam(root: Path = SYSFS_VIDEO, platform: str = sys.platform) -> 
                      "pip install pyvirtualcam")
     if not platform.startswith("linux"):
         return Check("virtual camera", "info", "pyvirtualcam uses OBS Studio's Virtual Camera "
-                     "here, which cannot be checked without starting it",
-                     OBS_FIX)
+                     "here, which cannot be checked without starting it", OBS_FIX)
     virtual, _ = video_devices(root)
     if not virtual:
         return Check("virtual camera", "missing", "no v4l2loopback device",
                      f"{V4L2LOOPBACK_FIX}; '--sink preview' works without it")
-    return Check("virtual camera", "ok", "v4l2loopback: " + ", ".join(
-        f"{dev} ({name})" for dev, name in virtual))
+    detail = "v4l2loopback: " + ", ".join(f"{dev} ({name})" for dev, name in virtual)
+    try:  # one Y/N per device slot, in the order the module made them
+        caps = (module / "parameters" / "exclusive_caps").read_text().strip().split(",")
+    except OSError:
+        caps = []
+    if "N" in caps[: len(virtual)]:
+        return Check("virtual camera", "warn", f"{detail}; exclusive_caps is off, so browsers, "
+                     "Zoom and other WebRTC apps do not list it", "reload the module with it "
+                     "on: 'sudo modprobe -r v4l2loopback && sudo modprobe v4l2loopback "
+                     "devices=1 exclusive_caps=1'")
+    return Check("virtual camera", "ok", detail)
 
 
 def check_webcams(root: Path = SYSFS_VIDEO, platform: str = sys.platform, probe: int = 0,

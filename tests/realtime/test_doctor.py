@@ -125,8 +125,17 @@ def test_sysfs_tells_loopback_from_webcams(tmp_path):
     assert virtual == [("/dev/video2", "Dummy video device (0x0000)"),
                        ("/dev/video10", "export3d")]
     assert physical == [("/dev/video0", "Integrated Camera"), ("/dev/video1", "Integrated Camera")]
-    cam = doctor.check_virtualcam(cls, "linux")
+    module = tmp_path / "module" / "v4l2loopback"
+    cam = doctor.check_virtualcam(cls, "linux", module)
     assert cam.status == "ok" and "/dev/video10 (export3d)" in cam.detail
+    # exclusive_caps, one Y/N per device slot (the module's sysfs parameter): off for one of
+    # the two devices means WebRTC apps miss it.
+    (module / "parameters").mkdir(parents=True)
+    (module / "parameters" / "exclusive_caps").write_text("Y,N,N,N\n")
+    cam = doctor.check_virtualcam(cls, "linux", module)
+    assert cam.status == "warn" and "exclusive_caps=1" in cam.fix
+    (module / "parameters" / "exclusive_caps").write_text("Y,Y,N,N\n")
+    assert doctor.check_virtualcam(cls, "linux", module).status == "ok"
     webcams = doctor.check_webcams(cls, "linux")
     assert [c.status for c in webcams] == ["ok"] and "/dev/video0" in webcams[0].detail
 
