@@ -11,7 +11,8 @@ installed; cameras are opened only when asked (``--cameras N``). The checks:
   check it at start (so "built for another GPU" shows before a live run);
 - mediapipe, the face model and the demo's media (``export3d assets``), the demo checkpoint;
 - the virtual-camera driver and the webcams: on Linux read from sysfs without opening a
-  device (v4l2loopback's devices are virtual, webcams hang off a USB or PCI bus); elsewhere
+  device (v4l2loopback's devices are virtual, webcams hang off a USB or PCI bus; the module's
+  ``exclusive_caps``, without which WebRTC apps do not list its device); elsewhere
   pyvirtualcam's OBS driver cannot be checked without starting it, and says so;
 - the asset cache folder, and a display for ``--sink window``.
 The exit status is 0 when everything ``export3d live --demo`` needs is there, 1 otherwise.
