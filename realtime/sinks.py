@@ -26,7 +26,8 @@ V4L2LOOPBACK_FIX = ("run 'sudo modprobe v4l2loopback devices=1 exclusive_caps=1'
 OBS_FIX = "install OBS Studio and start its Virtual Camera once"
 VIRTUALCAM_HELP = (
     f"no virtual camera driver found; on Linux {V4L2LOOPBACK_FIX}, on Windows/macOS {OBS_FIX}; "
-    "'--sink preview' or '--sink window' work without a driver")
+    "'--sink preview' or '--sink window' work without a driver; 'export3d doctor' shows what "
+    "this machine has")
 
 
 class SinkError(UserError):
