@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 
+from engines.trt.builder import manifest_well_formed  # the engine builder reads it too
 from export3d.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -85,9 +86,9 @@ def read(directory: str | Path) -> dict:
                             f"{Path(directory)}' first")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise ManifestError(f"{path} is unreadable ({exc}); export the graphs again") from None
-    if manifest.get("format") != FORMAT or "graphs" not in manifest:
+    if not manifest_well_formed(manifest):
         raise ManifestError(f"{path} is not an export3d ONNX manifest of format {FORMAT}; "
                             "export the graphs again")
     return manifest

@@ -81,6 +81,14 @@ def _register_symbolics(opset: int) -> None:
     _SORT_REGISTERED.add(opset)
 
 
+def max_opset() -> int:
+    """The newest opset torch's exporter accepts (23 in torch 2.11 and 2.13; above it,
+    ``torch.onnx.export`` fails with "Unsupported onnx_opset_version")."""
+    from torch.onnx import _constants  # private, hence the fallback
+
+    return int(getattr(_constants, "ONNX_MAX_OPSET", 23))
+
+
 def trace(module: torch.nn.Module, args: tuple, input_names, output_names,
           opset: int = DEFAULT_OPSET, custom_opsets: dict[str, int] | None = None
           ) -> onnx.ModelProto:
@@ -107,6 +115,9 @@ def build_graphs(model, variant: str = "portable", precision: str = "fp32",
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: LayerNormalization and GridSample need "
                           f"opset {MIN_OPSET} or newer")
+    if opset > max_opset():
+        raise ExportError(f"opset {opset} is newer than this torch exports (up to "
+                          f"{max_opset()}); use --opset {MIN_OPSET}..{max_opset()}")
     step = progress or (lambda _: None)
     config = model.config
     custom_opsets = {}

@@ -42,16 +42,19 @@ class TensorRTBackend(_ContextMixin):
         self.device = torch.device(device)
         factory = runner_factory or (lambda path: EngineRunner(
             path, allow_other_gpu=allow_other_gpu))
-        try:
+        # On cuda:N everything happens with N as the current device: the GPU check, the
+        # engines' deserialisation and buffers (allocated on "cuda", the current device).
+        with self._on_device():
             try:
-                self._open(factory)
-            except EngineMismatch:
-                if not rebuild:
-                    raise
-                self._rebuild()
-                self._open(factory)
-        except _engine_errors() as exc:
-            raise BackendError(str(exc)) from None
+                try:
+                    self._open(factory)
+                except EngineMismatch:
+                    if not rebuild:
+                        raise
+                    self._rebuild()
+                    self._open(factory)
+            except _engine_errors() as exc:
+                raise BackendError(str(exc)) from None
         cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if cuda else None
         # Pinned host copies of the three outputs: the device-to-host copy is asynchronous.
@@ -63,9 +66,12 @@ class TensorRTBackend(_ContextMixin):
         self._encoded = False
 
     def _open(self, factory) -> None:
+        from engines.trt.runtime import check_pair
+
         self.encoder = self.generator = None
         self.encoder = factory(self.directory / f"{STAGES[0]}.engine")
         self.generator = factory(self.directory / f"{STAGES[1]}.engine")
+        check_pair(self.encoder.meta, self.generator.meta, self.directory)
         for name in self.encoder.outputs:  # source features straight into the generator
             self.generator.bind(name, self.encoder.buffers[name])
 
@@ -98,7 +104,20 @@ class TensorRTBackend(_ContextMixin):
 
         import torch
 
-        return torch.cuda.stream(self.stream) if self.stream is not None else \
+        if self.stream is None:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._on_device())
+        stack.enter_context(torch.cuda.stream(self.stream))
+        return stack
+
+    def _on_device(self):
+        """``self.device`` as the current CUDA device within the block (a no-op on the CPU)."""
+        import contextlib
+
+        import torch
+
+        return torch.cuda.device(self.device) if self.device.type == "cuda" else \
             contextlib.nullcontext()
 
     def _upload(self, runner, name: str, value) -> None:
@@ -130,7 +149,8 @@ class TensorRTBackend(_ContextMixin):
         if not self._encoded:
             raise BackendError("call encode_source(image) before frame()")
         if self.cuda_graph and not self._captured:
-            self.generator.capture()
+            with self._on_device():
+                self.generator.capture()
             self._captured = True
         with self._on_stream():
             self._upload(self.generator, "expr", expr)

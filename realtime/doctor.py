@@ -153,7 +153,7 @@ def check_engines(folder, gpu: tuple[str, str] | None = None, tensorrt: str | No
     from engines import trt
     from engines.trt.builder import STAGES, engine_path
     from engines.trt.device import gpu_info
-    from engines.trt.runtime import check_engine_bytes, check_metadata, read_metadata
+    from engines.trt.runtime import check_engine_bytes, check_metadata, check_pair, read_metadata
 
     if tensorrt is None and trt.available():
         try:
@@ -165,12 +165,12 @@ def check_engines(folder, gpu: tuple[str, str] | None = None, tensorrt: str | No
             gpu = gpu_info()
         except trt.TensorRTError:
             gpu = None
-    out = []
+    out, metas = [], {}
     for stage in STAGES:
         path = engine_path(folder, stage)
         name = f"engine {stage}"
         try:
-            meta = read_metadata(path)
+            meta = metas[stage] = read_metadata(path)
             built = (f"built for {meta.get('gpu', '?')} (compute capability "
                      f"{meta.get('compute_capability', '?')}), TensorRT "
                      f"{meta.get('tensorrt', '?')}")
@@ -186,6 +186,12 @@ def check_engines(folder, gpu: tuple[str, str] | None = None, tensorrt: str | No
             out.append(Check(name, "missing", what, fix))
         else:
             out.append(Check(name, "ok", f"{built}: matches this machine"))
+    if len(metas) == len(STAGES):
+        try:
+            check_pair(*(metas[stage] for stage in STAGES), folder)
+        except trt.TensorRTError as exc:
+            what, _, fix = str(exc).partition("; ")
+            out.append(Check("engine pair", "missing", what, fix))
     return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .errors import GraphError, TensorRTError
 from .plugin import PLUGIN_ID, PLUGIN_VERSION, register_plugin, tag_plugin_nodes
 
 MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1  # export.manifest.FORMAT: the ONNX folder's manifest (a test keeps them equal)
 STAGES = ("source_encoder", "frame_generator")
 ENGINE_SUFFIX = ".engine"
 META_SUFFIX = ".engine.json"
@@ -52,9 +54,14 @@ class BuildOptions:
         if int(self.opt_level) not in OPT_LEVELS:
             raise TensorRTError(f"--opt-level must be 0..5 (TensorRT's builder optimisation "
                                 f"level), got {self.opt_level}")
-        if not self.workspace_gb > 0:
-            raise TensorRTError(f"--workspace-gb must be positive, got {self.workspace_gb}")
+        if not (math.isfinite(self.workspace_gb) and self.workspace_bytes >= 1 << 20):
+            raise TensorRTError(f"--workspace-gb must be a finite size of at least 1 MiB "
+                                f"(0.001), got {self.workspace_gb}")
         return self
+
+    @property
+    def workspace_bytes(self) -> int:
+        return int(self.workspace_gb * (1 << 30)) if math.isfinite(self.workspace_gb) else 0
 
 
 def rebuild_command(onnx_dir, out_dir) -> str:
@@ -88,10 +95,13 @@ def read_graphs(onnx_dir) -> tuple[dict, dict[str, bytes]]:
                          f"'{export_cmd}'")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise GraphError(f"{path} is unreadable ({exc}); export the graphs again with "
                          f"'{export_cmd}'") from None
-    graphs = manifest.get("graphs", {})
+    if not manifest_well_formed(manifest):
+        raise GraphError(f"{path} is not an export3d ONNX manifest of format {MANIFEST_FORMAT}; "
+                         f"export the graphs again with '{export_cmd}'")
+    graphs = manifest["graphs"]
     if manifest.get("variant") != "plugin":
         raise GraphError(f"{onnx_dir} holds the {manifest.get('variant', 'unknown')!r} variant, "
                          "whose ray march is standard ONNX ops for ONNX Runtime; TensorRT "
@@ -109,7 +119,11 @@ def read_graphs(onnx_dir) -> tuple[dict, dict[str, bytes]]:
             raise GraphError(f"{file} does not match the sha256 in its manifest (modified or "
                              f"half-copied); export again with '{export_cmd}'")
         data[stage] = blob
-    frame = onnx.load_from_string(data["frame_generator"])
+    try:
+        frame = onnx.load_from_string(data["frame_generator"])
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+        raise GraphError(f"{onnx_dir / graphs['frame_generator']['file']} is not an ONNX graph "
+                         f"({type(exc).__name__}); export again with '{export_cmd}'") from None
     frame_file = onnx_dir / graphs["frame_generator"]["file"]
     nodes = [n for n in frame.graph.node
              if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
@@ -125,6 +139,21 @@ def read_graphs(onnx_dir) -> tuple[dict, dict[str, bytes]]:
                          f"plugin runs version {contract.VERSION}; export again with "
                          f"'{export_cmd}'")
     return manifest, data
+
+
+def manifest_well_formed(manifest) -> bool:
+    """An export manifest of :data:`MANIFEST_FORMAT`: a ``graphs`` table whose entries name a
+    file and its sha256."""
+    return (isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+            and isinstance(manifest.get("graphs"), dict)
+            and all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                    and isinstance(e.get("sha256"), str) for e in manifest["graphs"].values()))
+
+
+def export_id(manifest: dict) -> str:
+    """The export both engines come from: the sha256 of its graphs' sha256s, in stage order.
+    Recorded in each engine's metadata; the runtime refuses a pair whose ids differ."""
+    return _sha256("".join(manifest["graphs"][s]["sha256"] for s in STAGES).encode())
 
 
 def prepared_graph(stage: str, blob: bytes) -> bytes:
@@ -199,8 +228,7 @@ def build_stage(trt, logger, stage: str, graph: bytes, graph_path: Path, options
         raise GraphError(f"TensorRT's ONNX parser rejected {graph_path.name} ({errors[0]}); "
                          "export the graph again or report it with this message")
     config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
-                                 int(options.workspace_gb * (1 << 30)))
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
     config.builder_optimization_level = int(options.opt_level)
     timing = config.create_timing_cache(cache)
     if not config.set_timing_cache(timing, False):
@@ -244,7 +272,7 @@ def build_engines(onnx_dir, out_dir, options: BuildOptions = BuildOptions(),
     cache_path = Path(options.timing_cache or out_dir / "timing.cache")
     cache = cache_path.read_bytes() if cache_path.is_file() else b""
     logger = trt.Logger(trt.Logger.VERBOSE if options.verbose else trt.Logger.WARNING)
-    results = []
+    results, engines = [], {}
     for stage in STAGES:
         entry = manifest["graphs"][stage]
         report(f"{stage}: building a strongly typed {manifest.get('precision', 'fp32')} engine "
@@ -257,7 +285,8 @@ def build_engines(onnx_dir, out_dir, options: BuildOptions = BuildOptions(),
         _write_atomic(cache_path, cache)
         meta = {
             "format": FORMAT, "stage": stage, "engine": engine_path(out_dir, stage).name,
-            "engine_sha256": _sha256(engine), "onnx_dir": str(onnx_dir),
+            "engine_sha256": _sha256(engine), "export_id": export_id(manifest),
+            "onnx_dir": str(onnx_dir),
             "graph": entry["file"], "graph_sha256": entry["sha256"],
             "preset": manifest.get("preset"), "variant": manifest.get("variant"),
             "precision": manifest.get("precision"), "strongly_typed": True,
@@ -265,14 +294,18 @@ def build_engines(onnx_dir, out_dir, options: BuildOptions = BuildOptions(),
             "plugin": {"id": PLUGIN_ID, "version": PLUGIN_VERSION} if stage ==
             "frame_generator" else None,
             "builder_optimization_level": int(options.opt_level),
-            "workspace_bytes": int(options.workspace_gb * (1 << 30)),
+            "workspace_bytes": options.workspace_bytes,
             "timing_cache": str(cache_path), "build_seconds": round(seconds, 2),
             "built_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "inputs": entry.get("inputs", {}), "outputs": entry.get("outputs", {}),
         }
-        _write_atomic(engine_path(out_dir, stage), engine)
-        _write_atomic(meta_path(out_dir, stage), json.dumps(meta, indent=2) + "\n")
-        report(f"{stage}: wrote {engine_path(out_dir, stage)} ({len(engine) / 1e6:.1f} MB, "
-               f"{seconds:.1f} s)")
+        report(f"{stage}: built ({len(engine) / 1e6:.1f} MB, {seconds:.1f} s)")
+        engines[stage] = engine
         results.append(meta)
+    # Written only once both stages have built: a failed rebuild leaves the previous pair
+    # whole, never a new encoder beside an old generator (and the runtime checks export_id).
+    for meta in results:
+        _write_atomic(engine_path(out_dir, meta["stage"]), engines[meta["stage"]])
+        _write_atomic(meta_path(out_dir, meta["stage"]), json.dumps(meta, indent=2) + "\n")
+        report(f"{meta['stage']}: wrote {engine_path(out_dir, meta['stage'])}")
     return results

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from . import import_tensorrt
-from .builder import META_SUFFIX, rebuild_command
+from .builder import FORMAT, META_SUFFIX, STAGES, rebuild_command
 from .device import gpu_info
 from .errors import EngineMismatch, ShapeError, TensorRTError
 
@@ -40,11 +40,19 @@ def read_metadata(engine_file) -> dict:
         raise EngineMismatch(f"{engine_file} has no metadata file {path.name}, so the GPU and "
                              "TensorRT it was built for are unknown; rebuild it with 'export3d "
                              f"export engine --onnx GRAPHS --out {engine_file.parent}'")
+    rebuild = f"export3d export engine --onnx GRAPHS --out {engine_file.parent}"
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise EngineMismatch(f"{path} is unreadable ({exc}); rebuild the engines with 'export3d "
-                             f"export engine --onnx GRAPHS --out {engine_file.parent}'") from None
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
+        raise EngineMismatch(f"{path} is unreadable ({exc}); rebuild the engines with "
+                             f"'{rebuild}'") from None
+    stage = engine_file.name.removesuffix(".engine")
+    if not (isinstance(meta, dict) and meta.get("format") == FORMAT
+            and meta.get("stage") == stage and isinstance(meta.get("engine_sha256"), str)):
+        raise EngineMismatch(f"{path} is not the metadata of a {stage} engine of format "
+                             f"{FORMAT} (stage, format or sha256 missing or different); rebuild "
+                             f"the engines with '{rebuild}'")
+    return meta
 
 
 def check_metadata(meta: dict, engine_file, gpu: str, capability: str, tensorrt: str,
@@ -67,10 +75,21 @@ def check_metadata(meta: dict, engine_file, gpu: str, capability: str, tensorrt:
 
 def check_engine_bytes(meta: dict, engine_file, blob: bytes) -> None:
     """Refuse an engine file that is not the one its metadata was written for."""
-    if meta.get("engine_sha256") not in (None, hashlib.sha256(blob).hexdigest()):
+    if meta.get("engine_sha256") != hashlib.sha256(blob).hexdigest():
         rebuild = rebuild_command(meta.get("onnx_dir", "GRAPHS"), Path(engine_file).parent)
         raise EngineMismatch(f"{engine_file} does not match the sha256 in its metadata "
                              f"(modified or half-copied); rebuild it with '{rebuild}'")
+
+
+def check_pair(encoder_meta: dict, generator_meta: dict, folder) -> None:
+    """Refuse a source encoder and a frame generator built from different exports (different
+    weights): the generator would read features it was not trained with, silently."""
+    ids = [m.get("export_id") for m in (encoder_meta, generator_meta)]
+    if None in ids or ids[0] != ids[1]:
+        rebuild = rebuild_command(generator_meta.get("onnx_dir", "GRAPHS"), folder)
+        raise EngineMismatch(f"{Path(folder) / (STAGES[0] + '.engine')} and {STAGES[1]}.engine "
+                             f"were not built from the same export; rebuild both with "
+                             f"'{rebuild}'")
 
 
 class EngineRunner:

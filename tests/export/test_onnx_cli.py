@@ -94,3 +94,7 @@ def test_bad_variant_and_opset_are_user_errors():
         onnx_export.build_graphs(model, variant="fast")
     with pytest.raises(onnx_export.ExportError, match="opset 13 is too old"):
         onnx_export.build_graphs(model, opset=13)
+    # Above what torch exports: was torch's RuntimeError traceback after the model was built.
+    with pytest.raises(onnx_export.ExportError, match="opset 30 is newer than this torch "
+                       "exports"):
+        onnx_export.build_graphs(model, opset=30)

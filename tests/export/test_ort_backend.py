@@ -90,3 +90,23 @@ def test_backend_errors(tiny_graphs, tmp_path):
         OrtBackend(tmp_path)
     with pytest.raises(BackendError, match="encode_source"):
         TorchBackend(build_model(get_config("tiny"))).frame(np.zeros(64), np.zeros(25))
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"\xff\xfe", "is unreadable"),  # not UTF-8: was a UnicodeDecodeError traceback
+    (b"[]", "is not an export3d ONNX manifest"),  # was an AttributeError
+    (b'{"format": 1, "graphs": null}', "is not an export3d ONNX manifest"),
+    (b'{"format": 1, "graphs": {"source_encoder": {"sha256": "0"}}}',  # was a KeyError
+     "is not an export3d ONNX manifest"),
+])
+def test_manifest_that_is_not_ours_is_one_error(tiny_graphs, tmp_path, content, why):
+    import shutil
+
+    from export.manifest import ManifestError
+
+    _, graphs = tiny_graphs
+    copy = tmp_path / "graphs"
+    shutil.copytree(graphs, copy)
+    (copy / "manifest.json").write_bytes(content)
+    with pytest.raises(ManifestError, match=why):
+        OrtBackend(copy)

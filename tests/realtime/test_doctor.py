@@ -159,7 +159,8 @@ def engine_folder(root, stages):
         blob = f"engine {stage}".encode()
         (root / f"{stage}.engine").write_bytes(blob)
         (root / f"{stage}.engine.json").write_text(json.dumps({
-            "stage": stage, "engine_sha256": hashlib.sha256(blob).hexdigest(),
+            "format": 1, "stage": stage, "engine_sha256": hashlib.sha256(blob).hexdigest(),
+            "export_id": "export-1",
             "onnx_dir": "graphs", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
             "tensorrt": "10.7.0"}))
     return root
@@ -188,6 +189,15 @@ def test_engines_are_matched_to_the_gpu_and_tensorrt_before_a_run(tmp_path):
     assert gen.status == "warn" and "no CUDA GPU" in gen.detail
     if not torch.cuda.is_available():
         assert doctor.check_engines(folder)[1].status == "warn"
+    # Two engines from different exports (a rebuild that stopped half-way, a copy) are one
+    # finding of their own: the generator would read another model's source features.
+    folder = engine_folder(tmp_path / "copied", ["source_encoder", "frame_generator"])
+    assert [c.status for c in doctor.check_engines(folder, h100, "10.7.0")] == ["ok", "ok"]
+    meta = json.loads((folder / "source_encoder.engine.json").read_text())
+    (folder / "source_encoder.engine.json").write_text(json.dumps({**meta, "export_id": "x"}))
+    pair = doctor.check_engines(folder, h100, "10.7.0")[-1]
+    assert (pair.name, pair.status) == ("engine pair", "missing")
+    assert "not built from the same export" in pair.detail and "rebuild both" in pair.fix
 
 
 def test_camera_probe_reads_a_frame_from_each_index(tmp_path):

@@ -233,6 +233,74 @@ def test_failed_build_and_bad_options(monkeypatch, plugin_graphs, tmp_path):
         builder.build_engines(plugin_graphs, tmp_path / "e", builder.BuildOptions(opt_level=7))
 
 
+def test_a_failed_rebuild_leaves_the_previous_pair_whole(standin, plugin_graphs, tmp_path):
+    # The frame generator's build fails after the encoder's succeeded: nothing is written, so
+    # the folder keeps the first build's two engines (it had a new encoder beside the old
+    # generator, each valid alone). Both record the export they come from.
+    trt, _ = standin
+    out = tmp_path / "e"
+    builder.build_engines(plugin_graphs, out, report=lambda line: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if "engine" in p.name}
+    ids = {json.loads((out / f"{s}.engine.json").read_text())["export_id"]
+           for s in builder.STAGES}
+    assert len(ids) == 1 and ids == {builder.export_id(json.loads(
+        (plugin_graphs / "manifest.json").read_text()))}
+    build = trt.Builder.build_serialized_network
+    count = []
+
+    def second_fails(self, network, config):
+        count.append(1)
+        return build(self, network, config) if len(count) == 1 else None
+
+    trt.Builder.build_serialized_network = second_fails
+    with pytest.raises(TensorRTError, match="could not build the frame_generator engine"):
+        builder.build_engines(plugin_graphs, out, report=lambda line: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if "engine" in p.name} == before
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"\xff\xfe", "is unreadable"),  # was a UnicodeDecodeError traceback
+    (b"[]", "is not an export3d ONNX manifest of format 1"),  # was an AttributeError
+    (b'{"format": 1, "variant": "plugin", "graphs": []}', "of format 1"),
+    (b'{"format": 1, "variant": "plugin", "graphs": {"source_encoder": {"sha256": "0"}}}',
+     "of format 1"),  # an entry without its file: was a KeyError
+    (b'{"format": 2, "variant": "plugin", "graphs": {}}', "of format 1"),  # was accepted
+])
+def test_manifest_that_is_not_ours_is_one_error(monkeypatch, plugin_graphs, tmp_path, content,
+                                                 why):
+    trt_standin.uninstall(monkeypatch)
+    (plugin_graphs / "manifest.json").write_bytes(content)
+    with pytest.raises(GraphError, match=why):
+        builder.build_engines(plugin_graphs, tmp_path / "e")
+
+
+def test_graph_that_is_not_onnx_but_matches_its_sha256(monkeypatch, plugin_graphs, tmp_path):
+    import hashlib
+
+    trt_standin.uninstall(monkeypatch)
+    path = plugin_graphs / "frame_generator.onnx"
+    path.write_bytes(b"\x0a\xff\xff not protobuf")
+    manifest = json.loads((plugin_graphs / "manifest.json").read_text())
+    manifest["graphs"]["frame_generator"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (plugin_graphs / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(GraphError, match="frame_generator.onnx is not an ONNX graph"):
+        builder.build_engines(plugin_graphs, tmp_path / "e")
+
+
+def test_manifest_format_is_the_exporters():
+    from export import manifest
+
+    assert builder.MANIFEST_FORMAT == manifest.FORMAT
+
+
+@pytest.mark.parametrize("gb", [float("inf"), float("nan"), 1e-12, 0.0, -1.0])
+def test_workspace_must_be_a_finite_size(gb):
+    # inf passed and then overflowed int(); 1e-12 passed as a 0-byte workspace.
+    with pytest.raises(TensorRTError, match="--workspace-gb must be a finite size"):
+        builder.BuildOptions(workspace_gb=gb).checked()
+    assert builder.BuildOptions(workspace_gb=0.001).checked().workspace_bytes == 1073741
+
+
 def test_cli_builds_with_the_standin(standin, cli, plugin_graphs, tmp_path, capsys):
     out = tmp_path / "engines"
     assert cli(["export", "engine", "--onnx", str(plugin_graphs), "--out", str(out),

@@ -45,7 +45,7 @@ def write_engine(folder, stage, blob, **meta):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{stage}.engine").write_bytes(blob)
     info = {"format": 1, "stage": stage, "gpu": GPU[0], "compute_capability": GPU[1],
-            "tensorrt": VERSION, "onnx_dir": "/data/graphs",
+            "tensorrt": VERSION, "onnx_dir": "/data/graphs", "export_id": "export-1",
             "engine_sha256": hashlib.sha256(blob).hexdigest(), **meta}
     (folder / f"{stage}.engine.json").write_text(json.dumps(info))
     return folder / f"{stage}.engine"
@@ -151,6 +151,38 @@ def test_damaged_or_unlabelled_engines(standin):
         runtime.EngineRunner(folder / "source_encoder.engine", allocate=cpu)
     with pytest.raises(EngineMismatch, match="does not exist; build the engines"):
         runtime.EngineRunner(folder / "nothing.engine", allocate=cpu)
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"\xff\xfe not text", "is unreadable"),  # not UTF-8: was a UnicodeDecodeError traceback
+    (b"[]", "is not the metadata of a source_encoder engine"),  # was an AttributeError
+    (json.dumps({"format": 1, "stage": "frame_generator", "engine_sha256": "0"}).encode(),
+     "is not the metadata of a source_encoder engine"),  # another stage's metadata
+    (json.dumps({"format": 2, "stage": "source_encoder", "engine_sha256": "0"}).encode(),
+     "of format 1"),
+    (json.dumps({"format": 1, "stage": "source_encoder"}).encode(),  # no sha256: was accepted
+     "sha256 missing"),
+])
+def test_metadata_that_is_not_ours_is_one_error(standin, content, why):
+    _, _, _, folder = standin
+    (folder / "source_encoder.engine.json").write_bytes(content)
+    with pytest.raises(EngineMismatch, match=why):
+        runtime.EngineRunner(folder / "source_encoder.engine", allocate=cpu)
+
+
+def test_engines_from_two_exports_are_not_paired(standin):
+    # A new encoder beside an old generator (another export's weights) ran and gave wrong
+    # frames; now the pair is refused with the command that rebuilds both.
+    from export.trt_backend import TensorRTBackend
+
+    _, _, _, folder = standin
+    write_engine(folder, "source_encoder", b"ENC", export_id="export-2")
+
+    def factory(path):
+        return runtime.EngineRunner(path, allocate=cpu)
+
+    with pytest.raises(BackendError, match="were not built from the same export; rebuild both"):
+        TensorRTBackend(folder, device="cpu", runner_factory=factory)
 
 
 def test_backend_protocol_end_to_end(standin):
@@ -309,3 +341,60 @@ def test_runner_without_torch_uses_cuda_python_memory(standin, monkeypatch):
     assert log[-1] == ("cudaMemcpyAsync", addresses["expr"], 256, 1, 7)
     runner.close()
     assert sorted(e[1] for e in log if e[0] == "cudaFree") == sorted(addresses.values())
+
+
+def test_backend_on_cuda_n_makes_n_the_current_device(standin, monkeypatch):
+    # The engines, their buffers (allocated on "cuda") and the GPU check follow the current
+    # device, so on cuda:1 they were made on GPU 0 and run on a GPU 1 stream. Needs two GPUs to
+    # run for real; here torch.cuda.device, the stream and pinned memory are stand-ins that
+    # record which device was current when each engine was opened and each frame ran.
+    from export.trt_backend import TensorRTBackend
+
+    _, _, _, folder = standin
+    current = [None]
+    seen = []
+
+    class Device:
+        def __init__(self, device):
+            self.index = torch.device(device).index
+
+        def __enter__(self):
+            self.previous, current[0] = current[0], self.index
+
+        def __exit__(self, *exc):
+            current[0] = self.previous
+
+    class Stream:
+        cuda_stream = 0
+
+        def __init__(self, device):
+            self.device = device
+
+        def synchronize(self):
+            seen.append(("sync", current[0]))
+
+    empty = torch.empty
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: Device(stream.device))
+    monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: empty(*a, **k))
+
+    execute = runtime.EngineRunner.execute
+
+    def recorded(self, *args, **kwargs):
+        seen.append((self.path.name, "execute", current[0]))
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.EngineRunner, "execute", recorded)
+
+    def factory(path):
+        seen.append((path.name, current[0]))
+        return runtime.EngineRunner(path, allocate=cpu)
+
+    backend = TensorRTBackend(folder, device="cuda:1", runner_factory=factory)
+    backend.encode_source(np.zeros((1, 3, 8, 8), np.float32))
+    backend.frame(np.zeros(64), np.zeros(25))
+    assert seen == [("source_encoder.engine", 1), ("frame_generator.engine", 1),
+                    ("source_encoder.engine", "execute", 1), ("sync", None),
+                    ("frame_generator.engine", "execute", 1), ("sync", None)]
+    assert current[0] is None
