@@ -5,10 +5,16 @@ Precedence: defaults < YAML file (``load_config(path)``) < flags (``with_overrid
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from export3d.errors import UserError
+
+
+# Frame rates asked of a camera or written into a video: a frame a minute to 1000 a second.
+# Outside that, OpenCV's writer hangs (infinite fps) and pacing overflows (1e-300).
+MIN_FPS, MAX_FPS = 1 / 60, 1000.0
 
 
 @dataclass(frozen=True)
@@ -24,7 +30,7 @@ class CaptureConfig:
     frames: int = 0  # stop after this many frames (0: until the source ends)
 
     def __post_init__(self):
-        _at_least(self.fps, 0, "capture.fps", "--fps", strict=True)
+        _at_least(self.fps, MIN_FPS, "capture.fps", "--fps", high=MAX_FPS)
         _at_least(self.width, 1, "capture.width")
         _at_least(self.height, 1, "capture.height")
         _at_least(self.frames, 0, "capture.frames", "--frames")
@@ -72,7 +78,7 @@ class SinkConfig:
     side_by_side: bool = False  # the driving frame beside the output
 
     def __post_init__(self):
-        _at_least(self.fps, 0, "sink.fps", strict=True)
+        _at_least(self.fps, MIN_FPS, "sink.fps", high=MAX_FPS)
         _at_least(self.size, 0, "sink.size", "--size")
 
 
@@ -90,14 +96,38 @@ class PipelineConfig:
         _at_least(self.join_timeout_s, 0, "join_timeout_s", strict=True)
 
 
-def _at_least(value, low, setting: str, flag: str | None = None, strict: bool = False) -> None:
+def _at_least(value, low, setting: str, flag: str | None = None, strict: bool = False,
+              high: float | None = None) -> None:
     """A number setting's range, checked when a config is made (defaults, YAML and flags all
-    pass here): one sentence naming the flag and the setting, not a failure frames later."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-            or value < low or (strict and value == low):  # value != value: NaN
+    pass here): one sentence naming the flag and the setting, not a failure frames later.
+    Infinity and NaN are never in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < low or (strict and value == low) \
+            or (high is not None and value > high):
         where = f"{flag} (setting {setting})" if flag else f"setting {setting}"
-        want = f"more than {low}" if strict else f"{low} or more"
+        want = (f"from {low:.3g} to {high:.3g}" if high is not None else
+                f"more than {low}" if strict else f"{low} or more")
         raise UserError(f"{where} must be a number, {want}; got {value!r}")
+
+
+def _type_matches(value, annotation: str) -> bool:
+    """``value`` against a field's annotation as written (``int``, ``float``, ``bool``,
+    ``str``, ``None``, ``tuple[str, ...]`` and unions of them)."""
+    for part in (p.strip() for p in annotation.split("|")):
+        if part == "None" and value is None:
+            return True
+        if part == "bool" and isinstance(value, bool):
+            return True
+        if part == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if part == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if part == "str" and isinstance(value, str):
+            return True
+        if part.startswith("tuple[str") and isinstance(value, tuple) \
+                and all(isinstance(v, str) for v in value):
+            return True
+    return False
 
 
 def _replace(obj, values: dict, where: str):
@@ -111,8 +141,14 @@ def _replace(obj, values: dict, where: str):
             if not isinstance(value, dict):
                 raise UserError(f"setting {where}{key} must be a mapping")
             value = _replace(current, value, f"{where}{key}.")
-        elif isinstance(value, list):
-            value = tuple(value)  # YAML lists; configs stay hashable
+        else:
+            if isinstance(value, list):
+                value = tuple(value)  # YAML lists; configs stay hashable
+            # A setting of the wrong type (a YAML number for a path, 64.5 pixels, "no" for a
+            # switch) is refused here, not a traceback from the stage that uses it.
+            if not _type_matches(value, str(fields[key].type)):
+                raise UserError(f"setting {where}{key} must be {fields[key].type}; got "
+                                f"{value!r}")
         changes[key] = value
     return dataclasses.replace(obj, **changes)
 
@@ -134,7 +170,10 @@ def load_config(path: str | Path | None = None) -> PipelineConfig:
     if not path.is_file():
         raise UserError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as "
+                        "UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -225,7 +225,9 @@ def test_settings_out_of_range_are_refused_when_the_config_is_made(tmp_path):
     from export3d.errors import UserError
 
     for argv, message in [(["--fps", "0"], "--fps (setting capture.fps) must be a number, "
-                           "more than 0; got 0.0"),
+                           "from 0.0167 to 1e+03; got 0.0"),
+                          (["--fps", "1e-300"], "--fps (setting capture.fps)"),  # overflowed
+                          (["--fps", "inf"], "--fps (setting capture.fps)"),
                           (["--size", "-5"], "--size (setting sink.size) must be a number, 0 "
                            "or more; got -5"),
                           (["--frames", "-3"], "--frames (setting capture.frames)"),
@@ -237,9 +239,30 @@ def test_settings_out_of_range_are_refused_when_the_config_is_made(tmp_path):
     path.write_text("capture:\n  width: 0\n")
     with pytest.raises(UserError, match=r"^setting capture.width must be a number, 1 or more"):
         build_config(parse(["--config", str(path)]))
-    path.write_text("capture:\n  fps: fast\n")
-    with pytest.raises(UserError, match=r"capture.fps\) must be a number.*got 'fast'"):
+    # Wrong types from YAML: each was a traceback from the stage that used it (an int source
+    # or sink, 64.5 pixels), and "no" for a switch meant yes. Infinite fps hung OpenCV's writer
+    # where Ctrl-C could not reach it.
+    for text, message in [("capture:\n  fps: fast\n", "setting capture.fps must be float; got "
+                           "'fast'"),
+                          ("sink:\n  fps: .inf\n", "setting sink.fps must be a number, from"),
+                          ("capture:\n  source: 5\n", "setting capture.source must be str; got 5"),
+                          ("sink:\n  sink: 7\n", "setting sink.sink must be str"),
+                          ("generator:\n  device: 3\n", "setting generator.device must be str"),
+                          ("generator:\n  source: [a.jpg, 5]\n", "setting generator.source must "
+                           "be str | tuple[str, ...] | None"),
+                          ("capture:\n  width: 64.5\n", "setting capture.width must be int"),
+                          ("sink:\n  size: 100.5\n", "setting sink.size must be int"),
+                          ("capture:\n  realtime: 'no'\n", "setting capture.realtime must be "
+                           "bool")]:
+        path.write_text(text)
+        with pytest.raises(UserError) as info:
+            build_config(parse(["--config", str(path)]))
+        assert str(info.value).startswith(message), (text, str(info.value))
+    path.write_bytes("capture:\n  fps: 25  # caf\u00e9\n".encode("cp1252"))
+    with pytest.raises(UserError, match="is not UTF-8 text"):  # was UnicodeDecodeError
         build_config(parse(["--config", str(path)]))
+    path.write_text("capture:\n  fps: 25\n  realtime: false\n")
+    assert build_config(parse(["--config", str(path)])).capture.fps == 25
     path.write_text("generator: [1, 2\n")
     with pytest.raises(UserError, match=r"is not valid YAML \(line 2, column 1\)"):
         build_config(parse(["--config", str(path)]))
