@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -167,10 +168,17 @@ class ThreadStreams:
         if event.latest is not None:
             stream.put(event.latest.wait)  # the snapshot: later records do not move it
 
-    def synchronize(self, event, timeout: float = 30.0) -> None:
-        if event.latest is not None and not event.latest.wait(timeout):
-            raise SlotError(f"a stream did not finish in {timeout} s"
-                            + (f" ({self.errors[0]!r})" if self.errors else ""))
+    def synchronize(self, event, timeout: float | None = None) -> None:
+        """Wait for ``event``'s work. With no ``timeout``, as long as it takes while the
+        stream threads live: a paper512 frame takes ~26 s on a 2-core CPU, and a fixed limit
+        turned a slow frame into an error (the waits are in slices, so Ctrl-C still lands)."""
+        start = time.monotonic()
+        while event.latest is not None and not event.latest.wait(0.5):
+            waited = time.monotonic() - start
+            if (timeout is not None and waited >= timeout) or \
+                    not any(t.is_alive() for t in self._threads):
+                raise SlotError(f"a stream did not finish in {waited:.0f} s"
+                                + (f" ({self.errors[0]!r})" if self.errors else ""))
         if self.errors:
             raise self.errors[0]
 
@@ -268,9 +276,14 @@ class DoubleBuffer:
         return results
 
     def close(self) -> None:
-        while self.pending:
-            self.pop()
-        self.streams.close()
+        """Finish the frames in flight, then stop the streams, even when a frame failed (its
+        error was raised by pop already, or is raised here after the streams stop)."""
+        try:
+            while self.pending:
+                self.pop()
+        finally:
+            self.pending.clear()
+            self.streams.close()
 
 
 def _torch_dtype(dtype):

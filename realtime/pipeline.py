@@ -115,9 +115,12 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def compose(output: np.ndarray, driving_rgb: np.ndarray | None, size: int = 0) -> np.ndarray:
+def compose(output: np.ndarray, driving_rgb: np.ndarray | None, size: int = 0,
+            left_width: int | None = None) -> np.ndarray:
     """The presented picture: ``output`` scaled to ``size`` pixels high (0: as it is), with the
-    driving frame, scaled to the same height, on its left when given."""
+    driving frame, scaled to the same height, on its left when given: ``left_width`` pixels
+    wide (the run's first driving frame's, so that every picture has the size the sink
+    opened with), else as wide as its own aspect ratio makes it."""
     h = size or output.shape[0]
     if h != output.shape[0] or driving_rgb is not None:
         import cv2  # only when there is something to scale (the GPU suite runs without it)
@@ -126,7 +129,7 @@ def compose(output: np.ndarray, driving_rgb: np.ndarray | None, size: int = 0) -
                             interpolation=cv2.INTER_CUBIC)
     if driving_rgb is None:
         return output
-    w = max(1, round(driving_rgb.shape[1] * h / driving_rgb.shape[0]))
+    w = left_width or max(1, round(driving_rgb.shape[1] * h / driving_rgb.shape[0]))
     left = cv2.resize(np.ascontiguousarray(driving_rgb[..., :3]), (w, h),
                       interpolation=cv2.INTER_AREA)
     return np.concatenate([left, output], axis=1)
@@ -170,13 +173,22 @@ class Pipeline:
         self._source_lock = threading.Lock()
         self._source_threads: list[threading.Thread] = []
         self._photo = 0  # index in generator.photos of the current source
+        self._left_width = None  # --side-by-side: the driving panel's width, from frame 0
         self.capture = capture or open_capture(config.capture)
+        self.tracker = self.generator = None
         try:
             self.tracker = tracker or Tracker(config.tracking)
             self.generator = generator or Generator(config.generator)
             self.sink = sink or open_sink(config.sink, stats=self.live_stats)
         except BaseException:
-            self.capture.close()
+            # Every stage made so far is closed (the generator's stream threads, the tracker's
+            # landmarker), not only the capture; the first error is the one raised.
+            for stage in (self.generator, self.tracker, self.capture):
+                if stage is not None:
+                    try:
+                        stage.close()
+                    except Exception:  # noqa: BLE001
+                        pass
             raise
 
     def live_stats(self) -> dict:
@@ -349,7 +361,10 @@ class Pipeline:
             if self.message and time.monotonic() > self._message_until:
                 self.message = ""
             cfg = self.config.sink
-            frame = compose(p.output, p.rgb if cfg.side_by_side else None, cfg.size)
+            frame = compose(p.output, p.rgb if cfg.side_by_side else None, cfg.size,
+                            self._left_width)
+            if cfg.side_by_side and self._left_width is None:
+                self._left_width = frame.shape[1] - compose(p.output, None, cfg.size).shape[1]
             if self.hud:
                 frame = draw_hud(frame, self.stats, p.driving, self.message)
             self.sink.write(frame)

@@ -229,7 +229,13 @@ class PreviewSink:
                     self._send(b"not found", "text/plain", 404)
 
             def do_POST(self):
-                size = int(self.headers.get("Content-Length") or 0)
+                try:
+                    size = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    size = -1
+                if size < 0:  # read(-1) would read until the client closes, past MAX_UPLOAD
+                    self._send(b"bad Content-Length", "text/plain", 400)
+                    return
                 if size > sink.MAX_UPLOAD:
                     self._send(b"too large", "text/plain", 413)
                     return

@@ -165,3 +165,40 @@ def test_cuda_double_buffer_matches_the_function():
     buf.close()
     assert [float(o[0, 0]) for o in out] == [2 * i + 1 for i in range(9)]
     assert all(isinstance(o, np.ndarray) and (o == o[0, 0]).all() for o in out)
+
+
+def test_a_slow_frame_is_waited_for_and_a_failed_one_still_closes_the_streams():
+    # A paper512 frame takes ~26 s on a 2-core CPU; a fixed 30 s wait made a slow frame (a
+    # third core busy, one thread) a SlotError traceback. Simulated: the event answers only
+    # after 40 s of asked-for waiting, which the old single wait(30) gave up on.
+    from realtime.buffers import _ThreadEvent
+
+    class Late:
+        waited = 0.0
+
+        def wait(self, timeout=None):
+            self.waited += timeout
+            return self.waited >= 40.0
+
+    streams = ThreadStreams()
+    streams.stream()  # a live stream thread: the wait goes on while one lives
+    event = _ThreadEvent()
+    event.latest = Late()
+    streams.synchronize(event)
+    assert event.latest.waited >= 40.0
+    event.latest = Late()
+    with pytest.raises(SlotError, match="did not finish"):
+        streams.synchronize(event, timeout=0.0)  # an explicit limit still holds
+    streams.close()
+
+    # A compute error: pop raises it, and close() still stops the stream threads (it raised
+    # again from pop and left them running).
+    def boom(d_in, d_out):
+        raise ValueError("compute failed")
+
+    buf = DoubleBuffer(boom, (2,), (2,))
+    buf.push(np.zeros(2))
+    buf.push(np.zeros(2))
+    with pytest.raises(ValueError, match="compute failed"):
+        buf.close()
+    assert not any(t.is_alive() for t in buf.streams._threads)

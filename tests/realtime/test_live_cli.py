@@ -73,6 +73,27 @@ def test_compose_scales_the_output_and_puts_the_driver_beside_it():
     both = compose(out, driver, 256)
     assert both.shape == (256, 341 + 256, 3)
     assert (both[:, :341] == 50).all() and (both[:, 341:] == big).all()
+    # A later driving frame of another shape keeps the first one's panel width.
+    assert compose(out, np.full((100, 200, 3), 50, np.uint8), 256, left_width=341).shape == \
+        both.shape
+
+
+def test_side_by_side_with_driving_images_of_different_sizes(tmp_path, capsys):
+    # The file sink opens at the first picture's size; a wider second driving image made a
+    # wider picture and the run ended in "ValueError: frame is 192x64, video is 128x64".
+    import cv2
+    import numpy as np
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i, (w, h) in enumerate([(100, 100), (200, 100), (100, 100)]):
+        cv2.imwrite(str(images / f"{i}.png"), np.full((h, w, 3), 40 * i, np.uint8))
+    out = tmp_path / "sbs.avi"
+    args = parse(["--images", str(images), "--fast", "--side-by-side", "--sink", f"file:{out}"])
+    args.run(args)
+    video = cv2.VideoCapture(str(out))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    assert (video.get(cv2.CAP_PROP_FRAME_WIDTH), video.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (128, 64)
 
 
 def test_tensorrt_backend_takes_an_engine_folder_and_fails_in_one_sentence(monkeypatch,

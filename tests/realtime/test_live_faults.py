@@ -174,3 +174,26 @@ def test_ctrl_c_finalises_the_file_sink(tmp_path):
         count += 1
     cap.release()
     assert count == 6  # closed properly: the container is playable to the last frame
+
+
+def test_a_stage_that_cannot_open_closes_the_ones_already_made(monkeypatch):
+    # A sink that cannot open (no display) closed only the capture: the generator's three
+    # stream threads and the tracker's landmarker stayed, once per attempt.
+    from realtime.sinks import SinkError
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    closed = []
+
+    class Stage:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            closed.append(self.name)
+
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic"), sink=SinkConfig(sink="window"))
+    with pytest.raises(SinkError, match="no display"):
+        Pipeline(cfg, capture=Stage("capture"), tracker=Stage("tracker"),
+                 generator=Stage("generator"))
+    assert closed == ["generator", "tracker", "capture"]

@@ -134,3 +134,24 @@ def test_window_keys_map_to_commands(monkeypatch):
     assert sink.poll() == ["hud", "calibrate", "pose", "source", "quit"]
     assert len(fake.shown) == 6
     sink.close()
+
+
+def test_preview_refuses_a_negative_content_length():
+    # Content-Length -1 passed the size limit and read(-1) read until the client hung up: an
+    # upload past MAX_UPLOAD was saved, and a held-open socket blocked its handler.
+    import http.client
+
+    sink = PreviewSink(port=0)
+    try:
+        host, port = sink.url.split("//")[1].rstrip("/").split(":")
+        for length in ("-1", "many"):
+            conn = http.client.HTTPConnection(host, int(port), timeout=3.0)
+            conn.putrequest("POST", "/upload")
+            conn.putheader("Content-Length", length)
+            conn.endheaders()
+            conn.send(b"x" * 1024)
+            assert conn.getresponse().status == 400
+            conn.close()
+        assert sink.poll() == []
+    finally:
+        sink.close()
