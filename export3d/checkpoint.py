@@ -95,7 +95,14 @@ def load_checkpoint(path: str | Path, render_impl: str = "auto",
             f"{path} was trained on expression code {code!r} but this extractor produces "
             f"{expression_code!r}; retrain or use a matching checkpoint")
     model = Export3D(config, render_impl)
-    load_weights(model, load_file(str(path), device=map_location), source=str(path))
+    try:
+        tensors = load_file(str(path), device=map_location)
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error type (Rust)
+        if isinstance(exc, OSError):
+            raise
+        raise CheckpointError(f"{path} is truncated or damaged ({exc}); copy or download it "
+                              "again") from None
+    load_weights(model, tensors, source=str(path))
     return model.eval()
 
 

@@ -37,7 +37,11 @@ def load_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise MediaError(f"source image {path} does not exist")
     data = np.fromfile(str(path), dtype=np.uint8)
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    try:
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # e.g. a small file that decodes to more pixels than OpenCV allows
+        raise MediaError(f"{path} is too large to decode (over OpenCV's limit of "
+                         f"{2**30:,} pixels) or damaged; use a smaller JPEG or PNG photo") from None
     if bgr is None:
         raise MediaError(f"{path} is not a readable image (corrupt, empty or not an image file); "
                          "use a JPEG or PNG photo")
@@ -101,10 +105,17 @@ def output_path(path: str | Path) -> Path:
 
 
 _FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
+VIDEO_SUFFIXES = tuple(_FOURCC)  # what VideoWriter writes
 
 
 class VideoWriter:
-    """RGB frames to a video file; the container picks the codec (see ``_FOURCC``)."""
+    """RGB frames to a video file; the container picks the codec (see ``_FOURCC``).
+
+    Frames go to a hidden part file beside ``path`` (``.NAME.part.mp4``), renamed to ``path``
+    by :meth:`close`: a run that stops half-way (Ctrl-C, an error) never leaves a playable,
+    shorter video under the name asked for. Leaving a ``with`` block on an exception calls
+    :meth:`abort` instead, which keeps the frames written so far as ``NAME.partial.mp4``
+    (:attr:`partial_path`), or nothing when there are none."""
 
     def __init__(self, path: str | Path, fps: float, size: tuple[int, int]):
         import cv2
@@ -114,12 +125,16 @@ class VideoWriter:
         if suffix not in _FOURCC:
             raise MediaError(f"cannot write {self.path.name}: use a .mp4, .avi or .mkv file name")
         output_path(self.path)
-        self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*_FOURCC[suffix]),
-                                       fps, size)
+        self.part_path = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
+        self.partial_path = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")
+        self._writer = cv2.VideoWriter(str(self.part_path),
+                                       cv2.VideoWriter_fourcc(*_FOURCC[suffix]), fps, size)
         if not self._writer.isOpened():
+            self.part_path.unlink(missing_ok=True)
             raise MediaError(f"OpenCV cannot write {self.path} with codec {_FOURCC[suffix]}")
         self.size = size
         self.frames = 0
+        self._done = False
 
     def write(self, rgb: np.ndarray) -> None:
         import cv2
@@ -131,10 +146,30 @@ class VideoWriter:
         self.frames += 1
 
     def close(self) -> None:
+        """Finish the file and give it its name."""
+        if not self._done:
+            self._done = True
+            self._writer.release()
+            os.replace(self.part_path, self.path)
+
+    def abort(self) -> Path | None:
+        """Stop without finishing ``path``: the frames so far are kept as
+        :attr:`partial_path` (returned), or removed when there are none."""
+        if self._done:
+            return None
+        self._done = True
         self._writer.release()
+        if not self.frames:
+            self.part_path.unlink(missing_ok=True)
+            return None
+        os.replace(self.part_path, self.partial_path)
+        return self.partial_path
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, kind, *exc):
+        if kind is None:
+            self.close()
+        else:
+            self.abort()

@@ -9,6 +9,7 @@ Each output frame is ``[rendered frame | depth map]`` side by side at the model'
 """
 from __future__ import annotations
 
+
 import json
 import sys
 from dataclasses import dataclass
@@ -38,33 +39,51 @@ class Driving:
         return self.expr.shape[0]
 
 
+MAX_FPS = 1000.0  # a driving file's frame rate: above it (or at 0) no writer opens
+MAX_FRAMES = 1_000_000  # ~11 hours at 25 fps; --frames above it is a typo, not a video
+
+
 def load_driving(path: str | Path, expr_dim: int = 64) -> Driving:
+    """A driving file, checked whole before any work: readable, ``expr [T, expr_dim]`` and
+    ``camera [T, 25]`` of finite numbers, a frame rate in (0, MAX_FPS]."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"driving file {path} does not exist")
+    if path.suffix not in (".npz", ".json"):
+        raise MediaError(f"driving file {path.name} must be .npz or .json")
     try:
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
+            data = np.load(path, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive")
+            with data:
                 expr, camera = data["expr"], data["camera"]
                 fps = _fps_from_timestamps(data["timestamps"]) if "timestamps" in data else 25.0
-        elif path.suffix == ".json":
-            data = json.loads(path.read_text())
-            expr, camera = np.asarray(data["expr"]), np.asarray(data["camera"])
-            fps = float(data.get("fps", 25.0))
         else:
-            raise MediaError(f"driving file {path.name} must be .npz or .json")
-    except (KeyError, ValueError, OSError) as exc:
-        if isinstance(exc, MediaError):
-            raise
-        raise MediaError(f"{path} is not a driving file with 'expr' and 'camera' arrays "
-                         f"({exc})") from None
-    expr = torch.as_tensor(np.asarray(expr, dtype=np.float32))
-    camera = torch.as_tensor(np.asarray(camera, dtype=np.float32))
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            expr, camera = data["expr"], data["camera"]
+            fps = float(data.get("fps", 25.0))
+        expr = np.asarray(expr, dtype=np.float32)
+        camera = np.asarray(camera, dtype=np.float32)
+    except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise MediaError(f"{path} is not a driving file with 'expr' and 'camera' arrays of "
+                         f"numbers ({type(exc).__name__}: {exc})") from None
     if expr.ndim != 2 or expr.shape[1] != expr_dim or camera.ndim != 2 or camera.shape[1] != 25 \
             or expr.shape[0] != camera.shape[0] or expr.shape[0] == 0:
         raise MediaError(f"{path}: expected expr [T, {expr_dim}] and camera [T, 25] with the same "
                          f"T > 0, got {tuple(expr.shape)} and {tuple(camera.shape)}")
-    return Driving(expr, camera, fps)
+    finite = np.isfinite(expr).all(axis=1) & np.isfinite(camera).all(axis=1)
+    if not finite.all():  # rendered as black or garbage frames before, and reported done
+        raise MediaError(f"{path}: frame {int(np.argmin(finite))} holds NaN or infinite values "
+                         f"({int((~finite).sum())} of {len(finite)} frames)")
+    if not 0 < fps <= MAX_FPS:
+        raise MediaError(f"{path}: frame rate {fps:g} is not in (0, {MAX_FPS:g}] (timestamps "
+                         "are in seconds)")
+    return Driving(torch.from_numpy(expr), torch.from_numpy(camera), fps)
 
 
 def _fps_from_timestamps(ts) -> float:
@@ -103,23 +122,30 @@ def render_video(source: str | Path | None, out: str | Path, driving: Driving,
     size = config.image_size
     with torch.inference_mode():
         source_features = model.encode_source(image)  # once per photo
-        with VideoWriter(out, driving.fps, (2 * size, size)) as writer:
-            bar = tqdm(total=len(driving), unit="frame", desc="render", disable=not progress,
-                       file=sys.stderr)
-            for start in range(0, len(driving), batch):
-                expr = driving.expr[start: start + batch].to(device)
-                camera = driving.camera[start: start + batch].to(device)
-                n = expr.shape[0]
-                source_batch = _repeat(source_features, n)
-                frame = model.synthesize(source_batch, expr, camera)
-                for i in range(n):
-                    depth = torch.nn.functional.interpolate(
-                        frame["depth"][i: i + 1], size=(size, size), mode="nearest")[0]
-                    writer.write(np.concatenate(
-                        [to_uint8_rgb(frame["image"][i]),
-                         depth_to_rgb(depth, config.ray_near, config.ray_far)], axis=1))
-                bar.update(n)
-            bar.close()
+        writer = VideoWriter(out, driving.fps, (2 * size, size))
+        try:
+            with writer:
+                bar = tqdm(total=len(driving), unit="frame", desc="render", disable=not progress,
+                           file=sys.stderr)
+                for start in range(0, len(driving), batch):
+                    expr = driving.expr[start: start + batch].to(device)
+                    camera = driving.camera[start: start + batch].to(device)
+                    n = expr.shape[0]
+                    source_batch = _repeat(source_features, n)
+                    frame = model.synthesize(source_batch, expr, camera)
+                    for i in range(n):
+                        depth = torch.nn.functional.interpolate(
+                            frame["depth"][i: i + 1], size=(size, size), mode="nearest")[0]
+                        writer.write(np.concatenate(
+                            [to_uint8_rgb(frame["image"][i]),
+                             depth_to_rgb(depth, config.ray_near, config.ray_far)], axis=1))
+                    bar.update(n)
+                bar.close()
+        except BaseException:  # Ctrl-C or an error: say where the frames so far are
+            if writer.frames:
+                print(f"render stopped after {writer.frames} frames; they are in "
+                      f"{writer.partial_path}", file=sys.stderr)
+            raise
     return Path(out)
 
 
@@ -148,12 +174,12 @@ def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
 
 
 def _run(args) -> None:
-    if args.frames < 1:
-        raise MediaError("--frames must be at least 1")
+    if not 1 <= args.frames <= MAX_FRAMES:
+        raise MediaError(f"--frames must be 1 to {MAX_FRAMES}")
     if args.batch < 1:
         raise MediaError("--batch must be at least 1")
-    if not args.fps > 0:
-        raise MediaError("--fps must be more than 0")
+    if not 0 < args.fps <= MAX_FPS:
+        raise MediaError(f"--fps must be more than 0 and at most {MAX_FPS:g}")
     device = resolve_device(args.device)
     if args.driving:
         driving = load_driving(args.driving)

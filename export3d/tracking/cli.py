@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ..config import EXPRESSION_CODE_VERSION
-from ..media import MediaError, VideoWriter, load_image, output_path
+from ..media import VIDEO_SUFFIXES, MediaError, VideoWriter, load_image, output_path
 from .expression import CHANNEL_NAMES, activity, robust_neutral
 from .landmarker import LandmarkerConfig
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# .jfif/.jpe: Windows saves JPEGs so; read as a video they lost their EXIF rotation.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def read_frames(path: Path, max_frames: int | None = None):
@@ -125,6 +126,9 @@ def track_file(path, out, overlay=None, neutral: str = "clip", camera: str = "ab
     output_path(out)  # before the tracking, not after it
     if overlay is not None:
         output_path(overlay)
+        if Path(overlay).suffix.lower() not in VIDEO_SUFFIXES:  # was found after the tracking
+            raise MediaError(f"cannot write {Path(overlay).name}: use a .mp4, .avi or .mkv "
+                             "file name for --overlay")
     fps, count, frames = read_frames(path, max_frames)
     is_image = path.suffix.lower() in IMAGE_SUFFIXES
     config = ExtractorConfig(landmarker=LandmarkerConfig(mode="image" if is_image else "video"))
@@ -142,7 +146,10 @@ def track_file(path, out, overlay=None, neutral: str = "clip", camera: str = "ab
         bar = tqdm(total=count, unit="frame", desc="track", disable=not progress, leave=False)
         for i, rgb in enumerate(frames):
             t = i / fps
-            obs = extractor.landmarker.detect(rgb, int(round(t * 1000)))
+            # A photo is searched as a source photo is (small faces, several people): the
+            # plain detector missed faces there that render --source found.
+            obs = (extractor.landmarker.detect_in_photo(rgb) if is_image else
+                   extractor.landmarker.detect(rgb, int(round(t * 1000))))
             observations.append((t, obs))
             if overlay is not None:
                 images.append(rgb)

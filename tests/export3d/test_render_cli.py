@@ -194,3 +194,105 @@ def test_an_os_error_about_a_path_is_one_sentence_and_any_other_a_traceback(monk
     monkeypatch.setattr(render, "_run", broken)
     with pytest.raises(OSError, match="a pipe broke"):
         main(["render"])
+
+
+def huge_png(path, side=32769):
+    """A ~130 KB 1-bit PNG that decodes to side x side pixels (over OpenCV's 2**30 limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (side + 7) // 8)
+    body = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side,
+                                                                        1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def test_damaged_inputs_give_one_sentence(tmp_path, capsys):
+    """Each of these was a traceback, or a finished video of black frames: a truncated
+    checkpoint (an interrupted download), a PNG that decodes past OpenCV's pixel limit, and
+    driving files that are broken, not objects, hold strings, NaN or infinities, or have a
+    frame rate no writer takes."""
+    out = str(tmp_path / "x.mp4")
+    whole = tmp_path / "whole.safetensors"
+    trained_looking_checkpoint(whole)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    bomb = tmp_path / "bomb.png"
+    huge_png(bomb)
+    frames = orbit_path("yaw", 3).numpy()
+    good = {"expr": [[0.0] * 64] * 3, "camera": frames.tolist()}
+    cases = {"cut": (["--checkpoint", str(cut)], "is truncated or damaged"),
+             "bomb": (["--source", str(bomb)], "is too large to decode"),
+             "frames": (["--frames", "2000000000"], "--frames must be 1 to")}
+    drivers = {"trunc.npz": (None, "is not a driving file"),
+               "array.npz": ("npy", "a single .npy array"),
+               "list.json": ([1, 2], "not a JSON object"),
+               "fpsnull.json": ({**good, "fps": None}, "is not a driving file"),
+               "strings.json": ({**good, "expr": [["a"] * 64] * 3}, "is not a driving file"),
+               "nan.json": ({**good, "expr": [[0.0] * 64, [float("nan")] * 64, [0.0] * 64]},
+                            "frame 1 holds NaN or infinite values"),
+               "inf.npz": ("inf", "frame 1 holds NaN or infinite values"),
+               "fps0.json": ({**good, "fps": 0}, "frame rate 0 is not in"),
+               "fpsbig.json": ({**good, "fps": 1e9}, "frame rate 1e+09 is not in")}
+    for name, (content, message) in drivers.items():
+        path = tmp_path / name
+        if name == "trunc.npz":
+            np.savez(path, expr=np.zeros((3, 64)), camera=frames)
+            path.write_bytes(path.read_bytes()[:300])
+        elif content == "npy":
+            with open(path, "wb") as f:
+                np.save(f, np.zeros((3, 64)))
+        elif content == "inf":
+            bad = frames.copy()
+            bad[1, 3] = np.inf
+            np.savez(path, expr=np.zeros((3, 64)), camera=bad)
+        else:
+            path.write_text(json.dumps(content))
+        cases[name] = (["--driving", str(path)], message)
+    for name, (argv, message) in cases.items():
+        assert main(["render", *argv, "--out", out, "--quiet"]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("export3d: error:") and message in err[-1], (name, err)
+
+
+def test_a_stopped_render_leaves_no_video_under_the_asked_name(tmp_path, capsys, monkeypatch):
+    # The writer finished the container on any exit, so Ctrl-C after 2 frames left a playable
+    # 2-frame out.mp4 that looked complete. Now the frames so far are kept as
+    # out.partial.mp4, said so, and out.mp4 appears only when the render finishes.
+    from export3d.media import VideoWriter
+    from export3d.model import Export3D
+
+    calls = []
+    synthesize = Export3D.synthesize
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return synthesize(self, *args, **kwargs)
+
+    monkeypatch.setattr(Export3D, "synthesize", interrupted)
+    out = tmp_path / "out.mp4"
+    assert main(["render", "--frames", "5", "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    partial = tmp_path / "out.partial.mp4"
+    assert f"render stopped after 2 frames; they are in {partial}" in err
+    assert not out.exists() and len(read_frames(partial)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.partial.mp4"]
+    # Finished: the name appears only at close; a failed block with no frames leaves nothing.
+    frame = np.zeros((32, 64, 3), np.uint8)
+    writer = VideoWriter(out, 25, (64, 32))
+    writer.write(frame)
+    assert not out.exists()
+    writer.close()
+    assert len(read_frames(out)) == 1
+    with pytest.raises(RuntimeError):
+        with VideoWriter(tmp_path / "none.avi", 25, (64, 32)):
+            raise RuntimeError("before the first frame")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.partial.mp4"]

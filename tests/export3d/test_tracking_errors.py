@@ -51,6 +51,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_tracking(tmp_pat
         with pytest.raises(MediaError, match=f"^cannot write .*cannot create {blocker}") as info:
             track_file(tmp_path / "nothing.mp4", out, overlay=overlay, progress=False)
         _one_sentence(info.value)
+    # An overlay that no writer makes was refused only after the whole clip was tracked (and
+    # the driving file was not written).
+    with pytest.raises(MediaError, match="use a .mp4, .avi or .mkv file name for --overlay"):
+        track_file(tmp_path / "nothing.mp4", tmp_path / "o.npz", overlay=tmp_path / "o.gif",
+                   progress=False)
 
 
 def test_tiny_grayscale_and_float_frames():

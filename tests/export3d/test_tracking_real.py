@@ -216,3 +216,17 @@ def test_tracking_a_photo_searches_it_like_a_source(image_extractor):
     photo = _canvas(1024, 1024, (astronaut(), 512, 512, 512))
     tracked = image_extractor.process(photo, 0.0)
     assert tracked.face_found and tracked.blendshapes[SMILE].mean() > 0.7
+
+
+def test_track_command_on_a_photo_searches_it_and_reads_jfif(tmp_path):
+    # track_file called the plain detector on photos: the astronaut in a quadrant of a 1024
+    # canvas was 'face in 0' there while render --source found it. A .jfif (Windows' JPEG
+    # name) went through the video reader, which ignores EXIF rotation.
+    import cv2
+
+    photo = _canvas(1024, 1024, (astronaut(), 512, 512, 512))
+    path = tmp_path / "half body.jfif"
+    cv2.imwrite(str(path.with_suffix(".jpg")), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    path.with_suffix(".jpg").rename(path)
+    arrays = track_file(path, tmp_path / "t.npz", progress=False)
+    assert arrays["face_found"].tolist() == [True]
