@@ -174,17 +174,22 @@ def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
 
 
 def _run(args) -> None:
-    if not 1 <= args.frames <= MAX_FRAMES:
+    if args.driving and args.frames is not None:  # was silently ignored
+        raise MediaError("--frames is for --orbit; a driving file renders all of its frames")
+    frames = 48 if args.frames is None else args.frames
+    if not 1 <= frames <= MAX_FRAMES:
         raise MediaError(f"--frames must be 1 to {MAX_FRAMES}")
     if args.batch < 1:
         raise MediaError("--batch must be at least 1")
-    if not 0 < args.fps <= MAX_FPS:
+    if args.fps is not None and not 0 < args.fps <= MAX_FPS:
         raise MediaError(f"--fps must be more than 0 and at most {MAX_FPS:g}")
     device = resolve_device(args.device)
     if args.driving:
         driving = load_driving(args.driving)
+        if args.fps is not None:  # the file's own rate otherwise (was always the file's)
+            driving.fps = args.fps
     else:
-        driving = orbit_driving(args.orbit, args.frames, fps=args.fps)
+        driving = orbit_driving(args.orbit, frames, fps=args.fps or 25.0)
     out = render_video(args.source, args.out, driving, checkpoint=args.checkpoint,
                        preset=args.preset, device=device, impl=args.impl,
                        batch=args.batch, progress=not args.quiet)
@@ -204,8 +209,9 @@ def register(subparsers) -> None:
                        "camera [T,25])")
     drive.add_argument("--orbit", choices=cam.ORBITS, default="circle",
                        help="named camera orbit with a neutral expression (default: circle)")
-    p.add_argument("--frames", type=int, default=48, help="frames of an orbit (default 48)")
-    p.add_argument("--fps", type=float, default=25.0)
+    p.add_argument("--frames", type=int, default=None, help="frames of an orbit (default 48)")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of the video (default: "
+                   "the driving file's, else 25)")
     p.add_argument("--checkpoint", help="weights (.safetensors); without it they are random")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                    help="model preset when no checkpoint is given (default: tiny)")

@@ -296,3 +296,17 @@ def test_a_stopped_render_leaves_no_video_under_the_asked_name(tmp_path, capsys,
         with VideoWriter(tmp_path / "none.avi", 25, (64, 32)):
             raise RuntimeError("before the first frame")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.partial.mp4"]
+
+
+def test_driving_file_takes_fps_and_refuses_frames(tmp_path, capsys):
+    # --fps and --frames were silently ignored with --driving.
+    drive = tmp_path / "d.npz"
+    np.savez(drive, expr=np.zeros((3, 64)), camera=orbit_path("yaw", 3).numpy())
+    out = tmp_path / "x.avi"
+    assert main(["render", "--driving", str(drive), "--frames", "100", "--out", str(out),
+                 "--quiet"]) == 2
+    assert "--frames is for --orbit" in capsys.readouterr().err
+    assert main(["render", "--driving", str(drive), "--fps", "10", "--out", str(out),
+                 "--quiet"]) == 0
+    video = cv2.VideoCapture(str(out))
+    assert video.get(cv2.CAP_PROP_FPS) == 10 and int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
