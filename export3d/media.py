@@ -105,6 +105,10 @@ def output_path(path: str | Path) -> Path:
 
 
 _FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
+# The highest frame rate a video is written at. OpenCV's writer never returns from an infinite
+# rate (in native code: Ctrl-C cannot stop it) and fails to open at 1e6; every command's
+# --fps and a driving file's rate are checked against this before their work starts.
+MAX_FPS = 1000.0
 VIDEO_SUFFIXES = tuple(_FOURCC)  # what VideoWriter writes
 
 
@@ -124,6 +128,9 @@ class VideoWriter:
         suffix = self.path.suffix.lower()
         if suffix not in _FOURCC:
             raise MediaError(f"cannot write {self.path.name}: use a .mp4, .avi or .mkv file name")
+        if not 0 < fps <= MAX_FPS:  # also NaN and infinity
+            raise MediaError(f"cannot write {self.path.name} at {fps:g} frames per second; use "
+                             f"a rate above 0 and at most {MAX_FPS:g}")
         output_path(self.path)
         self.part_path = self.path.with_name(f".{self.path.stem}.part{self.path.suffix}")
         self.partial_path = self.path.with_name(f"{self.path.stem}.partial{self.path.suffix}")

@@ -21,7 +21,7 @@ import torch
 from . import camera as cam
 from .config import get_config
 from .devices import resolve_device
-from .media import (MediaError, VideoWriter, center_crop, default_portrait, depth_to_rgb,
+from .media import (MAX_FPS, MediaError, VideoWriter, center_crop, default_portrait, depth_to_rgb,
                     load_image, to_model_input, to_uint8_rgb)
 
 RANDOM_WEIGHTS_WARNING = (
@@ -39,7 +39,6 @@ class Driving:
         return self.expr.shape[0]
 
 
-MAX_FPS = 1000.0  # a driving file's frame rate: above it (or at 0) no writer opens
 MAX_FRAMES = 1_000_000  # ~11 hours at 25 fps; --frames above it is a typo, not a video
 
 

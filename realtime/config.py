@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export3d.errors import UserError
+from export3d.media import MAX_FPS
 
 
-# Frame rates asked of a camera or written into a video: a frame a minute to 1000 a second.
-# Outside that, OpenCV's writer hangs (infinite fps) and pacing overflows (1e-300).
-MIN_FPS, MAX_FPS = 1 / 60, 1000.0
+# Frame rates asked of a camera or written into a video: a frame a minute (below it the
+# pacing overflows: 1e-300) to the writer's limit, export3d.media.MAX_FPS.
+MIN_FPS = 1 / 60
 
 
 @dataclass(frozen=True)

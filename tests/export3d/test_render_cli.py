@@ -15,7 +15,7 @@ from export3d.camera import orbit_path
 from export3d.checkpoint import save_checkpoint
 from export3d.cli import main
 from export3d.config import get_config
-from export3d.media import default_portrait, load_image, to_model_input, to_uint8_rgb
+from export3d.media import MediaError, default_portrait, load_image, to_model_input, to_uint8_rgb
 from export3d.render import source_crop
 from export3d.model import build_model
 
@@ -295,6 +295,11 @@ def test_a_stopped_render_leaves_no_video_under_the_asked_name(tmp_path, capsys,
     with pytest.raises(RuntimeError):
         with VideoWriter(tmp_path / "none.avi", 25, (64, 32)):
             raise RuntimeError("before the first frame")
+    # The writer itself refuses a rate OpenCV cannot take (an infinite one never returned), so
+    # no caller's check is the only guard; nothing is left behind.
+    for fps in (0.0, -1.0, 2000.0, float("nan")):
+        with pytest.raises(MediaError, match="frames per second; use a rate above 0 and at most"):
+            VideoWriter(tmp_path / "rate.avi", fps, (64, 32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "out.partial.mp4"]
 
 
