@@ -325,8 +325,9 @@ def print_table(results: list[dict]) -> None:
               f"{r['thread_instructions_per_ray']:>10} {r['issue_bound_ms_h100']:>14.3f} "
               f"{occ['warps_per_sm']:>8} {occ['waves'] or '-':>5}")
         if r.get("unresolved_loops"):
-            print(f"  ! loops counted once (no range(...) on their line; source edited since "
-                  f"import?): {', '.join(r['unresolved_loops'])}")
+            print(f"  ! loops counted once, so the count is low (their back edge is on a line "
+                  f"with no range(...): this arch's compiler shaped the loop otherwise, or the "
+                  f"source changed since import): {', '.join(r['unresolved_loops'])}")
 
 
 def main(argv=None) -> int:

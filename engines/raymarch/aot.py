@@ -14,6 +14,10 @@ rule, which a TensorRT plugin embeds and launches with ``cuLaunchKernel``:
     :func:`workspace_bytes` (``cdf_in_memory``, the default; without it the parameter is
     absent and the CDF stays in registers).
 near / far / box_warp are runtime arguments, not baked in.
+Architectures: Turing to Hopper and Blackwell (sm_100: B200; sm_120: RTX 50). From sm_90 on
+Triton targets the arch-specific ``sm_90a`` / ``sm_100a`` / ``sm_120a``: that PTX is not
+forward-compatible, so for a GPU newer than the list ``sm_89``'s plain PTX is the one a driver
+can JIT-compile.
 
 CLI: ``python -m engines.raymarch.aot --arch 90 --out DIR`` writes ``<name>.sm_90.ptx``,
 ``<name>.sm_90.cubin`` and ``<name>.sm_90.json`` (launch parameters) for each arch.
@@ -25,7 +29,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-ARCHS = (75, 80, 86, 89, 90)
+ARCHS = (75, 80, 86, 89, 90, 100, 120)
 VARIANTS = ("serial", "tiled")  # as engines.raymarch.op.VARIANTS
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 

@@ -12,13 +12,14 @@ pytest.importorskip("triton")
 from engines.raymarch import aot  # noqa: E402
 
 ELF_MAGIC = b"\x7fELF"
-SHARED_LIMIT = {75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+SHARED_LIMIT = {75: 64 * 1024, 80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024,
+                100: 227 * 1024, 120: 99 * 1024}
 
 
 def check_build(build: aot.Build, arch: int) -> None:
     assert build.arch == arch
-    # Triton targets sm_90a (Hopper's arch-specific features) for compute capability 9.0.
-    suffix = "a?" if arch == 90 else ""
+    # Triton targets the arch-specific sm_90a, sm_100a and sm_120a from Hopper on.
+    suffix = "a?" if arch >= 90 else ""
     assert re.search(rf"^\.target sm_{arch}{suffix}$", build.ptx, re.M), build.ptx[:300]
     assert re.search(rf"\.entry {re.escape(build.name)}\(", build.ptx)
     assert build.cubin[:4] == ELF_MAGIC and len(build.cubin) > 1024
