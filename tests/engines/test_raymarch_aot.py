@@ -183,3 +183,24 @@ def test_the_contracts_workspace_row_is_the_kernels():
             assert contract.workspace_columns(sc, sf) == consts["SC_PAD"] + sc + sf, (sc, sf)
     assert contract.workspace_shape(1, 16384, 48, 48) == (16384, 160)
     assert contract.workspace_shape(2, 100, 48, 48) == (256, 160)  # ceil(200 / 64) * 64
+
+
+def test_sm_89_ptx_is_the_one_a_newer_gpu_can_compile(tmp_path):
+    # What a driver does with PTX for a GPU newer than the list: ptxas (Triton's own, as a
+    # driver's JIT would) assembles sm_89's plain PTX for both Blackwell archs, and refuses the
+    # arch-specific sm_90a PTX ("cannot be compiled to future architecture").
+    import subprocess
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = get_ptxas(120).path
+    config = aot.KernelConfig.tiny(triplane_dtype="float16", dot_precision="fp16")
+    for arch, portable in ((89, True), (90, False)):
+        ptx = tmp_path / f"sm_{arch}.ptx"
+        ptx.write_text(aot.compile_arch(config, arch).ptx)
+        for target in ("sm_100", "sm_120"):
+            run = subprocess.run([ptxas, f"-arch={target}", str(ptx), "-o",
+                                  str(tmp_path / "out.cubin")], capture_output=True, text=True)
+            assert (run.returncode == 0) == portable, (arch, target, run.stderr)
+            if not portable:
+                assert "future architecture" in run.stderr
