@@ -38,8 +38,15 @@ def save_checkpoint(model: Export3D, path: str | Path, extra: dict[str, str] | N
         **(extra or {}),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    except Exception as exc:  # safetensors' SafetensorError wraps the OSError
+        if tmp.is_file():
+            tmp.unlink()
+        if isinstance(exc, OSError) or type(exc).__name__ == "SafetensorError":
+            raise CheckpointError(f"cannot write checkpoint {path}: {exc}") from None
+        raise
     return path
 
 

@@ -76,6 +76,9 @@ def train_clebs(model_config: ModelConfig, dataset: Dataset, out, steps: int = 4
         images = (images * gain.to(device)).clamp(-1, 1)
         loss = contrastive_loss(encoder(images), clebs(expr), log_temp.exp(),
                                 variant=model_config.clebs_loss)
+        if not math.isfinite(float(loss.detach())):
+            raise UserError(f"CLeBS training diverged at step {step}: the contrastive loss is "
+                            f"{float(loss.detach())} (clip {clip.name}); nothing was written")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

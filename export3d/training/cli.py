@@ -13,10 +13,36 @@ trains data-parallel (NCCL on GPUs, Gloo on CPU).
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 
 from ..devices import resolve_device
+
+
+def at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def minutes(text: str) -> float:
+    """argparse type: a finite, positive number of minutes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
+    return value
 
 
 def run_prepare(args) -> None:
@@ -36,21 +62,25 @@ def run_train(args) -> None:
     from ..config import get_config
     from .data import Dataset
 
+    from ..media import output_path
+
     config = get_config(args.preset)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.stage == "clebs":
         from .clebs_train import train_clebs
 
+        output_path(args.out)  # before the training, not after it
         dataset = Dataset(args.data, config.image_size)
-        train_clebs(config, dataset, args.out, steps=args.steps or 400, frames=args.frames,
+        train_clebs(config, dataset, args.out,
+                    steps=args.steps if args.steps is not None else 400, frames=args.frames,
                     seed=args.seed, device=resolve_device(args.device), progress=not args.quiet)
         return
     from .trainer import TrainConfig, Trainer
 
     tc = TrainConfig(seed=args.seed, time_limit_min=args.time_limit or 0.0,
-                     batch=args.batch or TrainConfig.batch)
-    if args.steps:
+                     batch=args.batch if args.batch is not None else TrainConfig.batch)
+    if args.steps is not None:
         tc = dataclasses.replace(tc, steps=args.steps)
     if args.adv_start is not None:
         tc = dataclasses.replace(tc, adv_start=args.adv_start)
@@ -58,6 +88,12 @@ def run_train(args) -> None:
     trainer = Trainer(config, dataset, args.out, tc, device=resolve_device(args.device),
                       init=args.init, progress=not args.quiet, perceptual=args.perceptual)
     if trainer.resume():
+        if trainer.step >= tc.steps:
+            if trainer.dist.main:
+                print(f"{args.out} is already at step {trainer.step} (--steps {tc.steps}); "
+                      "nothing to train (a larger --steps goes on)")
+            trainer.dist.close()
+            return
         print(f"resuming {args.out} at step {trainer.step}")
     elif args.init is None and trainer.dist.main:
         print("note: no --init CLeBS checkpoint: CLeBS trains jointly with the generator "
@@ -66,16 +102,20 @@ def run_train(args) -> None:
     result = trainer.fit()
     trainer.dist.close()
     if trainer.dist.main:
-        print(f"step {result['steps']}: loss {result['last'].get('loss', float('nan')):.4f}; "
+        print(f"step {result['steps']}: loss {result['last']['loss']:.4f}; "
               f"wrote {trainer.out / 'model.safetensors'}")
 
 
 def run_eval(args) -> None:
+    from ..media import output_path
     from .evaluate import evaluate, format_table
 
+    if args.json:
+        output_path(args.json)  # before the evaluation, not after it
     report = evaluate(args.checkpoint, args.data, drive=args.drive,
                       device=resolve_device(args.device), progress=not args.quiet,
-                      retrack=not args.no_retrack, source_frame=args.source_frame)
+                      retrack=not args.no_retrack, source_frame=args.source_frame,
+                      clip_name=args.clip)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:
@@ -101,16 +141,19 @@ def register(subparsers) -> None:
     t.add_argument("--preset", choices=sorted(PRESETS), default="demo64")
     t.add_argument("--out", required=True, help="clebs: checkpoint file; generator: run folder")
     t.add_argument("--init", help="generator: the CLeBS checkpoint from 'train clebs' (frozen)")
-    t.add_argument("--steps", type=int, help="total steps (clebs default 400, generator 10000)")
-    t.add_argument("--batch", type=int, help="generator batch per process (default 8)")
-    t.add_argument("--frames", type=int, default=32, help="clebs: frames of one clip per batch")
+    t.add_argument("--steps", type=at_least(1),
+                   help="total steps (clebs default 400, generator 10000)")
+    t.add_argument("--batch", type=at_least(1), help="generator batch per process (default 8)")
+    t.add_argument("--frames", type=at_least(2), default=32,
+                   help="clebs: frames of one clip per batch")
     t.add_argument("--perceptual", help="generator: VGG-16 weights (safetensors of torchvision's "
                    "vgg16 'features') for a perceptual loss; without it there is none")
-    t.add_argument("--adv-start", type=int, help="generator: step where the GAN loss starts")
-    t.add_argument("--time-limit", type=float, help="generator: save and stop after N minutes")
+    t.add_argument("--adv-start", type=at_least(0),
+                   help="generator: step where the GAN loss starts")
+    t.add_argument("--time-limit", type=minutes, help="generator: save and stop after N minutes")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    t.add_argument("--threads", type=int, help="CPU threads for PyTorch")
+    t.add_argument("--threads", type=at_least(1), help="CPU threads for PyTorch")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(run=run_train)
 
@@ -120,6 +163,7 @@ def register(subparsers) -> None:
     e.add_argument("--drive", help="cross-identity: a video of another person to drive with")
     e.add_argument("--source-frame", type=int, help="video frame index of the source crop (a "
                    "training frame; default: the clip's first)")
+    e.add_argument("--clip", help="the dataset's clip to score (default: the longest)")
     e.add_argument("--json", help="write the report here")
     e.add_argument("--device", default="auto")
     e.add_argument("--no-retrack", action="store_true",

@@ -83,6 +83,9 @@ def prepare(videos, out, image_size: int, max_frames: int | None = None,
                  neutral_blendshapes=arrays["neutral_blendshapes"],
                  neutral_geometric=arrays["neutral_geometric"],
                  neutral_iod=arrays["neutral_iod"])
+        if not len(kept):
+            raise DatasetError(f"{video} has no frame with a face ({len(found)} frames "
+                               "searched); give talking-head videos")
         entry = {"name": name, "video": video.name, "frames": int(len(found)),
                  "kept": int(len(kept)), "skipped_no_face": int(len(found) - len(kept)),
                  "fps": float(arrays["fps"])}
@@ -141,10 +144,20 @@ class Dataset:
         if not path.is_file():
             raise DatasetError(f"{self.root} is not a dataset (no dataset.json); create one with "
                                "export3d prepare VIDEO --out DIR")
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise DatasetError(f"{path} has format {self.manifest.get('format')!r}, expected "
-                               f"{FORMAT!r}; prepare it again")
+        try:
+            self.manifest = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise DatasetError(f"{path} is damaged (not JSON); prepare the dataset "
+                               "again") from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
+            found = self.manifest.get("format") if isinstance(self.manifest, dict) else None
+            raise DatasetError(f"{path} has format {found!r}, expected {FORMAT!r}; prepare it "
+                               "again")
+        missing = [k for k in ("expression_code", "image_size", "clips") if k not in
+                   self.manifest]
+        if missing or not isinstance(self.manifest["clips"], list):
+            raise DatasetError(f"{path} is damaged (no {', '.join(missing) or 'clip list'}); "
+                               "prepare the dataset again")
         if self.manifest["expression_code"] != EXPRESSION_CODE_VERSION:
             raise DatasetError(f"{self.root} was prepared with expression code "
                                f"{self.manifest['expression_code']!r}, this extractor makes "
@@ -156,14 +169,45 @@ class Dataset:
         self.every, self.tail = every, tail
         self.clips: list[Clip] = []
         for entry in self.manifest["clips"]:
-            folder = self.root / entry["name"]
-            meta = np.load(folder / "meta.npz")
-            self.clips.append(Clip(entry["name"], folder, meta["frame"],
-                                   meta["expr"].astype(np.float32),
-                                   meta["camera"].astype(np.float32),
-                                   meta["euler"].astype(np.float32)))
+            self.clips.append(self._read_clip(entry))
         if not any(len(c) for c in self.clips):
             raise DatasetError(f"{self.root} has no frames with a face")
+
+    def _read_clip(self, entry) -> Clip:
+        """One clip's codes, checked (shapes, finite values, a crop for every frame), so a
+        damaged dataset is found before training, not when a batch draws the damage."""
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            raise DatasetError(f"{self.root / 'dataset.json'} is damaged (a clip without a "
+                               "name); prepare the dataset again")
+        folder = self.root / name
+        path = folder / "meta.npz"
+        try:
+            with np.load(path) as meta:
+                frame, expr, camera, euler = (meta[k] for k in ("frame", "expr", "camera",
+                                                               "euler"))
+        except FileNotFoundError:
+            raise DatasetError(f"{path} is missing; prepare the dataset again") from None
+        except Exception as exc:  # a cut or foreign file: zip, pickle or key errors
+            raise DatasetError(f"{path} is damaged ({type(exc).__name__}); prepare the dataset "
+                               "again") from None
+        n = len(frame)
+        if expr.shape != (n, 64) or camera.shape != (n, 25) or euler.shape != (n, 3):
+            raise DatasetError(f"{path} holds arrays of mismatched shapes (frame {frame.shape}, "
+                               f"expr {expr.shape}, camera {camera.shape}); prepare the "
+                               "dataset again")
+        bad = ~(np.isfinite(expr).all(1) & np.isfinite(camera).all(1))
+        if bad.any():
+            raise DatasetError(f"{path}: frame {int(frame[np.argmax(bad)])} (and "
+                               f"{int(bad.sum()) - 1} more) has a NaN or infinite code; "
+                               "prepare the dataset again")
+        absent = [int(f) for f in frame if not (folder / f"{int(f):06d}.png").is_file()]
+        if absent:
+            raise DatasetError(f"{folder / f'{absent[0]:06d}.png'} is missing (and "
+                               f"{len(absent) - 1} more crops of {name}); prepare the dataset "
+                               "again")
+        return Clip(name, folder, frame, expr.astype(np.float32), camera.astype(np.float32),
+                    euler.astype(np.float32))
 
     def clip(self, name: str) -> Clip:
         for c in self.clips:

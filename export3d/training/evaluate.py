@@ -113,17 +113,25 @@ def generate(model, source: np.ndarray, expr: np.ndarray, camera: np.ndarray, de
 
 
 def evaluate(checkpoint, data, drive=None, device: str = "cpu", progress: bool = True,
-             retrack: bool = True, source_frame: int | None = None) -> dict:
-    """The report described in the module doc. ``source_frame``: the video frame index of
-    the source crop (a training frame); default the clip's first training frame."""
+             retrack: bool = True, source_frame: int | None = None,
+             clip_name: str | None = None) -> dict:
+    """The report described in the module doc, for one clip: ``clip_name``, default the
+    longest (the report's ``clips_not_scored`` counts the others). ``source_frame``: the video
+    frame index of the source crop (a training frame); default the clip's first training
+    frame."""
     config, meta = read_config(checkpoint)
     training = json.loads(meta.get("training", "{}") or "{}")
     tc = training.get("train_config", {})
     dataset = Dataset(data, config.image_size, tc.get("holdout_every", 10),
                       tc.get("holdout_tail", 0.15))
     model = load_checkpoint(checkpoint, render_impl="auto").to(device).eval()
-    clip = max(dataset.clips, key=len)
+    clip = dataset.clip(clip_name) if clip_name is not None else max(dataset.clips, key=len)
+    if not any(len(dataset.positions(clip, p)) for p in ("interp", "extrap")):
+        raise UserError(f"{clip.name} has no held-out frames ({len(clip)} frames with a face); "
+                        "evaluate a longer clip")
     train = dataset.positions(clip, "train")
+    if not len(train):
+        raise UserError(f"{clip.name} has no training frame to take the source from")
     source_pos = int(train[0])
     if source_frame is not None:
         hits = np.flatnonzero(clip.frame == source_frame)
@@ -137,7 +145,8 @@ def evaluate(checkpoint, data, drive=None, device: str = "cpu", progress: bool =
     tracker = Retracker() if retrack else None
     report = {"checkpoint": str(checkpoint), "preset": config.preset, "dataset": str(data),
               "clip": clip.name, "source_frame": int(clip.frame[source_pos]),
-              "step": meta.get("step"), "split": dataset.split_summary()[clip.name], "sets": {}}
+              "step": meta.get("step"), "split": dataset.split_summary()[clip.name],
+              "clips_not_scored": len(dataset.clips) - 1, "sets": {}}
     try:
         for part in ("interp", "extrap"):
             pos = dataset.positions(clip, part)
@@ -176,9 +185,13 @@ def _cross(model, source, drive, config, tracker, device, progress) -> dict:
         if (drive / "dataset.json").is_file():
             ds = Dataset(drive, config.image_size)
         else:
-            prepare([drive], Path(tmp) / "drive", config.image_size, progress=progress,
-                    log=lambda *_: None)
-            ds = Dataset(Path(tmp) / "drive", config.image_size)
+            try:
+                prepare([drive], Path(tmp) / "drive", config.image_size, progress=progress,
+                        log=lambda *_: None)
+                ds = Dataset(Path(tmp) / "drive", config.image_size)
+            except UserError as exc:  # name the video, not the scratch folder
+                raise UserError(f"--drive {drive}: {str(exc).replace(tmp, '(scratch)')}"
+                                ) from None
         clip = max(ds.clips, key=len)
         real = [clip.image(k) for k in range(len(clip))]
         fake = generate(model, source, clip.expr, clip.camera, device)
@@ -194,8 +207,11 @@ def format_table(report: dict) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
 
+    others = report.get("clips_not_scored", 0)
     lines = [f"{report['checkpoint']} (preset {report['preset']}, step {report.get('step')}) on "
-             f"{report['clip']}, source frame {report['source_frame']}",
+             f"{report['clip']}, source frame {report['source_frame']}"
+             + (f" ({others} other clip(s) not scored; --clip NAME scores another)"
+                if others else ""),
              f"{'set':8s} {'method':14s} {'PSNR dB':>8s} {'SSIM':>6s} {'AED-mp':>7s} "
              f"{'APD-mp':>7s}"]
     for part, entry in report["sets"].items():

@@ -28,10 +28,15 @@ start equal (same seed, then a broadcast from rank 0), so they stay equal, which
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import hashlib
 import json
+import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +89,7 @@ class Distributed:
     def __init__(self, device: torch.device):
         import torch.distributed as dist
 
+        self.device = device
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.dist = dist
@@ -118,6 +124,15 @@ class Distributed:
             if b.is_floating_point() and b.numel():
                 self.dist.all_reduce(b)
                 b /= self.world
+
+    def any(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag OR-ed over the ranks: a decision every rank must take together (stop at
+        this step) even where one rank saw the cause (its clock, its loss, its signal)."""
+        if self.world == 1:
+            return tuple(bool(f) for f in flags)
+        t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.int32, device=self.device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in t.tolist())
 
     def mean(self, value: float) -> float:
         if self.world == 1:
@@ -216,6 +231,7 @@ class Trainer:
         self.opt_g = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr_d, betas=config.betas)
         self.step = 0
+        self.saved_step: int | None = None  # the step state.pt holds
         self.metadata = {"dataset": str(dataset.root), "train_config": config.to_dict(),
                          "perceptual": str(perceptual) if perceptual else "",
                          "clebs_init": str(init) if init else "", "world_size": self.dist.world}
@@ -232,30 +248,83 @@ class Trainer:
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "disc": self.disc.state_dict(), "opt_g": self.opt_g.state_dict(),
                  "opt_d": self.opt_d.state_dict(), "step": torch.tensor(self.step),
-                 "model_config": json.dumps(self.model.config.to_dict())}
+                 "model_config": json.dumps(self.model.config.to_dict()),
+                 "run": json.dumps(self.run_settings())}
         tmp = self.state_path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(self.state_path)
+        self.saved_step = self.step
         save_checkpoint(self.ema, self.out / "model.safetensors", extra={
             "stage": "generator", "step": str(self.step),
             "clebs_frozen": str(self.clebs_frozen).lower(),
             "training": json.dumps(self.metadata)})
 
+    # What a resumed run must share with the run it continues for its losses to be the ones
+    # the uninterrupted run computes: every training setting but the length (steps, time
+    # limit), the frozen CLeBS (--init), the perceptual term and the data. The flag that sets
+    # each, for the refusal.
+    RUN_FLAGS = {"batch": "--batch", "seed": "--seed", "adv_start": "--adv-start",
+                 "clebs_frozen": "--init", "perceptual": "--perceptual", "dataset": "--data"}
+
+    def run_settings(self) -> dict:
+        settings = {k: v for k, v in self.cfg.to_dict().items()
+                    if k not in ("steps", "time_limit_min", "log_every", "sample_every",
+                                 "save_every")}
+        settings["betas"] = list(settings["betas"])
+        manifest = self.dataset.root / "dataset.json"
+        settings.update(clebs_frozen=self.clebs_frozen, perceptual=self.perceptual is not None,
+                        dataset=hashlib.sha256(manifest.read_bytes()).hexdigest())
+        return settings
+
     def resume(self) -> bool:
         if not self.state_path.is_file():
             return False
-        state = torch.load(self.state_path, map_location=self.device, weights_only=True)
-        saved = ModelConfig.from_dict(json.loads(state["model_config"]))
+        damaged = (f"{self.state_path} is damaged or not a training state; restore it, or "
+                   "delete it to start the run over")
+        try:
+            state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+            saved = ModelConfig.from_dict(json.loads(state["model_config"]))
+            run = json.loads(state["run"]) if "run" in state else None  # older runs: none
+        except Exception as exc:  # a cut file: zip, EOF, unpickling or key errors
+            raise UserError(f"{damaged} ({type(exc).__name__})") from None
         if saved != self.model.config:
             raise UserError(f"{self.state_path} is a {saved.preset!r} run; resume it with the "
                             "same --preset or use a new --out")
+        if run is not None:
+            self._check_same_run(run)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.disc.load_state_dict(state["disc"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
+        self._drop_log_after(self.step)
         return True
+
+    def _check_same_run(self, saved: dict) -> None:
+        now = self.run_settings()
+        for key in sorted(set(saved) | set(now)):
+            if saved.get(key) != now.get(key):
+                what = "other data" if key == "dataset" else \
+                    f"{key} = {json.dumps(saved.get(key))}, not {json.dumps(now.get(key))}"
+                flag = self.RUN_FLAGS.get(key, key)
+                raise UserError(f"{self.out} was trained with {what} ({flag}); resume it with "
+                                "the same settings (only --steps and --time-limit may change) "
+                                "or use a new --out")
+
+    def _drop_log_after(self, step: int) -> None:
+        """The log lines of steps past the saved state, which the resumed run does again."""
+        path = self.out / "log.jsonl"
+        if not self.dist.main or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines(keepends=True):
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
+        path.write_text("".join(kept))
 
     # -- one step -----------------------------------------------------------------------------
     def train_step(self, batch: dict | None = None) -> dict[str, float]:
@@ -336,26 +405,31 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train",
                    disable=not self.progress, dynamic_ncols=True)
         last = {}
+        interrupt = _Interrupt(log if self.dist.main else None)
         try:
-            while self.step < cfg.steps:
-                values = self.train_step()
-                last = values
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    values = {k: self.dist.mean(v) for k, v in values.items()}
-                    self._log(values, writer)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}", l1=f"{values['l1']:.3f}")
-                if self.dist.main and (self.step % cfg.sample_every == 0
-                                       or self.step == cfg.steps):
-                    self.write_samples(writer)
-                stop = cfg.time_limit_min > 0 and \
-                    (time.monotonic() - t0) / 60 >= cfg.time_limit_min
-                if self.step % cfg.save_every == 0 or self.step == cfg.steps or stop:
-                    self.save()
-                if stop:
-                    log(f"time limit of {cfg.time_limit_min} min reached at step {self.step}; "
-                        f"resume with the same command and a later --time-limit")
-                    break
+            with interrupt:
+                while self.step < cfg.steps:
+                    values = self.train_step()
+                    # One decision for every rank, each of which may see a cause alone.
+                    bad, timed_out, asked = self.dist.any(
+                        not all(math.isfinite(v) for v in values.values()),
+                        cfg.time_limit_min > 0 and (time.monotonic() - t0) / 60
+                        >= cfg.time_limit_min, interrupt.asked)
+                    if bad:
+                        raise UserError(self._diverged(values))
+                    last = values
+                    bar.update(1)
+                    if self._after_step(values, writer, bar, stop=timed_out or asked):
+                        if timed_out and self.dist.main:
+                            log(f"time limit of {cfg.time_limit_min} min reached at step "
+                                f"{self.step}; resume with the same command and a later "
+                                "--time-limit")
+                        if asked:
+                            if self.dist.main:
+                                log(f"stopped at step {self.step}; saved {self.state_path} "
+                                    "and the model; the same command resumes")
+                            raise KeyboardInterrupt
+                        break
         finally:
             bar.close()
             if writer is not None:
@@ -365,11 +439,30 @@ class Trainer:
         return {"steps": self.step, "steps_this_run": self.step - start,
                 "seconds": elapsed, "last": last, "replicas": replicas}
 
+    def _after_step(self, values: dict, writer, bar, stop: bool) -> bool:
+        """Log, samples and saves after a step; True when the run stops here."""
+        cfg = self.cfg
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            values = {k: self.dist.mean(v) for k, v in values.items()}
+            self._log(values, writer)
+            bar.set_postfix(loss=f"{values['loss']:.3f}", l1=f"{values['l1']:.3f}")
+        if self.dist.main and (self.step % cfg.sample_every == 0
+                               or self.step == cfg.steps):
+            self.write_samples(writer)
+        if self.step % cfg.save_every == 0 or self.step == cfg.steps or stop:
+            self.save()
+        return stop
+
+    def _diverged(self, values: dict) -> str:
+        kept = (f"{self.state_path} still holds step {self.saved_step}"
+                if self.saved_step is not None else "no state had been saved yet")
+        return (f"training diverged at step {self.step}: the loss is {values['loss']} "
+                f"(terms: {', '.join(f'{k} {v:.4g}' for k, v in values.items())}); nothing "
+                f"of it was saved, {kept}")
+
     def check_replicas(self) -> dict:
         """sha256 of every process's weights (model, EMA, discriminator), gathered on all
         ranks; rank 0 writes them to ``replicas.json``. Data parallelism must keep them equal."""
-        import hashlib
-
         h = hashlib.sha256()
         for module in (self.model, self.ema, self.disc):
             for name, t in sorted(module.state_dict().items()):
@@ -395,7 +488,9 @@ class Trainer:
             print("note: tensorboard is not installed (pip install tensorboard); logging to "
                   "log.jsonl only")
             return None
-        return SummaryWriter(str(self.out / "tb"))
+        # A resumed run's events replace those past the saved step (which it does again).
+        return SummaryWriter(str(self.out / "tb"),
+                             purge_step=self.step + 1 if self.step else None)
 
     def _log(self, values: dict, writer) -> None:
         if not self.dist.main:
@@ -443,3 +538,32 @@ class Trainer:
             writer.add_image("samples", grid, self.step, dataformats="HWC")
         return path
 
+
+
+class _Interrupt(contextlib.AbstractContextManager):
+    """Ctrl-C / SIGTERM during training: the step under way finishes, the run saves and stops
+    (``asked``); a second Ctrl-C stops at once. Signal handlers exist in the main thread
+    only, so elsewhere this does nothing."""
+
+    def __init__(self, log=None):
+        self.asked = False
+        self.log = log
+        self.saved = {}
+
+    def _handle(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        if self.log:
+            self.log("\nstopping after this step and saving (Ctrl-C again to stop at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
