@@ -61,8 +61,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kernel import (PDF_DENOM_EPS, PDF_WEIGHT_FLOOR, _channel_offsets, _decode,
-                     _load_decoder, _load_rays, _softplus, check_dot_precision, next_pow2)
+from .kernel import (PDF_DENOM_EPS, PDF_WEIGHT_FLOOR, _alpha, _channel_offsets, _decode,
+                     _density, _load_decoder, _load_rays, check_dot_precision, next_pow2)
 
 DEFAULT_BLOCK_RAYS = 16
 DEFAULT_SAMPLE_TILE = 8
@@ -169,11 +169,11 @@ def raymarch_tiled_kernel(
             sig = tl.reshape(sig, (BLOCK_R, S_TILE))
             sig_prev = _shift_right(sig, sig_carry, jj)
             delta = tl.where((s >= 1) & (s < SC), t - t_prev, 0.0)
-            optical = _softplus(0.5 * (sig + sig_prev) - 1.0) * delta[None, :]
+            optical = _density(0.5 * (sig + sig_prev) - 1.0) * delta[None, :]
             # Transmittance before each interval: exp(-(all earlier intervals)), as the
             # reference's inclusive cumsum minus the interval itself.
             inclusive = optical_carry[:, None] + tl.cumsum(optical, axis=1)
-            w = (1.0 - tl.exp(-optical)) * tl.exp(-(inclusive - optical))
+            w = _alpha(optical) * tl.exp(-(inclusive - optical))
             optical_carry = _column(inclusive, jj, S_TILE - 1)
             sig_carry = _column(sig, jj, S_TILE - 1)
             x_row = tl.where((tiles_c == k)[None, :, None], w[:, None, :], x_row)
@@ -245,9 +245,9 @@ def raymarch_tiled_kernel(
         t_prev = _shift_right(t, t_carry, jj)
         # Interval ending at slot m; none at m = 0 and none past the last sample.
         delta = tl.where(((m >= 1) & (m < SC + SF))[None, :], t - t_prev, 0.0)
-        optical = _softplus(0.5 * (sig + sig_prev) - 1.0) * delta
+        optical = _density(0.5 * (sig + sig_prev) - 1.0) * delta
         inclusive = optical_carry[:, None] + tl.cumsum(optical, axis=1)
-        w = (1.0 - tl.exp(-optical)) * tl.exp(-(inclusive - optical))
+        w = _alpha(optical) * tl.exp(-(inclusive - optical))
         acc_weight += tl.sum(w, axis=1)
         acc_depth += tl.sum(w * (0.5 * (t + t_prev)), axis=1)
         # sum_i w_i (f_{i-1} + f_i) / 2 = sum_j f_j (w_j + w_{j+1}) / 2; the previous tile's
