@@ -78,6 +78,8 @@ import traceback
 import types
 from pathlib import Path
 
+from benchmarks import check_output, positive_int
+
 # Tolerances of the kernel against the reference (absolute), by output. Both compute in fp32
 # from the same (possibly fp16/bf16) tri-plane values; differences come from the order of
 # floating-point operations, transcendental implementations and, through the inverse CDF, tiny
@@ -1198,7 +1200,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="stop starting new work after this many seconds (default 420)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--iters", type=positive_int, default=50)
     parser.add_argument("--kernel-only", action="store_true",
                         help="only the kernel timing and launch sweep, and the TensorRT "
                         "engine's kernel (each sweep row still records its error against the "
@@ -1230,6 +1232,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from "
                      f"{', '.join(SECTIONS)}")
     args.chosen = [k for k in SECTIONS if k in chosen]
+    check_output(parser, args.out, "--out")
     return args
 
 

@@ -45,6 +45,8 @@ if str(ROOT) not in sys.path:
 
 from engines.raymarch import aot  # noqa: E402
 
+from benchmarks import check_output  # noqa: E402
+
 # An H100 SXM: 132 SMs, 4 warp schedulers each issuing one instruction per clock, 1.98 GHz;
 # per SM 64 K registers, 228 KB of shared memory (227 KB per block), 64 warps, 32 blocks.
 H100_SMS = 132
@@ -340,6 +342,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append",
                         help="profile only configurations whose name contains this")
     args = parser.parse_args(argv)
+    check_output(parser, args.out, "--out")
+    if args.only and not any(part in c[0] for c in CONFIGS for part in args.only):
+        parser.error(f"--only {' / '.join(args.only)} matches no configuration; they are: "
+                     f"{', '.join(c[0] for c in CONFIGS)}")
     results = []
     for name, overrides, *values in CONFIGS:
         if args.only and not any(part in name for part in args.only):

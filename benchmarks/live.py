@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from benchmarks import check_output, positive_int
+
 TARGET_FPS, TARGET_OVERHEAD_MS = 25.0, 2.0
 
 
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--frames", type=int, help="only the first N captured frames")
+    parser.add_argument("--frames", type=positive_int, help="only the first N captured frames")
     parser.add_argument("--paced", action="store_true",
                         help="the clip at its own pace, latest frame wins (live latency)")
     parser.add_argument("--preset", default="tiny")
@@ -161,6 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--graphs", help="onnxruntime: graphs 'export3d export onnx' wrote "
                         "(default: the preset's, exported to a temporary folder)")
     args = parser.parse_args(argv)
+    check_output(parser, args.json)
     result = run(args.frames, args.paced, args.preset, args.device, args.backend, args.graphs)
     print(report(result))
     if args.json:

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import check_output, positive_int
+from export3d.config import PRESETS
+
 
 def time_frames(backend, config, frames: int, warmup: int = 2) -> dict:
     from export.graphs import example_inputs
@@ -100,13 +103,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.onnx", description=__doc__.split(
         "\n\n")[0])
     p.add_argument("--json", help="write the report here (default: stdout)")
-    p.add_argument("--presets", nargs="+", default=["tiny"])
+    p.add_argument("--presets", nargs="+", default=["tiny"], choices=sorted(PRESETS))
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"],
                    choices=["fp32", "fp16"])
     p.add_argument("--variants", nargs="+", default=["portable"], choices=["portable"])
-    p.add_argument("--frames", type=int, default=30)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--frames", type=positive_int, default=30)
+    p.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     args = p.parse_args(argv)
+    check_output(p, args.json)
     report = run(args.presets, args.precisions, args.variants, args.frames, args.threads)
     text = json.dumps(report, indent=2)
     if args.json:

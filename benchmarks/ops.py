@@ -57,6 +57,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks import check_output  # noqa: E402
+from export3d.config import PRESETS  # noqa: E402
+from export3d.devices import resolve_device  # noqa: E402
+
 # SDPA backends forced one at a time (torch.nn.attention.SDPBackend member names).
 ATTENTION_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
 RELATIVE_TOLERANCE = 1e-4
@@ -491,7 +495,8 @@ def prepared_model(preset: str, dtype, device, channels_last: bool, render_impl=
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ops",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default=None, help="default: paper512 on CUDA, tiny on CPU")
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help="default: paper512 on CUDA, tiny on CPU")
     parser.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -499,7 +504,11 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=None)
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    check_output(parser, args.json)
+    try:
+        device = torch.device(resolve_device(args.device))
+    except ValueError as exc:  # export3d's UserError: no such device here
+        parser.error(str(exc))
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True

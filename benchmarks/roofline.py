@@ -41,6 +41,9 @@ if str(ROOT) not in sys.path:
 from export3d import get_config  # noqa: E402
 from export3d.model import build_model  # noqa: E402
 
+from benchmarks import check_output  # noqa: E402
+from export3d.config import PRESETS  # noqa: E402
+
 # Datasheet figures: dense bf16/fp16 tensor-core TFLOPS, HBM TB/s.
 GPUS = {
     "h100": {"name": "NVIDIA H100 SXM", "tensor_tflops": 989.4, "memory_tbps": 3.35},
@@ -174,12 +177,13 @@ def roofline(preset: str = "paper512", gpu: str = "h100", dtype: str = "bfloat16
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.roofline",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="paper512")
+    parser.add_argument("--preset", default="paper512", choices=sorted(PRESETS))
     parser.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16",
                                                                  "float32"))
     parser.add_argument("--json", type=Path, help="write the report here")
     args = parser.parse_args(argv)
+    check_output(parser, args.json)
     report = roofline(args.preset, args.gpu, args.dtype)
     print(f"{report['gpu']['name']}, {args.preset}, {args.dtype}, batch 1 (render: see "
           f"benchmarks.kernel_sass)")

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from benchmarks import check_output, positive_int
+
 
 def _stats(ms: list[float]) -> dict:
     a = np.asarray(ms)
@@ -74,8 +76,9 @@ def run(frames: int | None = None) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--frames", type=int, help="only the first N frames")
+    parser.add_argument("--frames", type=positive_int, help="only the first N frames")
     args = parser.parse_args(argv)
+    check_output(parser, args.json)
     result = run(args.frames)
     print(f"{result['clip']} {result['resolution'][0]}x{result['resolution'][1]}, "
           f"{result['landmarker']['frames']} frames, face in {result['face_found']}")

@@ -172,6 +172,13 @@ def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
     return aligned_crop(rgb, face.landmarks, template, size)[0]
 
 
+def _interpreted() -> bool:
+    """Triton's interpreter runs the kernel on CPU tensors (the tests)."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def _run(args) -> None:
     if args.driving and args.frames is not None:  # was silently ignored
         raise MediaError("--frames is for --orbit; a driving file renders all of its frames")
@@ -183,6 +190,9 @@ def _run(args) -> None:
     if args.fps is not None and not 0 < args.fps <= MAX_FPS:
         raise MediaError(f"--fps must be more than 0 and at most {MAX_FPS:g}")
     device = resolve_device(args.device)
+    if args.impl == "kernel" and not device.startswith("cuda") and not _interpreted():
+        raise MediaError(f"--impl kernel runs the fused kernel on a CUDA GPU, not on {device}; "
+                         "use --device cuda, or --impl auto or reference")
     if args.driving:
         driving = load_driving(args.driving)
         if args.fps is not None:  # the file's own rate otherwise (was always the file's)

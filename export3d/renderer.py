@@ -238,6 +238,12 @@ def raymarch(triplane, decoder: Decoder, origins, directions, settings: RayMarch
         return raymarch_reference(triplane, decoder, origins, directions, settings, jitter)
     if jitter:
         raise ValueError("the fused kernel renders at inference only (jitter=False)")
+    weights = (triplane, decoder.w1, decoder.b1, decoder.w2, decoder.b2)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in weights):
+        # Caught here, not at backward(), which has no formula for the op.
+        raise ValueError("the fused kernel renders at inference only: call it under "
+                         "torch.no_grad() / torch.inference_mode(), or use impl='reference' "
+                         "to train")
     from engines import raymarch as kernel  # lazy: export3d reaches engines only here
 
     return kernel.raymarch(

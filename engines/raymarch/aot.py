@@ -13,7 +13,9 @@ rule, which a TensorRT plugin embeds and launches with ``cuLaunchKernel``:
     profile scratch; both sizes are 0 here, pass null). ``cdf_ptr`` is a workspace of
     :func:`workspace_bytes` (``cdf_in_memory``, the default; without it the parameter is
     absent and the CDF stays in registers).
-near / far / box_warp are runtime arguments, not baked in.
+near / far / box_warp are runtime arguments, not baked in, passed as ``near``,
+``step = (far - near) / samples_coarse`` and ``scale = 2 / box_warp`` (each param's ``value`` in
+the launch JSON).
 Architectures: Turing to Hopper and Blackwell (sm_100: B200; sm_120: RTX 50). From sm_90 on
 Triton targets the arch-specific ``sm_90a`` / ``sm_100a`` / ``sm_120a``: that PTX is not
 forward-compatible, so for a GPU newer than the list ``sm_89``'s plain PTX is the one a driver
@@ -32,6 +34,11 @@ from pathlib import Path
 ARCHS = (75, 80, 86, 89, 90, 100, 120)
 VARIANTS = ("serial", "tiled")  # as engines.raymarch.op.VARIANTS
 DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+# Runtime arguments that are not the node's attributes as they stand (as the torch op computes
+# them, engines.raymarch.op.launch).
+DERIVED = {"step": "(far - near) / samples_coarse", "scale": "2 / box_warp"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,8 @@ class Build:
             "block_rays": self.block_rays,
             "grid": "(ceil(B * R / block_rays), 1, 1)",
             "params": [{"name": n, "type": t.replace("*triplane",
-                                                      "*" + DTYPES[self.config.triplane_dtype])}
+                                                      "*" + DTYPES[self.config.triplane_dtype]),
+                        **({"value": DERIVED[n]} if n in DERIVED else {})}
                        for n, t in kernel.RUNTIME_ARGS
                        if n != "cdf_ptr" or uses_cdf_workspace(self.config)]
             + [{"name": "global_scratch", "type": "*i8", "value": "null"},
@@ -211,14 +219,26 @@ def main(argv=None) -> int:
     parser.add_argument("--num-warps", type=int, help="default: 4 serial, 8 tiled")
     parser.add_argument("--variant", choices=VARIANTS, default="serial",
                         help="the serial kernel or the sample-parallel tiled one")
-    parser.add_argument("--sample-tile", type=int, default=8,
-                        help="samples per decode tile (--variant tiled)")
+    parser.add_argument("--sample-tile", type=int,
+                        help="samples per decode tile (--variant tiled; default 8)")
     args = parser.parse_args(argv)
+    for flag, value in (("--block-rays", args.block_rays), ("--num-warps", args.num_warps),
+                        ("--sample-tile", args.sample_tile)):
+        if value is not None and (value < 1 or value & (value - 1)):
+            parser.error(f"{flag} must be a power of two, got {value}")
+    if args.variant == "tiled" and args.block_rays is not None and args.block_rays < 16:
+        parser.error("--block-rays must be at least 16 with --variant tiled")
+    if args.sample_tile is not None and args.variant != "tiled":
+        parser.error("--sample-tile is for --variant tiled")
+    if args.num_warps is not None and args.num_warps > 32:
+        parser.error("--num-warps must be at most 32 (1024 threads a block)")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder")
     axes = (0, 1, 0, 2, 2, 0) if args.eg3d_plane_axes else (0, 1, 0, 2, 1, 2)
     kwargs = dict(triplane_dtype=args.triplane_dtype, plane_axes=axes,
                   block_rays=args.block_rays or (16 if args.variant == "tiled" else 32),
                   num_warps=args.num_warps or (8 if args.variant == "tiled" else 4),
-                  variant=args.variant, sample_tile=args.sample_tile)
+                  variant=args.variant, sample_tile=args.sample_tile or 8)
     config = KernelConfig.tiny(**kwargs) if args.preset == "tiny" else KernelConfig(**kwargs)
     for arch in args.arch or ARCHS:
         build = compile_arch(config, arch)

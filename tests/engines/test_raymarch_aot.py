@@ -117,6 +117,10 @@ def test_cli_writes_ptx_cubin_and_launch_json(tmp_path):
     assert params["kernel_name"] == "raymarch_kernel" and params["arch"] == "sm_86"
     assert params["threads_per_block"] == 32 * params["num_warps"]
     assert params["config"]["samples_coarse"] == 8
+    # The two runtime arguments that are not node attributes say how they are made.
+    values = {p["name"]: p.get("value") for p in params["params"]}
+    assert values["step"] == "(far - near) / samples_coarse"
+    assert values["scale"] == "2 / box_warp" and values["near"] is None
 
 
 def test_unknown_dtype_is_refused():

@@ -533,6 +533,30 @@ def test_renderer_dispatch_reaches_the_kernel():
     assert_matches(actual, run_reference(inputs, settings), TOLERANCE[torch.float32])
 
 
+def test_kernel_with_gradients_is_refused_at_the_call_not_at_backward():
+    # The op has no backward formula: a training caller asking for impl="kernel" used to
+    # render, then fail inside backward(). Runs without a GPU: refused before any launch.
+    from export3d.renderer import raymarch
+
+    inputs = make_inputs(b=1, res=4)
+    decoder = Decoder(*inputs[1:5])
+    triplane = inputs[0].clone().requires_grad_()
+    with pytest.raises(ValueError, match="inference only.*torch.no_grad"):
+        raymarch(triplane, decoder, inputs[5], inputs[6], settings_for(), impl="kernel")
+
+
+def test_render_impl_kernel_without_a_gpu_is_one_sentence_before_the_work(capsys, tmp_path,
+                                                                          monkeypatch):
+    from export3d.cli import main
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    out = tmp_path / "x.mp4"
+    assert main(["render", "--preset", "tiny", "--impl", "kernel", "--device", "cpu",
+                 "--frames", "2", "--out", str(out), "--quiet"]) == 2
+    assert "--impl kernel runs the fused kernel on a CUDA GPU" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_kernel_constants_are_the_renderers():
     # engines may not import export3d, so the kernel keeps its own copies of the reference's
     # numerical constants; a change on one side must show here.
