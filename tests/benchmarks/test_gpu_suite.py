@@ -22,13 +22,15 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert "error" not in check, check.get("traceback")
     assert check["all_passed"] is True
     kinds = {c["kind"] for c in check["cases"]}
-    assert kinds == {"random", "dense", "empty"}
+    assert kinds == {"random", "dense", "transparent", "empty"}
     for case in check["cases"]:
         assert case["features"]["elements_checked"] == case["rays"] * 8
         assert case["deterministic"]
     dense = next(c for c in check["cases"] if c["kind"] == "dense")
     empty = next(c for c in check["cases"] if c["kind"] == "empty")
     assert dense["mean_opacity_reference"] > 0.9 and empty["mean_opacity_reference"] < 1e-3
+    clear = next(c for c in check["cases"] if c["kind"] == "transparent")
+    assert 1e-8 < clear["mean_opacity_reference"] < 1e-3, clear["mean_opacity_reference"]
     # The TensorRT engine's kernel entry point, launched with the plugin's plan and arguments
     # in TensorRT's order (here under the interpreter), on fp32 and fp16 node tri-planes.
     engine = report["tensorrt_kernel"]
