@@ -103,6 +103,15 @@ def trace(module: torch.nn.Module, args: tuple, input_names, output_names,
     return onnx.load_from_string(buffer.getvalue())
 
 
+def check_opset(opset: int) -> None:
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: LayerNormalization and GridSample need "
+                          f"opset {MIN_OPSET} or newer")
+    if opset > max_opset():
+        raise ExportError(f"opset {opset} is newer than this torch exports (up to "
+                          f"{max_opset()}); use --opset {MIN_OPSET}..{max_opset()}")
+
+
 def build_graphs(model, variant: str = "portable", precision: str = "fp32",
                  opset: int = DEFAULT_OPSET, simplify: bool = True, progress=None):
     """Trace (and simplify) both stages. Returns ({stage: ModelProto}, {stage: simplifier},
@@ -112,12 +121,7 @@ def build_graphs(model, variant: str = "portable", precision: str = "fp32",
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of: "
                           f"{', '.join(PRECISIONS)}")
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is too old: LayerNormalization and GridSample need "
-                          f"opset {MIN_OPSET} or newer")
-    if opset > max_opset():
-        raise ExportError(f"opset {opset} is newer than this torch exports (up to "
-                          f"{max_opset()}); use --opset {MIN_OPSET}..{max_opset()}")
+    check_opset(opset)
     step = progress or (lambda _: None)
     config = model.config
     custom_opsets = {}
@@ -182,6 +186,7 @@ def export_onnx(model, out_dir: str | Path, variant: str = "portable", precision
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    check_opset(opset)  # before the output folder is made
     tmp = _open_output(out_dir)
     total = 5 + (2 if simplify else 0)
     bar = tqdm(total=total, desc="export onnx", unit="step", disable=not progress, leave=True)

@@ -73,13 +73,15 @@ class GeneratorConfig:
 @dataclass(frozen=True)
 class SinkConfig:
     sink: str = "null"  # null | file:OUT | window | virtualcam | preview[:PORT]
-    fps: float = 30.0
+    # the file's / virtual camera's rate; None: the capture's (a video's own, else capture.fps)
+    fps: float | None = None
     hud: bool = True
     size: int = 0  # output height in pixels (the model's frame scaled up); 0: the model's size
     side_by_side: bool = False  # the driving frame beside the output
 
     def __post_init__(self):
-        _at_least(self.fps, MIN_FPS, "sink.fps", high=MAX_FPS)
+        if self.fps is not None:
+            _at_least(self.fps, MIN_FPS, "sink.fps", high=MAX_FPS)
         _at_least(self.size, 0, "sink.size", "--size")
 
 

@@ -181,6 +181,10 @@ def _open(config: GeneratorConfig):
     if config.backend != "torch" and config.compile:
         raise UserError(f"--compile is the torch backend's; {config.backend} runs its own "
                         "compiled graphs or engines")
+    if config.backend != "torch" and config.checkpoint:  # was silently ignored
+        raise UserError(f"--checkpoint is the torch backend's; {config.backend} runs the weights "
+                        "its graphs or engines were exported with (export3d export onnx "
+                        "--checkpoint C)")
     if config.backend != "onnxruntime" and config.providers:
         raise UserError(f"--providers is the onnxruntime backend's; {config.backend} runs on "
                         "--device")

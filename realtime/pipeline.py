@@ -16,6 +16,7 @@ frames, a photo without a face keeps the old one and says so).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -179,6 +180,12 @@ class Pipeline:
         try:
             self.tracker = tracker or Tracker(config.tracking)
             self.generator = generator or Generator(config.generator)
+            if sink is None and config.sink.fps is None:
+                # A video's own rate (a 24 fps clip written at 30 would play 25% fast), else
+                # the rate asked of the capture.
+                rate = getattr(self.capture, "fps", None) or config.capture.fps
+                config = self.config = dataclasses.replace(config, sink=dataclasses.replace(
+                    config.sink, fps=float(rate)))
             self.sink = sink or open_sink(config.sink, stats=self.live_stats)
         except BaseException:
             # Every stage made so far is closed (the generator's stream threads, the tracker's

@@ -217,6 +217,12 @@ def run_track(args) -> None:
           + (f" and {args.overlay}" if args.overlay else ""))
 
 
+def _positive(text: str) -> int:
+    from ..training.cli import at_least
+
+    return at_least(1)(text)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "track", help="track a face video/photo: expression code, EG3D camera, aligned crop",
@@ -234,7 +240,7 @@ def register(subparsers) -> None:
                         help="which label goes into 'camera' (both are saved)")
     parser.add_argument("--source", help="source portrait whose head pose the relative camera "
                                          "starts from (default: frontal)")
-    parser.add_argument("--max-frames", type=int, help="stop after this many frames")
+    parser.add_argument("--max-frames", type=_positive, help="stop after this many frames")
     parser.add_argument("--no-smooth", action="store_true", help="turn the One Euro filters off")
     parser.set_defaults(run=run_track)
 

@@ -92,8 +92,9 @@ def train_clebs(model_config: ModelConfig, dataset: Dataset, out, steps: int = 4
                                               "dataset": str(dataset.root)})
     first = float(np.mean(history[: max(1, steps // 10)]))
     final = float(np.mean(history[-max(1, steps // 10):]))
+    temperature = float(log_temp.detach().exp())
     log(f"wrote {path}: contrastive loss {first:.3f} -> {final:.3f} "
-        f"(temperature {float(log_temp.exp()):.3f})")
+        f"(temperature {temperature:.3f})")
     return {"history": history, "first": first, "final": final,
-            "temperature": float(log_temp.exp()), "path": str(Path(path))}
+            "temperature": temperature, "path": str(Path(path))}
 

@@ -131,7 +131,7 @@ def register(subparsers) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="demo64",
                    help="crops are made at this preset's image size")
     p.add_argument("--out", required=True, help="new dataset folder")
-    p.add_argument("--max-frames", type=int, help="at most this many frames per video")
+    p.add_argument("--max-frames", type=at_least(1), help="at most this many frames per video")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_prepare)
 

@@ -98,3 +98,12 @@ def test_bad_variant_and_opset_are_user_errors():
     with pytest.raises(onnx_export.ExportError, match="opset 30 is newer than this torch "
                        "exports"):
         onnx_export.build_graphs(model, opset=30)
+
+
+def test_a_bad_opset_leaves_no_output_folder(tmp_path):
+    # The check ran after the output folder was made, leaving an empty one behind.
+    out = tmp_path / "graphs"
+    with pytest.raises(onnx_export.ExportError, match="opset 12 is too old"):
+        onnx_export.export_onnx(build_model(get_config("tiny")), out, opset=12)
+    assert not out.exists()
+

@@ -78,6 +78,34 @@ def test_compose_scales_the_output_and_puts_the_driver_beside_it():
         both.shape
 
 
+def test_a_file_sink_runs_at_the_driving_videos_rate(tmp_path, capsys):
+    # It was always written at 30 fps: a 24 fps clip played 25% fast. Now the video's own rate,
+    # the capture's --fps for images, and a YAML sink.fps over both.
+    import cv2
+    import numpy as np
+
+    from export3d.media import VideoWriter
+
+    clip = tmp_path / "clip24.avi"
+    writer = VideoWriter(clip, 24.0, (64, 48))
+    for i in range(3):
+        writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
+    writer.close()
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), np.zeros((48, 64, 3), np.uint8))
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("sink:\n  fps: 15\n")
+    for source, extra, rate in ((["--video", str(clip)], [], 24.0),
+                                (["--images", str(images)], ["--fps", "12"], 12.0),
+                                (["--video", str(clip)], ["--config", str(yaml)], 15.0)):
+        out = tmp_path / f"out{rate:g}.avi"
+        args = parse([*source, *extra, "--fast", "--no-hud", "--sink", f"file:{out}"])
+        args.run(args)
+        assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == pytest.approx(rate), source
+
+
 def test_side_by_side_with_driving_images_of_different_sizes(tmp_path, capsys):
     # The file sink opens at the first picture's size; a wider second driving image made a
     # wider picture and the run ended in "ValueError: frame is 192x64, video is 128x64".
@@ -349,3 +377,6 @@ def test_onnxruntime_providers_by_flag_and_a_missing_one_in_one_line(tmp_path, c
     assert "unknown execution provider 'metal'" in capsys.readouterr().err
     with pytest.raises(UserError, match="--providers is the onnxruntime backend's"):
         _open(GeneratorConfig(backend="torch", providers="cpu"))
+    # The graphs hold their weights: a checkpoint beside them was silently ignored.
+    assert main(["live", *base, "--checkpoint", "assets/demo64.safetensors"]) == 2
+    assert "--checkpoint is the torch backend's" in capsys.readouterr().err

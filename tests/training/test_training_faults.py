@@ -231,3 +231,13 @@ def test_eval_names_its_clip_and_refuses_one_without_held_out_frames(dataset, tm
                                   for k, v in meta.items()})
     with pytest.raises(UserError, match="no held-out frames"):
         evaluate(checkpoint, root, retrack=False)
+
+
+def test_track_and_prepare_refuse_zero_frames(capsys):
+    from export3d.cli import main
+
+    for argv in (["track", "clip.mp4", "--out", "x.npz"], ["prepare", "clip.mp4", "--out", "d"]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--max-frames", "0"])
+        assert exit_.value.code == 2
+        assert "argument --max-frames: must be at least 1, got 0" in capsys.readouterr().err
