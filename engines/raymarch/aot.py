@@ -242,6 +242,15 @@ def main(argv=None) -> int:
     config = KernelConfig.tiny(**kwargs) if args.preset == "tiny" else KernelConfig(**kwargs)
     for arch in args.arch or ARCHS:
         build = compile_arch(config, arch)
+        previous = args.out / f"{build.name}.sm_{build.arch}.json"
+        if previous.is_file():  # the names hold no dtype or launch: never overwrite another
+            try:
+                old = json.loads(previous.read_text()).get("config")
+            except (ValueError, AttributeError):
+                old = None
+            if old != json.loads(json.dumps(build.launch_params()["config"])):
+                parser.error(f"{previous} is a build of another configuration; give each "
+                             "configuration its own --out folder")
         for path in write(build, args.out):
             print(path)
     return 0

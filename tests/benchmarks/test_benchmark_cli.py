@@ -71,3 +71,17 @@ def test_aot_refuses_launches_it_would_ignore_or_fail_on(argv, message, tmp_path
                                             str(tmp_path), *argv], capsys)
     assert message in err
     assert not list(tmp_path.iterdir())
+
+
+def test_aot_never_overwrites_a_build_of_another_configuration(tmp_path, capsys):
+    # File names hold the kernel and the arch only: an fp16 build into an fp32 build's folder
+    # replaced it silently.
+    from engines.raymarch import aot
+
+    base = ["--arch", "80", "--preset", "tiny", "--out", str(tmp_path)]
+    assert aot.main(base) == 0
+    first = (tmp_path / "raymarch_kernel.sm_80.ptx").read_text()
+    assert aot.main(base) == 0  # the same configuration again: fine
+    err = run_main("engines.raymarch.aot", [*base, "--triplane-dtype", "float16"], capsys)
+    assert "is a build of another configuration" in err
+    assert (tmp_path / "raymarch_kernel.sm_80.ptx").read_text() == first
