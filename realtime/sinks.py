@@ -7,6 +7,7 @@ and shows live stats through ``stats`` (a callable returning a dict) when it has
 """
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import os
@@ -116,10 +117,17 @@ class VirtualCamSink:
 
     def __init__(self, fps: float, backend: str | None = None):
         try:
-            import pyvirtualcam  # noqa: F401
+            import pyvirtualcam
+            import pyvirtualcam.camera  # noqa: F401  (its BACKENDS, by platform)
         except ImportError:
             raise SinkError("pyvirtualcam is not installed (pip install pyvirtualcam); "
                             "'--sink preview' or '--sink window' work instead") from None
+        known = getattr(getattr(pyvirtualcam, "camera", None), "BACKENDS", None)
+        if backend and known is not None and backend not in known:
+            # Checked here: pyvirtualcam's own KeyError comes from a half-made Camera whose
+            # finaliser then prints an AttributeError traceback.
+            raise SinkError(f"virtual camera backend {backend!r} does not exist on this system; "
+                            f"it has {', '.join(known) or 'none'}")
         self.fps, self.backend = fps, backend
         self.cam = None
         self.frames = 0
@@ -315,6 +323,8 @@ class PreviewSink:
 
 def open_sink(config: SinkConfig, stats=None):
     kind, _, arg = config.sink.partition(":")
+    if config.fps is None:  # the pipeline sets the capture's rate; alone, a webcam's usual
+        config = dataclasses.replace(config, fps=30.0)
     if kind == "null":
         return NullSink()
     if kind == "file" and arg:

@@ -59,6 +59,14 @@ def test_virtualcam_without_a_driver_says_what_to_do():
     assert "v4l2loopback" in msg and "OBS" in msg and "--sink preview" in msg
 
 
+def test_a_virtualcam_backend_this_system_lacks_is_one_sentence_at_start(capsys):
+    # pyvirtualcam raised KeyError from a half-made Camera, whose finaliser then printed an
+    # AttributeError traceback under our one-line error, and only at the first frame.
+    with pytest.raises(SinkError, match="backend 'nope' does not exist on this system"):
+        open_sink(SinkConfig(sink="virtualcam:nope"))
+    assert "Exception ignored" not in capsys.readouterr().err
+
+
 def test_window_without_display(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
