@@ -999,9 +999,10 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
     from realtime.config import CaptureConfig, GeneratorConfig, PipelineConfig, SinkConfig
     from realtime.pipeline import Pipeline
 
-    def random_source(path, image_size):
+    def random_source(path, image_size, with_pose=False):
         rng = np.random.default_rng(0)
-        return rng.uniform(-1, 1, (1, 3, image_size, image_size)).astype(np.float32)
+        image = rng.uniform(-1, 1, (1, 3, image_size, image_size)).astype(np.float32)
+        return (image, None) if with_pose else image
 
     config = PipelineConfig(
         capture=CaptureConfig(source="synthetic", fps=fps, frames=frames, width=640,

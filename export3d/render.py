@@ -148,10 +148,12 @@ def render_video(source: str | Path | None, out: str | Path, driving: Driving,
     return Path(out)
 
 
-def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
+def source_crop(rgb: np.ndarray, size: int, name, with_pose: bool = False):
     """The EG3D-aligned crop of the portrait (tracking.md 4.8) at ``size``; a centred crop, with
     a note, where the face model has not been set up (``export3d assets``). A photo without a
-    detectable face is refused."""
+    detectable face is refused. ``with_pose``: (crop, R_src), the head rotation of the face
+    (tracking.md 4.3; None without the face model), which the live app's relative camera
+    applies the driver's motion to."""
     from .assets import find_face_model
     from .errors import UserError
 
@@ -159,7 +161,7 @@ def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
         model_path = find_face_model()
     except UserError as exc:
         print(f"note: {exc}; using a centred crop of the source instead", file=sys.stderr)
-        return center_crop(rgb, size)
+        return (center_crop(rgb, size), None) if with_pose else center_crop(rgb, size)
     from .tracking.crop import aligned_crop, template_from_canonical
     from .tracking.landmarker import Landmarker, LandmarkerConfig
     from .tracking.pose import load_canonical_face
@@ -168,8 +170,15 @@ def source_crop(rgb: np.ndarray, size: int, name) -> np.ndarray:
         face = landmarker.detect_in_photo(rgb)
     if face is None:
         raise MediaError(f"no face found in {name}; use a photo with one clearly visible face")
-    template = template_from_canonical(load_canonical_face(model_path).vertices)
-    return aligned_crop(rgb, face.landmarks, template, size)[0]
+    canonical = load_canonical_face(model_path)
+    crop = aligned_crop(rgb, face.landmarks, template_from_canonical(canonical.vertices),
+                        size)[0]
+    if not with_pose:
+        return crop
+    from .tracking.pose import PoseEstimator, to_pixel_frame
+
+    points = to_pixel_frame(face.landmarks, face.width, face.height)
+    return crop, PoseEstimator(canonical).fit(points).rotation
 
 
 def _interpreted() -> bool:

@@ -50,12 +50,17 @@ def source_photos(source) -> list[Path]:
     return photos
 
 
-def prepare_source(path, image_size: int) -> np.ndarray:
-    """Photo -> model input [1, 3, S, S] in [-1, 1]; a photo without a face raises MediaError."""
+def prepare_source(path, image_size: int, with_pose: bool = False):
+    """Photo -> model input [1, 3, S, S] in [-1, 1]; a photo without a face raises MediaError.
+    ``with_pose``: (input, R_src), the face's head rotation for the relative camera (None
+    where it cannot be measured)."""
     from export3d.media import load_image, to_model_input
     from export3d.render import source_crop
 
-    return to_model_input(source_crop(load_image(path), image_size, path)).numpy()
+    if not with_pose:
+        return to_model_input(source_crop(load_image(path), image_size, path)).numpy()
+    crop, rotation = source_crop(load_image(path), image_size, path, with_pose=True)
+    return to_model_input(crop).numpy(), rotation
 
 
 class Generator:
@@ -67,7 +72,8 @@ class Generator:
         self.image_size = image_size
         self.photos = source_photos(config.source)
         self.source = self.photos[0]
-        self.backend.encode_source(prepare_source(self.source, image_size))
+        image, self.source_rotation = prepare_source(self.source, image_size, with_pose=True)
+        self.backend.encode_source(image)
         if getattr(backend, "compiled", False):
             warm_up_compiled(backend)
         shape = (image_size, image_size, 3)

@@ -180,6 +180,8 @@ class Pipeline:
         try:
             self.tracker = tracker or Tracker(config.tracking)
             self.generator = generator or Generator(config.generator)
+            # relative pose: the driver's motion applied to the source's own head pose
+            self._set_source_pose(getattr(self.generator, "source_rotation", None))
             if sink is None and config.sink.fps is None:
                 # A video's own rate (a 24 fps clip written at 30 would play 25% fast), else
                 # the rate asked of the capture.
@@ -285,19 +287,26 @@ class Pipeline:
     # -- source photo swap -------------------------------------------------------------------
     def _prepare_source(self, path) -> None:
         try:
-            image = prepare_source(path, self.generator.image_size)
+            image, rotation = prepare_source(path, self.generator.image_size, with_pose=True)
         except Exception as exc:  # MediaError (no face, unreadable): keep the old source
             self.say(f"{exc}; keeping {getattr(self.generator, 'source', 'the current source')}")
             return
         with self._source_lock:
-            self._new_source = (path, image)
+            self._new_source = (path, image, rotation)
+
+    def _set_source_pose(self, rotation) -> None:
+        set_source = getattr(self.tracker, "set_source", None)  # stand-in trackers lack it
+        if set_source is not None:
+            set_source(rotation)
 
     def _apply_new_source(self) -> None:
         with self._source_lock:
             new, self._new_source = self._new_source, None
         if new is not None:
-            self.generator.set_source(*new)
-            self.say(f"source: {new[0]}")
+            path, image, rotation = new
+            self.generator.set_source(path, image)
+            self._set_source_pose(rotation)  # the relative camera turns to the new face's pose
+            self.say(f"source: {path}")
 
     def swap_source(self, path=None) -> threading.Thread | None:
         """Next photo of ``--source`` (or ``path``), prepared on a helper thread."""

@@ -31,6 +31,7 @@ class Tracker:
         # the source's (cross-identity); absolute: the driver's own head pose. The extractor
         # computes both every frame, so switching is just this flag (read once per frame).
         self.relative_camera = config.relative_camera
+        self.source_rotation = None  # R_src; None: frontal
 
     @property
     def extractor(self):
@@ -38,7 +39,16 @@ class Tracker:
             from export3d.tracking.extractor import FaceExtractor
 
             self._extractor = FaceExtractor()
+            if self.source_rotation is not None:
+                self._extractor.set_source(self.source_rotation)
         return self._extractor
+
+    def set_source(self, rotation) -> None:
+        """The source portrait's head rotation (None: frontal), which relative pose applies the
+        driver's motion to (tracking.md 4.3). Safe from another thread: one reference swap."""
+        self.source_rotation = None if rotation is None else np.asarray(rotation, np.float64)
+        if self._extractor is not None:
+            self._extractor.set_source(np.eye(3) if rotation is None else self.source_rotation)
 
     def process(self, frame) -> Driving:
         if frame.driving is not None or not self.config.enabled:

@@ -27,15 +27,18 @@ from .landmarker import LandmarkerConfig
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-def read_frames(path: Path, max_frames: int | None = None):
-    """(fps, frame count or None, iterator of RGB frames) for an image or a video file."""
+def read_frames(path: Path, max_frames: int | None = None, with_times: bool = False):
+    """(fps, frame count or None, iterator of RGB frames) for an image or a video file.
+    ``with_times``: the iterator yields (t seconds, RGB), t from the frames' own timestamps
+    (tracking.md 4.7; a variable-rate clip's are not i / fps), else i / fps where the container
+    gives none or they do not increase."""
     import cv2
 
     if not path.is_file():
         raise MediaError(f"{path} does not exist; pass a video or image file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         rgb = load_image(path)
-        return 25.0, 1, iter([rgb])
+        return 25.0, 1, iter([(0.0, rgb) if with_times else rgb])
     cap = cv2.VideoCapture(str(path))
     ok, first = cap.read() if cap.isOpened() else (False, None)
     if not ok:
@@ -50,11 +53,22 @@ def read_frames(path: Path, max_frames: int | None = None):
 
     def frames():
         try:
-            frame, n = first, 0
+            frame, n, last = first, 0, -math.inf
+            stamp = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000  # the frame just read
             while frame is not None and (max_frames is None or n < max_frames):
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                if with_times:
+                    t = stamp if math.isfinite(stamp) and stamp > last and (
+                        n > 0 or stamp == 0) else n / fps
+                    if t <= last:
+                        t = last + 1 / fps
+                    last = t
+                    yield t, rgb
+                else:
+                    yield rgb
                 n += 1
                 ok, frame = cap.read()
+                stamp = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000 if ok else math.nan
                 if not ok:
                     frame = None
         finally:
@@ -129,8 +143,10 @@ def track_file(path, out, overlay=None, neutral: str = "clip", camera: str = "ab
         if Path(overlay).suffix.lower() not in VIDEO_SUFFIXES:  # was found after the tracking
             raise MediaError(f"cannot write {Path(overlay).name}: use a .mp4, .avi or .mkv "
                              "file name for --overlay")
-    fps, count, frames = read_frames(path, max_frames)
+    fps, count, frames = read_frames(path, max_frames, with_times=True)
     is_image = path.suffix.lower() in IMAGE_SUFFIXES
+    if is_image:  # a photo cannot be its own neutral (its code was all zeros): the default
+        neutral = "auto"
     config = ExtractorConfig(landmarker=LandmarkerConfig(mode="image" if is_image else "video"))
     config = replace(config, smoothing=replace(config.smoothing, enabled=smooth))
     with FaceExtractor(config) as extractor:
@@ -142,17 +158,14 @@ def track_file(path, out, overlay=None, neutral: str = "clip", camera: str = "ab
                 raise MediaError(f"no face found in the source photo {source}; use a portrait "
                                  "with one clearly visible face")
             extractor.set_source(sf.raw_rotation)
-        observations, images, results = [], [], []
+        observations, results = [], []
         bar = tqdm(total=count, unit="frame", desc="track", disable=not progress, leave=False)
-        for i, rgb in enumerate(frames):
-            t = i / fps
+        for t, rgb in frames:
             # A photo is searched as a source photo is (small faces, several people): the
             # plain detector missed faces there that render --source found.
             obs = (extractor.landmarker.detect_in_photo(rgb) if is_image else
                    extractor.landmarker.detect(rgb, int(round(t * 1000))))
             observations.append((t, obs))
-            if overlay is not None:
-                images.append(rgb)
             if neutral == "auto":
                 results.append(extractor.update(obs, t))
             bar.update(1)
@@ -176,11 +189,21 @@ def track_file(path, out, overlay=None, neutral: str = "clip", camera: str = "ab
             results = [extractor.update(None, t) for t, _ in observations]
         else:
             neutral_used = extractor.neutral.neutral
-    if overlay is not None:
-        h, w = images[0].shape[:2]
-        with VideoWriter(overlay, fps, (w + 220, h)) as writer:
-            for rgb, fr in zip(images, results):
+    if overlay is not None:  # a second read of the clip: its frames were never all in memory
+        _, _, again = read_frames(path, max_frames)
+        writer = None
+        try:
+            for rgb, fr in zip(again, results):
+                if writer is None:
+                    h, w = rgb.shape[:2]
+                    writer = VideoWriter(overlay, fps, (w + 220, h))
                 writer.write(draw_overlay(rgb, fr))
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        if writer is not None:
+            writer.close()
     cam_abs = np.stack([r.camera for r in results])
     cam_rel = np.stack([r.camera_relative for r in results])
     arrays = {

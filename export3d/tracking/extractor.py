@@ -31,7 +31,8 @@ from .crop import crop_box, template_from_canonical
 from .expression import EXPR_DIM, Neutral, NeutralTracker, geometric_raw, mpx64
 from .landmarker import FaceObservation, Landmarker, LandmarkerConfig
 from .pose import PoseEstimator, euler_from_rotation, load_canonical_face, to_pixel_frame
-from .smoothing import SmoothingConfig, TrackSmoother
+from .smoothing import (SmoothingConfig, TrackSmoother, matrix_from_quat, quat_from_matrix,
+                        slerp)
 
 RESIDUAL_SCALE_CM = 2.0
 _FLIP = np.diag([1.0, -1.0, -1.0])
@@ -116,15 +117,30 @@ class FaceExtractor:
             smoothing = dataclasses.replace(smoothing, enabled=False, hold_s=0.0, ease_s=0.0)
             self.neutral.automatic = False
         self.smoother = TrackSmoother(smoothing)
-        self.reference_rotation: np.ndarray | None = None  # R_drv(ref)
+        self._reference: np.ndarray | None = None  # R_drv(ref)
+        self._reference_from = None  # (old reference, t of the change): eased over ease_s
         self.source_rotation = np.eye(3)  # R_src (frontal unless set_source is called)
+
+    @property
+    def reference_rotation(self) -> np.ndarray | None:
+        """R_drv(ref): the driver's rest rotation, which the relative camera is taken against and
+        a lost face eases back to."""
+        return self._reference
+
+    @reference_rotation.setter
+    def reference_rotation(self, rotation) -> None:
+        self._reference = None if rotation is None else np.asarray(rotation, np.float64)
+        self._reference_from = None
+        # a lost face eases to the driver's rest pose, so the relative camera eases to R_src
+        self.smoother.reference = np.eye(3) if rotation is None else self._reference
 
     # -- configuration at run time -----------------------------------------------------------
     def calibrate(self, seconds: float | None = None) -> None:
         """"Look at the camera, relax": the next ``seconds`` of frames set the neutral face and
         the reference head rotation for the relative camera."""
         self.neutral.begin_calibration(seconds)
-        self.reference_rotation = None
+        # The old reference stays until the new one is measured (it was dropped, and the
+        # relative camera jumped by the driver's whole rotation for the 1.5 s).
         self._calib_rotations: list = []
 
     def set_neutral(self, neutral: Neutral, reference_rotation: np.ndarray | None = None) -> None:
@@ -162,6 +178,9 @@ class FaceExtractor:
 
     def update(self, obs: FaceObservation | None, t: float) -> TrackedFrame:
         """Everything after the landmarker: an observation (or ``None``) -> TrackedFrame."""
+        if obs is None and self.landmarker.config.mode == "image":
+            # independent photos: one without a face is nobody, not the last photo held
+            return self._frame(t, None, np.zeros(EXPR_DIM), np.eye(3), None, "none")
         if obs is None:
             expr, rotation, box, state = self.smoother.update(t)
             return self._frame(t, None, expr, rotation, box, state)
@@ -173,17 +192,36 @@ class FaceExtractor:
             if not self.neutral.calibrating:  # calibration just finished
                 mean = np.mean(self._calib_rotations, axis=0)
                 u, _, vt = np.linalg.svd(mean)  # chordal mean, projected back onto SO(3)
+                old = self._reference
                 self.reference_rotation = u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt
-                self.smoother.reset()  # the code's zero moved: do not drag the old one along
-        if self.reference_rotation is None and not self.neutral.calibrating:
+                if old is not None:  # the relative camera moves to the new reference smoothly
+                    self._reference_from = (old, t)
+                # The expression filter is kept: it carries the code from the old neutral's
+                # zero to the new one at its own pace instead of one jump.
+        if self.reference_rotation is None:
             self.reference_rotation = m.rotation.copy()  # first tracked frame, until calibrated
         expr = mpx64(obs.blendshapes, m.geometric, neutral)
         expr_s, rotation, box, state = self.smoother.update(t, expr, m.rotation, m.box)
         return self._frame(t, m, expr_s, rotation, box, state)
 
+    def _reference_at(self, t: float) -> np.ndarray:
+        """The reference at ``t``: after a recalibration, a cosine ease from the old one."""
+        if self._reference is None:
+            return np.eye(3)
+        if self._reference_from is None:
+            return self._reference
+        old, t0 = self._reference_from
+        ease = self.config.smoothing.ease_s
+        w = 1.0 if ease <= 0 else min(1.0, max(0.0, t - t0) / ease)
+        if w >= 1.0:
+            self._reference_from = None
+            return self._reference
+        w = 0.5 - 0.5 * math.cos(math.pi * w)
+        return matrix_from_quat(slerp(quat_from_matrix(old), quat_from_matrix(self._reference),
+                                      w))
+
     def _frame(self, t, m: Measurement | None, expr, rotation, box, state) -> TrackedFrame:
-        ref = self.reference_rotation if self.reference_rotation is not None else np.eye(3)
-        relative = rotation @ ref.T @ self.source_rotation
+        relative = rotation @ self._reference_at(t).T @ self.source_rotation
         nan3 = np.full(3, np.nan)
         return TrackedFrame(
             t=t, face_found=m is not None, confidence=m.confidence if m is not None else 0.0,

@@ -125,6 +125,9 @@ class SmoothingConfig:
     d_cutoff: float = 1.0
     hold_s: float = 0.3
     ease_s: float = 0.5
+    # After a loss longer than the hold, the output blends from where the ease had taken it
+    # into the new track over this long (a re-acquire inside the hold keeps the filters).
+    reacquire_s: float = 0.3
 
 
 def _fast_channels() -> np.ndarray:
@@ -145,9 +148,10 @@ class TrackSmoother:
         self.rotation = RotationFilter(config.rot_min_cutoff, config.rot_beta, config.d_cutoff)
         self.box = OneEuro(config.box_min_cutoff, config.box_beta, config.d_cutoff)
         self.reference = np.eye(3) if reference is None else np.asarray(reference, np.float64)
-        self.last = None  # (expr, rotation, box) of the last output
+        self.last = None  # (expr, rotation, box) of the last tracked output
         self.last_t = 0.0
         self.lost_since = None
+        self._blend = None  # (expr, rotation, t) to blend from after a re-acquire
 
     def reset(self) -> None:
         self.expr.reset()
@@ -155,35 +159,60 @@ class TrackSmoother:
         self.box.reset()
         self.last = None
         self.lost_since = None
+        self._blend = None
+
+    def _lost_output(self, t: float):
+        """Where the hold-then-ease has taken the output ``t`` into a loss."""
+        lost = t - self.lost_since
+        hold, ease = self.config.hold_s, self.config.ease_s
+        if hold > 0 and lost <= hold:
+            return self.last + ("held",)
+        w = 1.0 if ease <= 0 else min(1.0, max(0.0, lost - hold) / ease)
+        # cosine ease: zero velocity at both ends, so the avatar does not snap
+        w = 0.5 - 0.5 * math.cos(math.pi * w)
+        e, r, b = self.last
+        q = slerp(quat_from_matrix(r), quat_from_matrix(self.reference), w)
+        return (1.0 - w) * e, matrix_from_quat(q), b, ("neutral" if w >= 1.0 else "easing")
 
     def update(self, t: float, expr=None, rotation=None, box=None):
         """A tracked frame (all three given) or a lost one (all ``None``) -> (expr ``[64]``,
         rotation ``[3, 3]``, box ``[3]`` or ``None``, state) with state one of
         ``"tracked"``, ``"held"``, ``"easing"``, ``"neutral"``, ``"none"``."""
         if expr is not None:
-            if self.lost_since is not None:  # re-acquired: start from the new measurement
-                self.expr.reset()
-                self.rotation.reset()
-                self.box.reset()
-                self.lost_since = None
+            if self.lost_since is not None and self.last is not None:
+                if t - self.lost_since > self.config.hold_s and self.config.enabled:
+                    # A real loss: the filters restart from the new measurement, and the output
+                    # blends in from where the ease had taken it (no one-frame pop).
+                    e, r, _, _ = self._lost_output(t)
+                    self._blend = (np.asarray(e), np.asarray(r), t)
+                    self.expr.reset()
+                    self.rotation.reset()
+                    self.box.reset()
+                # Inside the hold, one missed detection: the filters go on (a longer dt).
+            self.lost_since = None
             if self.config.enabled:
                 expr = self.expr(expr, t)
                 rotation = self.rotation(rotation, t)
                 box = self.box(box, t)
-            self.last = (np.asarray(expr, np.float64), np.asarray(rotation, np.float64),
-                         np.asarray(box, np.float64))
+            expr, rotation, box = (np.asarray(expr, np.float64), np.asarray(rotation, np.float64),
+                                   np.asarray(box, np.float64))
+            self.last = (expr, rotation, box)
             self.last_t = t
+            if self._blend is not None:
+                e0, r0, t0 = self._blend
+                w = min(1.0, (t - t0) / self.config.reacquire_s) \
+                    if self.config.reacquire_s > 0 else 1.0
+                if w >= 1.0:
+                    self._blend = None
+                else:
+                    w = 0.5 - 0.5 * math.cos(math.pi * w)
+                    q = slerp(quat_from_matrix(r0), quat_from_matrix(rotation), w)
+                    # The crop box is where the face is, not a pose to ease: crops made from
+                    # it (training data) must follow the face at once.
+                    return (1 - w) * e0 + w * expr, matrix_from_quat(q), box, "tracked"
             return self.last + ("tracked",)
         if self.last is None:
             return np.zeros(64), self.reference.copy(), None, "none"
         if self.lost_since is None:
             self.lost_since = self.last_t  # the loss started after the last tracked frame
-        lost = t - self.lost_since
-        if lost <= self.config.hold_s:
-            return self.last + ("held",)
-        w = min(1.0, (lost - self.config.hold_s) / max(self.config.ease_s, 1e-9))
-        # cosine ease: zero velocity at both ends, so the avatar does not snap
-        w = 0.5 - 0.5 * math.cos(math.pi * w)
-        e, r, b = self.last
-        q = slerp(quat_from_matrix(r), quat_from_matrix(self.reference), w)
-        return (1.0 - w) * e, matrix_from_quat(q), b, ("neutral" if w >= 1.0 else "easing")
+        return self._lost_output(t)

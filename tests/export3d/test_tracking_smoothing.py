@@ -73,4 +73,41 @@ def test_hold_then_ease_then_reset():
     back = sm.update(t0 + 1.0, np.zeros(64), np.eye(3), np.array([10.0, 10.0, 50.0]))
     assert back[3] == "tracked"
     np.testing.assert_allclose(back[0], 0.0)  # reset: no drag from the pre-loss value
-    np.testing.assert_allclose(back[2], (10, 10, 50))
+    np.testing.assert_allclose(back[2], (10, 10, 50))  # the box follows the face at once
+
+
+def test_a_missed_frame_inside_the_hold_keeps_the_filters():
+    # One missed detection reset every filter, and the next frame snapped to the raw pose
+    # (up to 7 deg on a real clip). Inside the hold the filters now go on.
+    def output_at_31(drop: bool):
+        sm = TrackSmoother(SmoothingConfig())
+        for i in range(32):
+            yaw = math.radians(2 * i + (6 if i % 2 else 0))  # a turn with 6-degree jitter
+            if drop and i == 30:
+                assert sm.update(i / FPS)[3] == "held"  # no face this frame
+                continue
+            out = sm.update(i / FPS, np.zeros(64), rotation_matrix(0.0, yaw, 0.0), np.zeros(3))
+        return out
+
+    kept, after = output_at_31(False), output_at_31(True)
+    assert after[3] == "tracked"
+    assert rotation_angle_deg(after[1], kept[1]) < 1.0
+
+
+def test_a_reacquired_face_blends_in_from_the_eased_pose():
+    cfg = SmoothingConfig(hold_s=0.3, ease_s=0.5, reacquire_s=0.3)
+    sm = TrackSmoother(cfg)
+    r = rotation_matrix(0.0, math.radians(20), 0.0)
+    for i in range(30):
+        sm.update(i / FPS, np.full(64, 0.5), r, np.zeros(3))
+    t0 = 30 / FPS
+    eased = sm.update(t0 + 0.5)  # half-way through the ease
+    assert eased[3] == "easing"
+    turned = rotation_matrix(0.0, math.radians(-30), 0.0)  # the face comes back turned away
+    first = sm.update(t0 + 0.5 + 1 / FPS, np.zeros(64), turned, np.zeros(3))
+    # From where the ease was, not a 40-degree pop to the new pose in one frame.
+    assert rotation_angle_deg(first[1], eased[1]) < 5.0
+    assert rotation_angle_deg(first[1], turned) > 20.0
+    later = [sm.update(t0 + 0.5 + k / FPS, np.zeros(64), turned, np.zeros(3))
+             for k in range(2, 20)]
+    assert rotation_angle_deg(later[-1][1], turned) < 1e-6  # done after reacquire_s

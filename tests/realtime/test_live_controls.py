@@ -42,6 +42,7 @@ class FakeExtractor:
         self.absolute = eg3d_label(np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]))
         self.relative = eg3d_label(np.eye(3))
         self.calibrations = 0
+        self.sources = []  # R_src handed over by the pipeline, in order
 
     def process(self, rgb, t):
         from types import SimpleNamespace
@@ -52,6 +53,9 @@ class FakeExtractor:
 
     def calibrate(self):
         self.calibrations += 1
+
+    def set_source(self, rotation):
+        self.sources.append(np.array(rotation))
 
     def close(self):
         pass
@@ -157,6 +161,16 @@ def test_every_control_through_pipeline_command(photos):
         hopper_input = prepare_source(hopper, pipe.generator.image_size)
         np.testing.assert_array_equal(calls[at][1], hopper_input)
         assert pipe.live_stats()["source"] == str(hopper)
+        # and its head pose went to the tracker for the relative camera (it never did: the
+        # driver's motion was applied to a frontal head whatever the photo)
+        from export3d.render import source_crop
+        from export3d.media import load_image
+
+        _, hopper_pose = source_crop(load_image(hopper), 64, "hopper", with_pose=True)
+        _, portrait_pose = source_crop(load_image(portrait), 64, "astronaut", with_pose=True)
+        assert len(extractor.sources) == 2
+        np.testing.assert_allclose(extractor.sources[0], portrait_pose, atol=1e-9)
+        np.testing.assert_allclose(extractor.sources[1], hopper_pose, atol=1e-9)
 
         # a photo without a face: a message, the old source kept
         pipe.command(f"source:{blank}")
