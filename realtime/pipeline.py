@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .capture import open_capture
-from .config import PipelineConfig
+from .config import MAX_FPS, MIN_FPS, PipelineConfig
 from .generator import Generator, prepare_source
 from .queues import CLOSED, LatestQueue
 from .sinks import open_sink
@@ -185,7 +185,9 @@ class Pipeline:
             if sink is None and config.sink.fps is None:
                 # A video's own rate (a 24 fps clip written at 30 would play 25% fast), else
                 # the rate asked of the capture.
-                rate = getattr(self.capture, "fps", None) or config.capture.fps
+                rate = getattr(self.capture, "fps", None)
+                if not (isinstance(rate, (int, float)) and MIN_FPS <= rate <= MAX_FPS):
+                    rate = config.capture.fps  # none, or a container's rate out of range
                 config = self.config = dataclasses.replace(config, sink=dataclasses.replace(
                     config.sink, fps=float(rate)))
             self.sink = sink or open_sink(config.sink, stats=self.live_stats)

@@ -240,17 +240,24 @@ def main(argv=None) -> int:
                   num_warps=args.num_warps or (8 if args.variant == "tiled" else 4),
                   variant=args.variant, sample_tile=args.sample_tile or 8)
     config = KernelConfig.tiny(**kwargs) if args.preset == "tiny" else KernelConfig(**kwargs)
-    for arch in args.arch or ARCHS:
-        build = compile_arch(config, arch)
-        previous = args.out / f"{build.name}.sm_{build.arch}.json"
-        if previous.is_file():  # the names hold no dtype or launch: never overwrite another
+    archs = args.arch or ARCHS
+    # The names hold no dtype or launch: never overwrite another configuration's build, and
+    # find that out for every arch before anything is compiled or written.
+    name = "raymarch_tiled_kernel" if config.variant == "tiled" else "raymarch_kernel"
+    wanted = json.loads(json.dumps(asdict(config)))
+    for arch in archs:
+        previous = args.out / f"{name}.sm_{arch}.json"
+        if previous.is_file():
             try:
                 old = json.loads(previous.read_text()).get("config")
             except (ValueError, AttributeError):
                 old = None
-            if old != json.loads(json.dumps(build.launch_params()["config"])):
+            if old != wanted:
                 parser.error(f"{previous} is a build of another configuration; give each "
                              "configuration its own --out folder")
+    for arch in archs:
+        build = compile_arch(config, arch)
+        assert build.name == name, build.name  # the check above looked for these files
         for path in write(build, args.out):
             print(path)
     return 0

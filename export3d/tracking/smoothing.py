@@ -208,8 +208,9 @@ class TrackSmoother:
                     w = 0.5 - 0.5 * math.cos(math.pi * w)
                     q = slerp(quat_from_matrix(r0), quat_from_matrix(rotation), w)
                     # The crop box is where the face is, not a pose to ease: crops made from
-                    # it (training data) must follow the face at once.
-                    return (1 - w) * e0 + w * expr, matrix_from_quat(q), box, "tracked"
+                    # it (training data) must follow the face at once. What is shown is what a
+                    # miss during the blend holds.
+                    self.last = ((1 - w) * e0 + w * expr, matrix_from_quat(q), box)
             return self.last + ("tracked",)
         if self.last is None:
             return np.zeros(64), self.reference.copy(), None, "none"

@@ -264,7 +264,8 @@ class Trainer:
     # limit), the frozen CLeBS (--init), the perceptual term and the data. The flag that sets
     # each, for the refusal.
     RUN_FLAGS = {"batch": "--batch", "seed": "--seed", "adv_start": "--adv-start",
-                 "clebs_frozen": "--init", "perceptual": "--perceptual", "dataset": "--data"}
+                 "clebs_frozen": "--init", "perceptual": "--perceptual", "dataset": "--data",
+                 "world_size": "torchrun --nproc-per-node"}
 
     def run_settings(self) -> dict:
         settings = {k: v for k, v in self.cfg.to_dict().items()
@@ -273,7 +274,8 @@ class Trainer:
         settings["betas"] = list(settings["betas"])
         manifest = self.dataset.root / "dataset.json"
         settings.update(clebs_frozen=self.clebs_frozen, perceptual=self.perceptual is not None,
-                        dataset=hashlib.sha256(manifest.read_bytes()).hexdigest())
+                        dataset=hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                        world_size=self.dist.world)  # each rank draws its own batch
         return settings
 
     def resume(self) -> bool:
@@ -415,6 +417,8 @@ class Trainer:
                         not all(math.isfinite(v) for v in values.values()),
                         cfg.time_limit_min > 0 and (time.monotonic() - t0) / 60
                         >= cfg.time_limit_min, interrupt.asked)
+                    if self.step >= cfg.steps:  # the last step: the run ends as it would have
+                        timed_out = asked = False
                     if bad:
                         raise UserError(self._diverged(values))
                     last = values

@@ -82,6 +82,9 @@ def test_aot_never_overwrites_a_build_of_another_configuration(tmp_path, capsys)
     assert aot.main(base) == 0
     first = (tmp_path / "raymarch_kernel.sm_80.ptx").read_text()
     assert aot.main(base) == 0  # the same configuration again: fine
-    err = run_main("engines.raymarch.aot", [*base, "--triplane-dtype", "float16"], capsys)
+    # sm_75 first: the refusal comes before any arch is written (a mixed folder otherwise).
+    err = run_main("engines.raymarch.aot", ["--arch", "75", *base, "--triplane-dtype",
+                                            "float16"], capsys)
     assert "is a build of another configuration" in err
     assert (tmp_path / "raymarch_kernel.sm_80.ptx").read_text() == first
+    assert not (tmp_path / "raymarch_kernel.sm_75.ptx").exists()

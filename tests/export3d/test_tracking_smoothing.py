@@ -111,3 +111,17 @@ def test_a_reacquired_face_blends_in_from_the_eased_pose():
     later = [sm.update(t0 + 0.5 + k / FPS, np.zeros(64), turned, np.zeros(3))
              for k in range(2, 20)]
     assert rotation_angle_deg(later[-1][1], turned) < 1e-6  # done after reacquire_s
+
+
+def test_a_miss_during_the_reacquire_blend_holds_what_was_shown():
+    # The hold showed the unblended track: a 30-degree jump on a miss inside the blend.
+    sm = TrackSmoother(SmoothingConfig(hold_s=0.3, ease_s=0.5, reacquire_s=0.3))
+    for i in range(30):
+        sm.update(i / FPS, np.zeros(64), np.eye(3), np.zeros(3))
+    t = 30 / FPS + 1.0
+    assert sm.update(t)[3] == "neutral"  # eased fully back to the reference
+    turned = rotation_matrix(0.0, math.radians(30), 0.0)
+    shown = sm.update(t + 1 / FPS, np.zeros(64), turned, np.zeros(3))
+    shown = sm.update(t + 2 / FPS, np.zeros(64), turned, np.zeros(3))
+    held = sm.update(t + 3 / FPS)
+    assert held[3] == "held" and rotation_angle_deg(held[1], shown[1]) < 1e-9

@@ -104,6 +104,28 @@ def test_a_file_sink_runs_at_the_driving_videos_rate(tmp_path, capsys):
         args = parse([*source, *extra, "--fast", "--no-hud", "--sink", f"file:{out}"])
         args.run(args)
         assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == pytest.approx(rate), source
+    # A container rate out of range (1500 fps here) falls back to the capture's, not an error
+    # about a sink.fps the user never set.
+    fast = tmp_path / "fast.mkv"
+    writer = VideoWriter(fast, 1000.0, (64, 48))
+    writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer.close()
+    import realtime.capture as capture_module
+
+    class Fast(capture_module.VideoFileCapture):
+        def __init__(self, config, path):
+            super().__init__(config, path)
+            self.fps = 1500.0
+
+    original = capture_module.VideoFileCapture
+    capture_module.VideoFileCapture = Fast
+    try:
+        out = tmp_path / "fast_out.avi"
+        args = parse(["--video", str(fast), "--fast", "--no-hud", "--sink", f"file:{out}"])
+        args.run(args)
+    finally:
+        capture_module.VideoFileCapture = original
+    assert cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FPS) == pytest.approx(30.0)
 
 
 def test_side_by_side_with_driving_images_of_different_sizes(tmp_path, capsys):

@@ -156,6 +156,21 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_there(dataset, tmp_path):
     assert steps == [1, 2, 3]
 
 
+def test_ctrl_c_in_the_last_step_lets_the_run_finish(dataset, tmp_path):
+    trainer = Trainer(get_config("tiny"), dataset, tmp_path, quiet(steps=2), progress=False)
+    step = trainer.train_step
+
+    def last_step_then_signal():
+        values = step()
+        if trainer.step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return values
+
+    trainer.train_step = last_step_then_signal
+    result = trainer.fit()  # no KeyboardInterrupt: the run was done
+    assert result["steps"] == 2 and (tmp_path / "replicas.json").is_file()
+
+
 def test_a_resume_with_other_settings_is_refused(dataset, tmp_path):
     config = get_config("tiny")
     Trainer(config, dataset, tmp_path, quiet(steps=1), progress=False).fit()
@@ -166,6 +181,15 @@ def test_a_resume_with_other_settings_is_refused(dataset, tmp_path):
     with pytest.raises(UserError, match=r"clebs_frozen = false, not true \(--init\)"):
         Trainer(config, dataset, tmp_path, quiet(steps=2), init=str(init),
                 progress=False).resume()
+    class TwoRanks:  # a run made by two torchrun processes, resumed by one
+        world, rank, main = 2, 0, True
+    two = Trainer(config, dataset, tmp_path, quiet(steps=2), progress=False)
+    real = two.dist
+    two.dist = TwoRanks()
+    saved = two.run_settings()
+    two.dist = real
+    with pytest.raises(UserError, match=r"world_size = 2, not 1 \(torchrun --nproc-per-node\)"):
+        two._check_same_run(saved)
     # The length may change.
     longer = Trainer(config, dataset, tmp_path, quiet(steps=5, time_limit_min=3.0),
                      progress=False)
