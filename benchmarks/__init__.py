@@ -9,17 +9,6 @@ import os
 from pathlib import Path
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def check_output(parser: argparse.ArgumentParser, path, flag: str = "--json") -> None:
     """A report path checked before the work that fills it: its folder is created, and a
     folder that cannot be, one that is not writable, or a path that is a folder is argparse's

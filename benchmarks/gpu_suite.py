@@ -79,7 +79,8 @@ import traceback
 import types
 from pathlib import Path
 
-from benchmarks import check_output, positive_int
+from benchmarks import check_output
+from export3d.cli import at_least
 
 # Tolerances of the kernel against the reference (absolute), by output. Both compute in fp32
 # from the same (possibly fp16/bf16) tri-plane values; differences come from the order of
@@ -1205,7 +1206,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="stop starting new work after this many seconds (default 420)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
-    parser.add_argument("--iters", type=positive_int, default=50)
+    parser.add_argument("--iters", type=at_least(1), default=50)
     parser.add_argument("--kernel-only", action="store_true",
                         help="only the kernel timing and launch sweep, and the TensorRT "
                         "engine's kernel (each sweep row still records its error against the "

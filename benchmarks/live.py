@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from benchmarks import check_output, positive_int
+from benchmarks import check_output
+from export3d.cli import at_least
 
 TARGET_FPS, TARGET_OVERHEAD_MS = 25.0, 2.0
 
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--frames", type=positive_int, help="only the first N captured frames")
+    parser.add_argument("--frames", type=at_least(1), help="only the first N captured frames")
     parser.add_argument("--paced", action="store_true",
                         help="the clip at its own pace, latest frame wins (live latency)")
     parser.add_argument("--preset", default="tiny")

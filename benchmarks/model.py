@@ -25,7 +25,8 @@ from export3d import PRESETS, get_config
 from export3d.camera import orbit_path
 from export3d.generator import count_parameters
 from export3d.model import build_model
-from benchmarks import check_output, positive_int
+from benchmarks import check_output
+from export3d.cli import at_least
 
 STAGES = ("encode_source", "expression_code", "generate", "render", "superresolve")
 PER_SOURCE = {"encode_source"}
@@ -104,7 +105,7 @@ def time_stages(preset: str, repeats: int, device: str = "cpu") -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="model_benchmark.json", help="where to write the JSON")
-    parser.add_argument("--repeats", type=positive_int, default=10,
+    parser.add_argument("--repeats", type=at_least(1), default=10,
                         help="timed runs per stage (tiny, CPU)")
     args = parser.parse_args(argv)
     check_output(parser, args.json)

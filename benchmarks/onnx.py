@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import check_output, positive_int
+from benchmarks import check_output
+from export3d.cli import at_least
 from export3d.config import PRESETS
 
 
@@ -107,8 +108,8 @@ def main(argv=None) -> int:
     p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"],
                    choices=["fp32", "fp16"])
     p.add_argument("--variants", nargs="+", default=["portable"], choices=["portable"])
-    p.add_argument("--frames", type=positive_int, default=30)
-    p.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
+    p.add_argument("--frames", type=at_least(1), default=30)
+    p.add_argument("--threads", type=at_least(1), default=torch.get_num_threads())
     args = p.parse_args(argv)
     check_output(p, args.json)
     report = run(args.presets, args.precisions, args.variants, args.frames, args.threads)

@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from benchmarks import check_output, positive_int
+from benchmarks import check_output
+from export3d.cli import at_least
 
 
 def _stats(ms: list[float]) -> dict:
@@ -76,7 +77,7 @@ def run(frames: int | None = None) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--frames", type=positive_int, help="only the first N frames")
+    parser.add_argument("--frames", type=at_least(1), help="only the first N frames")
     args = parser.parse_args(argv)
     check_output(parser, args.json)
     result = run(args.frames)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import at_least
 from ..config import EXPRESSION_CODE_VERSION
 from ..media import VIDEO_SUFFIXES, MediaError, VideoWriter, load_image, output_path
 from .expression import CHANNEL_NAMES, activity, robust_neutral
@@ -240,12 +241,6 @@ def run_track(args) -> None:
           + (f" and {args.overlay}" if args.overlay else ""))
 
 
-def _positive(text: str) -> int:
-    from ..training.cli import at_least
-
-    return at_least(1)(text)
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "track", help="track a face video/photo: expression code, EG3D camera, aligned crop",
@@ -263,7 +258,7 @@ def register(subparsers) -> None:
                         help="which label goes into 'camera' (both are saved)")
     parser.add_argument("--source", help="source portrait whose head pose the relative camera "
                                          "starts from (default: frontal)")
-    parser.add_argument("--max-frames", type=_positive, help="stop after this many frames")
+    parser.add_argument("--max-frames", type=at_least(1), help="stop after this many frames")
     parser.add_argument("--no-smooth", action="store_true", help="turn the One Euro filters off")
     parser.set_defaults(run=run_track)
 

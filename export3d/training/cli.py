@@ -13,36 +13,11 @@ trains data-parallel (NCCL on GPUs, Gloo on CPU).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
 
+from ..cli import at_least, minutes
 from ..devices import resolve_device
-
-
-def at_least(low: int):
-    """argparse type: an integer >= ``low``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-    return parse
-
-
-def minutes(text: str) -> float:
-    """argparse type: a finite, positive number of minutes."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text}")
-    return value
 
 
 def run_prepare(args) -> None:

@@ -130,17 +130,22 @@ def test_a_time_limit_seen_by_one_rank_stops_every_rank_at_that_step(dataset, tm
     assert int(torch.load(tmp_path / "state.pt", weights_only=True)["step"]) == 3
 
 
-def test_ctrl_c_finishes_the_step_saves_and_resumes_there(dataset, tmp_path):
-    trainer = Trainer(get_config("tiny"), dataset, tmp_path, quiet(steps=50), progress=False)
+def ctrl_c_after_step(trainer: Trainer, at: int) -> None:
+    """A SIGINT to this process once step ``at`` is done, as a terminal's Ctrl-C mid-run."""
     step = trainer.train_step
 
     def step_then_signal():
         values = step()
-        if trainer.step == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-run, as a terminal's Ctrl-C
+        if trainer.step == at:
+            os.kill(os.getpid(), signal.SIGINT)
         return values
 
     trainer.train_step = step_then_signal
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_there(dataset, tmp_path):
+    trainer = Trainer(get_config("tiny"), dataset, tmp_path, quiet(steps=50), progress=False)
+    ctrl_c_after_step(trainer, 3)
     messages = []
     with pytest.raises(KeyboardInterrupt):
         trainer.fit(log=messages.append)
@@ -158,15 +163,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_there(dataset, tmp_path):
 
 def test_ctrl_c_in_the_last_step_lets_the_run_finish(dataset, tmp_path):
     trainer = Trainer(get_config("tiny"), dataset, tmp_path, quiet(steps=2), progress=False)
-    step = trainer.train_step
-
-    def last_step_then_signal():
-        values = step()
-        if trainer.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return values
-
-    trainer.train_step = last_step_then_signal
+    ctrl_c_after_step(trainer, 2)
     result = trainer.fit()  # no KeyboardInterrupt: the run was done
     assert result["steps"] == 2 and (tmp_path / "replicas.json").is_file()
 
