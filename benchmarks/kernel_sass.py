@@ -21,7 +21,13 @@ constexprs) and reports:
 - ``issue_bound_ms``: the time at which an ideal H100 SXM (132 SMs x 4 issue slots x 1.98 GHz)
   would merely *issue* the instructions of a 128 x 128-ray frame. A lower bound, not a
   prediction: memory latency, dependencies and occupancy add to it (on an H200 the serial
-  kernel measured about 3x this bound).
+  kernel measured about 3x this bound);
+- ``sfu_bound_ms``: the same frame's special-function instructions (MUFU: exp2, log2,
+  reciprocal) on the H100's special-function units, which take a warp's instruction in 8
+  clocks where the schedulers issue one a clock (16 results per clock per SM against 128
+  for fp32 FMAs: the CUDA programming guide's throughput table, compute capability 9.0).
+  The larger of the two bounds is ``bound_h100``: once the special-function bound nears the
+  issue bound, fewer instructions alone no longer make the kernel faster.
 Like callgrind for a CPU program, the counts are exactly repeatable, so a change's effect on
 the instruction stream is measured here before a GPU times it.
 """
@@ -51,6 +57,9 @@ from benchmarks import check_output  # noqa: E402
 # per SM 64 K registers, 228 KB of shared memory (227 KB per block), 64 warps, 32 blocks.
 H100_SMS = 132
 H100_WARP_ISSUE_PER_S = H100_SMS * 4 * 1.98e9
+# Clocks a warp's special-function instruction (MUFU) holds its scheduler's special-function
+# unit: 16 lanes an SM, 4 a scheduler, so 32 threads take 8 clocks.
+SFU_CLOCKS_PER_WARP_INSTRUCTION = 8
 SM_REGISTERS, SM_SHARED, SM_WARPS, SM_BLOCKS = 65536, 228 * 1024, 64, 32
 RAYS_PER_FRAME = 128 * 128
 
@@ -288,6 +297,10 @@ def analyse(config: aot.KernelConfig, arch: int, cubin: bytes, constants: dict,
         by_line[where] += count
     per_ray = dynamic * threads / config.block_rays
     warp_instructions = dynamic * num_warps * RAYS_PER_FRAME / config.block_rays
+    special = sum(count for (op, *_), count in zip(rows, in_loop) if op == "MUFU")
+    issue_ms = warp_instructions / H100_WARP_ISSUE_PER_S * 1e3
+    sfu_ms = (special * num_warps * RAYS_PER_FRAME / config.block_rays
+              * SFU_CLOCKS_PER_WARP_INSTRUCTION / H100_WARP_ISSUE_PER_S * 1e3)
     return {
         "config": asdict(config), "arch": f"sm_{arch}",
         **resources,
@@ -295,7 +308,10 @@ def analyse(config: aot.KernelConfig, arch: int, cubin: bytes, constants: dict,
         "static_instructions": len(rows), "loops": loop_out, "unresolved_loops": unresolved,
         "dynamic_instructions_per_thread": dynamic,
         "thread_instructions_per_ray": round(per_ray),
-        "issue_bound_ms_h100": round(warp_instructions / H100_WARP_ISSUE_PER_S * 1e3, 3),
+        "special_function_per_ray": round(special * threads / config.block_rays),
+        "issue_bound_ms_h100": round(issue_ms, 3),
+        "sfu_bound_ms_h100": round(sfu_ms, 3),
+        "bound_h100": "special-function units" if sfu_ms > issue_ms else "issue",
         "occupancy_h100": occupancy(resources["registers"], int(shared), num_warps,
                                     config.block_rays),
         "hot_lines": [{"source": f"{Path(w[0]).name}:{w[1]}" if w else "?",
@@ -320,12 +336,14 @@ def occupancy(registers: int, shared: int, num_warps: int, block_rays: int) -> d
 
 def print_table(results: list[dict]) -> None:
     print(f"{'configuration':24} {'regs':>4} {'stack':>6} {'smem':>6} "
-          f"{'instr/ray':>10} {'issue-bound ms':>14} {'warps/SM':>8} {'waves':>5}")
+          f"{'instr/ray':>10} {'issue-bound ms':>14} {'sfu-bound ms':>12} {'warps/SM':>8} "
+          f"{'waves':>5}")
     for r in results:
         occ = r["occupancy_h100"]
         print(f"{r['name']:24} {r['registers']:>4} {r['stack_bytes']:>6} {r['shared_bytes']:>6} "
               f"{r['thread_instructions_per_ray']:>10} {r['issue_bound_ms_h100']:>14.3f} "
-              f"{occ['warps_per_sm']:>8} {occ['waves'] or '-':>5}")
+              f"{r['sfu_bound_ms_h100']:>12.3f} {occ['warps_per_sm']:>8} "
+              f"{occ['waves'] or '-':>5}")
         if r.get("unresolved_loops"):
             print(f"  ! loops counted once, so the count is low (their back edge is on a line "
                   f"with no range(...): this arch's compiler shaped the loop otherwise, or the "
@@ -370,6 +388,8 @@ def main(argv=None) -> int:
                   "triton": triton.__version__, "python": sys.version.split()[0],
                   "shape": {"rays": RAYS_PER_FRAME, "values": PAPER512_VALUES},
                   "issue_model": "H100 SXM: 132 SMs x 4 issue/clock x 1.98 GHz",
+                  "sfu_model": "H100 SXM: 16 special-function results/clock/SM (8 clocks a "
+                               "warp instruction per scheduler)",
                   "configs": results}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -205,3 +205,26 @@ def test_paper512_default_launch_keeps_its_instruction_budget():
     assert walk["trips"] == 96 and walk["instructions_per_trip"] <= 80, walk
     compiled, _ = kernel_sass.compile_like_jit(config, 90)
     assert compiled.asm["ttgir"].count("ttg.local_alloc") <= 6
+
+
+def test_special_function_count_and_bound_at_paper512():
+    # Every decoded sample costs each hidden unit's softplus two special-function instructions
+    # (exp2, log2) and, where features are decoded, each feature's sigmoid two more (exp2,
+    # reciprocal): the coarse pass decodes 48 samples for density only, the merged pass 96
+    # with features. Measured on the half-precision default (64 x 4): 27078 a ray against
+    # that floor of 24576 (the rest: density, compositing, the importance sampler). A count
+    # below the floor means a transcendental left the special-function unit (libdevice's
+    # accurate log2 is a polynomial); far above it, work done twice.
+    config = replace(aot.KernelConfig(), dot_precision="fp16", triplane_dtype="float16",
+                     block_rays=64)
+    result = kernel_sass.profile(config, 90)
+    floor = 48 * 2 * config.hidden + 96 * 2 * (config.hidden + config.features)
+    assert floor <= result["special_function_per_ray"] <= 1.15 * floor, \
+        result["special_function_per_ray"]
+    # The bound follows from the count: 8 clocks a warp instruction, 4 schedulers an SM.
+    warp_mufu = result["special_function_per_ray"] * kernel_sass.RAYS_PER_FRAME / 32
+    expected = warp_mufu * 8 / kernel_sass.H100_WARP_ISSUE_PER_S * 1e3
+    assert result["sfu_bound_ms_h100"] == pytest.approx(expected, abs=1e-3)
+    assert result["bound_h100"] == ("issue" if result["issue_bound_ms_h100"]
+                                    >= result["sfu_bound_ms_h100"] else
+                                    "special-function units")
