@@ -81,7 +81,7 @@ class VideoFileCapture:
         if not self.cap.isOpened():
             raise CaptureError(f"cannot open video {path}; use an .mp4, .avi or .mkv file")
         fps = self.cap.get(cv2.CAP_PROP_FPS) or config.fps
-        self.fps = fps
+        self.path, self.fps = path, fps
         self.pace = _Paced(fps, config.realtime)
         self.i = 0
 
@@ -91,6 +91,9 @@ class VideoFileCapture:
         t0 = time.monotonic()
         ok, bgr = self.cap.read()
         if not ok or bgr is None:
+            if self.i == 0:  # opened, but nothing decodes: not a video that ended
+                raise CaptureError(f"no frame could be read from {self.path}; is it a video "
+                                   "(.mp4, .avi, .mkv)?")
             return None
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         read_s = time.monotonic() - t0

@@ -7,6 +7,8 @@ Stats print on exit; ``--stats-json`` writes them.
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 
 from .config import load_config, with_overrides
@@ -86,11 +88,30 @@ def _run(args) -> None:
                else config.generator.device)
     print(f"live: {config.capture.source} -> {config.generator.backend}/{runs_on} -> "
           f"{config.sink.sink} (Ctrl-C to stop)", file=sys.stderr)
-    summary = pipeline.run()
+    with _stops_on_terminate(pipeline):
+        summary = pipeline.run()
     print(format_summary(summary))
     if args.stats_json:
         write_json(summary, args.stats_json)
         print(f"wrote {args.stats_json}")
+
+
+@contextlib.contextmanager
+def _stops_on_terminate(pipeline):
+    """SIGTERM (``kill``, a service manager) and SIGHUP (the terminal closed) end the run as
+    quitting does: the output file finished, the stats printed. Without this they killed the
+    process, leaving a video file that does not play."""
+    def stop(signum, _frame):
+        pipeline.say(f"{signal.Signals(signum).name}: stopping")
+        pipeline.stop()
+
+    names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {n: signal.signal(getattr(signal, n), stop) for n in names}
+    try:
+        yield
+    finally:
+        for n, handler in previous.items():
+            signal.signal(getattr(signal, n), handler)
 
 
 def register(subparsers) -> None:

@@ -29,6 +29,9 @@ class CaptureConfig:
     retries: int = 5  # webcam open / empty-frame retries, with back-off
     backoff_s: float = 0.2
     frames: int = 0  # stop after this many frames (0: until the source ends)
+    # webcam: a read that has not returned for this long ends the run with the camera's
+    # message (some drivers block for ever on an unplugged camera instead of failing)
+    stall_s: float = 10.0
 
     def __post_init__(self):
         _at_least(self.fps, MIN_FPS, "capture.fps", "--fps", high=MAX_FPS)
@@ -37,6 +40,7 @@ class CaptureConfig:
         _at_least(self.frames, 0, "capture.frames", "--frames")
         _at_least(self.retries, 1, "capture.retries")
         _at_least(self.backoff_s, 0, "capture.backoff_s")
+        _at_least(self.stall_s, 0, "capture.stall_s", strict=True)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ frames, a photo without a face keeps the old one and says so).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import signal
 import sys
 import threading
 import time
@@ -25,7 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .capture import open_capture
+from export3d.errors import UserError
+
+from .capture import CaptureError, open_capture
 from .config import MAX_FPS, MIN_FPS, PipelineConfig
 from .generator import Generator, prepare_source
 from .queues import CLOSED, LatestQueue
@@ -33,6 +37,10 @@ from .sinks import open_sink
 from .tracking import Tracker
 
 STAGES = ("capture", "tracking", "generator", "sink")
+
+
+class PipelineError(UserError):
+    """A run that cannot go on: a stage out of GPU memory, a thread that never returned."""
 
 
 @dataclass
@@ -175,6 +183,11 @@ class Pipeline:
         self._source_threads: list[threading.Thread] = []
         self._photo = 0  # index in generator.photos of the current source
         self._left_width = None  # --side-by-side: the driving panel's width, from frame 0
+        self.hung: list[str] = []  # threads that did not end when the run did
+        self._ended: set[str] = set()  # threads whose function has returned or raised
+        self._last_read = None  # monotonic time of the capture's last frame (or its start)
+        self._capture_done = False
+        self._last_written = None  # (capture index, picture) of the sink's last frame
         self.capture = capture or open_capture(config.capture)
         self.tracker = self.generator = None
         try:
@@ -228,8 +241,10 @@ class Pipeline:
         out = self.queues["tracking"]
         limit = self.config.capture.frames
         n = 0
+        self._last_read = time.monotonic()
         while not self._stop.is_set() and (limit <= 0 or n < limit):
             frame = self.capture.read()
+            self._last_read = time.monotonic()
             if frame is None:
                 break
             p = Packet(frame.index, frame.t_capture, frame.rgb, frame)
@@ -237,6 +252,7 @@ class Pipeline:
             p.times["capture"] = (frame.t_capture - frame.read_s, frame.t_capture)
             out.put(p)
             n += 1
+        self._capture_done = True
         out.close()
 
     def _stage_loop(self, name: str, inbox: LatestQueue, outbox: LatestQueue, fn) -> None:
@@ -329,22 +345,26 @@ class Pipeline:
         print(f"live: {text}", file=sys.stderr)
         self.message, self._message_until = text, time.monotonic() + seconds
 
-    def _guard(self, fn, *args):
+    def _guard(self, name: str, fn, *args):
         def body():
             try:
                 fn(*args)
             except BaseException as exc:  # reported on the calling thread after the join
-                self.errors.append(exc)
+                self.errors.append(_explained(exc, name))
                 self.stop()
+            finally:
+                self._ended.add(name)
         return body
 
     def run(self) -> dict:
         q = self.queues
         threads = [
-            threading.Thread(target=self._guard(self._capture_loop), name="capture"),
-            threading.Thread(target=self._guard(self._stage_loop, "tracking", q["tracking"],
-                                                q["generator"], self._track), name="tracking"),
-            threading.Thread(target=self._guard(self._generator_loop), name="generator"),
+            threading.Thread(target=self._guard("capture", self._capture_loop), name="capture"),
+            threading.Thread(target=self._guard("tracking", self._stage_loop, "tracking",
+                                                q["tracking"], q["generator"], self._track),
+                             name="tracking"),
+            threading.Thread(target=self._guard("generator", self._generator_loop),
+                             name="generator"),
         ]
         for t in threads:
             t.daemon = True
@@ -353,16 +373,30 @@ class Pipeline:
             self._sink_loop()
         except KeyboardInterrupt:
             pass
+        except BaseException as exc:
+            self.errors.append(_explained(exc, "sink"))
         finally:
             self.stop()
-            self.hung = []
-            for t in threads:
-                t.join(timeout=self.config.join_timeout_s)
-                if t.is_alive():
-                    self.hung.append(t.name)
+            waiting = time.monotonic()
+            try:
+                for t in threads:
+                    t.join(timeout=self.config.join_timeout_s)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting; the output still closes
+                pass
+            # A thread that did not end is stuck in a call that never returned (a camera's
+            # read, a GPU call); its stage is not closed under it, and the run says so. Not
+            # is_alive(): a join interrupted by Ctrl-C marks a running thread as stopped
+            # (CPython 3.11 and 3.12, threading's bpo-45274 handling).
+            self.hung = [t.name for t in threads if t.name not in self._ended]
+            waited = time.monotonic() - waiting
             self.close()
         if self.errors:
             raise self.errors[0]
+        if self.hung:
+            raise PipelineError(
+                f"the {' and '.join(self.hung)} thread{'s' if len(self.hung) > 1 else ''} did "
+                f"not stop when the run ended (waited {waited:.1f} s): a camera or GPU call "
+                "that never returned; the output was closed without it")
         return self.summary()
 
     def _sink_loop(self) -> None:
@@ -372,6 +406,7 @@ class Pipeline:
                 self.command(cmd)
             p = inbox.get(timeout=0.1)
             if p is None:
+                self._check_camera()
                 continue
             if p is CLOSED:
                 break
@@ -385,9 +420,29 @@ class Pipeline:
                 self._left_width = frame.shape[1] - compose(p.output, None, cfg.size).shape[1]
             if self.hud:
                 frame = draw_hud(frame, self.stats, p.driving, self.message)
+            if getattr(self.sink, "keeps_time", False) and self._last_written is not None:
+                # A file plays at the capture's rate: a frame dropped on the way (latest frame
+                # wins) is the previous picture again, or the video would play fast and short.
+                index, last = self._last_written
+                for _ in range(max(0, p.index - index - 1)):
+                    self.sink.write(last)
             self.sink.write(frame)
+            self._last_written = (p.index, frame)
             p.times["sink"] = (t0, time.monotonic())
             self.stats.record(p)
+
+    def _check_camera(self) -> None:
+        """A webcam whose read never returns (unplugged mid-call, on some drivers) sends no
+        frame and no error: after ``capture.stall_s`` without one, the run ends with the
+        camera's message instead of showing its last picture forever."""
+        stall = self.config.capture.stall_s
+        if (not self.config.capture.source.startswith("webcam") or self._capture_done
+                or self._last_read is None or time.monotonic() - self._last_read < stall):
+            return
+        self.errors.append(CaptureError(
+            f"the camera sent no frame for {stall:g} s: was it unplugged, or taken by another "
+            "app?"))
+        self.stop()
 
     def command(self, cmd: str) -> None:
         name, _, arg = cmd.partition(":")
@@ -396,7 +451,7 @@ class Pipeline:
         elif name == "hud":
             self.hud = not self.hud
         elif name == "calibrate":
-            self.tracker.calibrate()
+            self.tracker.calibrate()  # applied by the tracking thread at its next frame
             self.say("calibrating: look at the camera and relax")
         elif name == "pose":
             self.say(f"pose: {self.tracker.toggle_pose()}")
@@ -406,13 +461,59 @@ class Pipeline:
             self.say(f"unknown command {cmd!r}")
 
     def close(self) -> None:
+        """Close the stages, the sink first: its output is finished whatever the others do
+        (a camera whose release blocks behind a read that never returned). After an error a
+        file sink keeps what it wrote as ``NAME.partial`` rather than under the name asked
+        for. A stage whose thread is listed in :attr:`hung` is left as it is."""
         for t in self._source_threads:
             t.join(timeout=self.config.join_timeout_s)
-        for stage in (self.capture, self.tracker, self.generator, self.sink):
+        stages = (("sink", self.sink), ("generator", self.generator),
+                  ("tracking", self.tracker), ("capture", self.capture))
+        for name, stage in stages:
+            if name in self.hung:
+                continue
             try:
-                stage.close()
+                if name != "sink":
+                    stage.close()
+                    continue
+                with _deferred_interrupt():  # a Ctrl-C here would lose the whole file
+                    if self.errors and hasattr(stage, "abort"):
+                        kept = stage.abort()
+                        if kept is not None:
+                            self.say(f"stopped by an error: the frames written so far are in "
+                                     f"{kept}")
+                    else:
+                        stage.close()
             except Exception as exc:  # keep closing the others
                 self.errors.append(exc)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Ctrl-C ignored within the block (main thread only): the run is ending anyway, and one
+    landing while a video file is being finished would leave it unplayable."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _explained(exc: BaseException, stage: str) -> BaseException:
+    """A stage's error as the run reports it: running out of GPU memory is one sentence
+    with what to change; anything else keeps its type and trace, with the stage named."""
+    if isinstance(exc, UserError) or not isinstance(exc, Exception):
+        return exc
+    if type(exc).__name__ == "OutOfMemoryError":  # torch's, from any stage's GPU work
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        return PipelineError(
+            f"the {stage} stage ran out of GPU memory ({first[:160]}); try --precision bf16 "
+            "or fp16, a smaller --preset, or close other programs using the GPU")
+    exc.add_note(f"(raised in the live pipeline's {stage} stage)")
+    return exc
 
 
 def write_json(summary: dict, path) -> None:

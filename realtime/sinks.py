@@ -51,7 +51,10 @@ class NullSink:
 
 class FileSink:
     """``.mp4`` (mp4v), ``.avi`` or ``.mkv`` (FFV1, lossless) via export3d.media.VideoWriter;
-    opened at the first frame's size."""
+    opened at the first frame's size. ``keeps_time``: the pipeline writes a dropped frame's
+    slot as the previous picture, so the file lasts as long as the capture did."""
+
+    keeps_time = True
 
     def __init__(self, path: str, fps: float):
         from export3d.media import output_path
@@ -75,6 +78,14 @@ class FileSink:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def abort(self):
+        """End a run stopped by an error: the frames so far as ``NAME.partial.EXT``
+        (returned; None when there are none), never under the name asked for."""
+        if self._writer is None:
+            return None
+        kept, self._writer = self._writer.abort(), None
+        return kept
 
 
 class WindowSink:

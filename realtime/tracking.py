@@ -32,6 +32,10 @@ class Tracker:
         # computes both every frame, so switching is just this flag (read once per frame).
         self.relative_camera = config.relative_camera
         self.source_rotation = None  # R_src; None: frontal
+        # 'c' comes from the sink's thread; the extractor's state belongs to the tracking
+        # thread, which starts the calibration at its next frame (calibrating under a frame
+        # in progress broke it: a neutral of None, an empty stack of rotations).
+        self._calibrate = False
 
     @property
     def extractor(self):
@@ -60,6 +64,9 @@ class Tracker:
         # the landmarker's VIDEO mode needs strictly increasing timestamps
         t = max(frame.t_capture - self._t0, self._last_t + 1e-3)
         self._last_t = t
+        if self._calibrate:
+            self._calibrate = False
+            self.extractor.calibrate()
         tf = self.extractor.process(frame.rgb, t)
         camera = tf.camera_relative if self.relative_camera else tf.camera
         return Driving(np.asarray(tf.expr, np.float32), np.asarray(camera, np.float32),
@@ -70,8 +77,8 @@ class Tracker:
         return "relative" if self.relative_camera else "absolute"
 
     def calibrate(self) -> None:
-        if self._extractor is not None:
-            self._extractor.calibrate()
+        """Recalibrate the neutral face from the next frames; safe from any thread."""
+        self._calibrate = True
 
     def close(self) -> None:
         if self._extractor is not None:

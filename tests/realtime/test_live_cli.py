@@ -402,3 +402,41 @@ def test_onnxruntime_providers_by_flag_and_a_missing_one_in_one_line(tmp_path, c
     # The graphs hold their weights: a checkpoint beside them was silently ignored.
     assert main(["live", *base, "--checkpoint", "assets/demo64.safetensors"]) == 2
     assert "--checkpoint is the torch backend's" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_terminate_and_hangup_finish_the_file_like_quitting(tmp_path, signame):
+    # kill (a service manager's stop) or a closed terminal: the process died at once, leaving
+    # a 44-byte part file that does not play and no video under the name asked for.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import cv2
+
+    out = tmp_path / "live.mkv"
+    proc = subprocess.Popen([sys.executable, "-m", "export3d.cli", "live", "--synthetic",
+                             "--fps", "20", "--sink", f"file:{out}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        deadline = time.monotonic() + 120
+        part = tmp_path / ".live.part.mkv"
+        while not (part.exists() and part.stat().st_size > 2000):  # frames are being written
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.1)
+        proc.send_signal(getattr(signal, signame))
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert f"{signame}: stopping" in stderr
+    frames = int(stdout.split(" frames,")[0].split()[-1])  # the printed summary
+    cap = cv2.VideoCapture(str(out))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count >= frames >= 1

@@ -42,6 +42,7 @@ class FakeExtractor:
         self.absolute = eg3d_label(np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]))
         self.relative = eg3d_label(np.eye(3))
         self.calibrations = 0
+        self.calibrated_on = []  # the threads calibrate() ran on
         self.sources = []  # R_src handed over by the pipeline, in order
 
     def process(self, rgb, t):
@@ -53,6 +54,7 @@ class FakeExtractor:
 
     def calibrate(self):
         self.calibrations += 1
+        self.calibrated_on.append(threading.current_thread().name)
 
     def set_source(self, rotation):
         self.sources.append(np.array(rotation))
@@ -131,7 +133,10 @@ def test_every_control_through_pipeline_command(photos):
         assert np.allclose(cameras[-1], extractor.relative)
 
         pipe.command("calibrate")
-        assert extractor.calibrations == 1
+        # Started by the tracking thread at its next frame, never under a frame in progress
+        # from the thread that took the key (run here from this test's thread).
+        wait_until(lambda: extractor.calibrations == 1)
+        assert extractor.calibrated_on == ["tracking"]
 
         pipe.command("hud")
         assert pipe.hud is True

@@ -197,3 +197,181 @@ def test_a_stage_that_cannot_open_closes_the_ones_already_made(monkeypatch):
         Pipeline(cfg, capture=Stage("capture"), tracker=Stage("tracker"),
                  generator=Stage("generator"))
     assert closed == ["generator", "tracker", "capture"]
+
+
+class BlockingCam:
+    """A webcam that sends two frames, then blocks in read() until ``release`` is set (some
+    drivers do this when the camera is unplugged)."""
+
+    def __init__(self, index):
+        self.reads, self.released = 0, False
+        self.release_event = threading.Event()
+
+    def isOpened(self):
+        return True
+
+    def set(self, prop, value):
+        pass
+
+    def read(self):
+        self.reads += 1
+        if self.reads > 2:
+            self.release_event.wait(30)
+            return False, None
+        return True, np.zeros((48, 64, 3), np.uint8)
+
+    def release(self):
+        self.released = True
+
+
+def test_a_webcam_whose_read_never_returns_ends_the_run_with_the_cameras_message():
+    # Before: the output froze on the last picture for ever, and Ctrl-C then ended the run
+    # with status 0 and nothing said; closing the camera under the blocked read could hang.
+    from realtime.capture import CaptureError, open_capture
+
+    cfg = CaptureConfig(source="webcam:0", stall_s=0.5, realtime=False)  # every frame kept
+    capture, sink = open_capture(cfg, opener=BlockingCam), Sink()
+    pipe = Pipeline(PipelineConfig(capture=cfg, tracking=TrackingConfig(enabled=False),
+                                   join_timeout_s=0.3), capture=capture, sink=sink)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(CaptureError, match=r"sent no frame for 0.5 s: was it unplugged"):
+            pipe.run()
+        elapsed = time.monotonic() - t0
+    finally:
+        capture.cap.release_event.set()
+    assert 0.5 <= elapsed < 5
+    assert pipe.hung == ["capture"]  # still inside read(): not closed under it
+    assert not capture.cap.released and sink.closed and sink.frames == 2
+
+
+def test_a_second_ctrl_c_while_threads_stop_still_finishes_the_file(tmp_path):
+    # Ctrl-C, then Ctrl-C again while the run waits for a stuck thread: the second one
+    # skipped closing the stages, and the video was left unplayable (a 44-byte part file).
+    import os
+    import signal
+
+    from realtime.capture import open_capture
+    from realtime.pipeline import PipelineError
+    from realtime.sinks import FileSink
+
+    class CtrlC(FileSink):
+        def poll(self):
+            if self.frames >= 1:
+                threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+                raise KeyboardInterrupt
+            return []
+
+    cfg = CaptureConfig(source="webcam:0", stall_s=60)  # the read blocks at the third frame
+    capture = open_capture(cfg, opener=BlockingCam)
+    out = tmp_path / "live.mkv"
+    sink = CtrlC(str(out), 25)
+    pipe = Pipeline(PipelineConfig(capture=cfg, tracking=TrackingConfig(enabled=False),
+                                   join_timeout_s=3), capture=capture, sink=sink)
+    try:
+        with pytest.raises(PipelineError, match=r"the capture thread did not stop when the "
+                           r"run ended \(waited 0\.\d s\)"):
+            pipe.run()
+    except KeyboardInterrupt:
+        pytest.fail("the second Ctrl-C escaped the run")
+    finally:
+        capture.cap.release_event.set()
+    cap = cv2.VideoCapture(str(out))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == sink.frames >= 1
+
+
+def test_a_generator_out_of_gpu_memory_is_one_sentence_and_the_file_is_kept_as_partial(
+        tmp_path):
+    import torch
+
+    from realtime.pipeline import PipelineError
+    from realtime.sinks import FileSink
+
+    out = tmp_path / "live.mkv"
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic", fps=100, width=64,
+                                               height=48, realtime=False),
+                         tracking=TrackingConfig(enabled=False))
+    pipe = Pipeline(cfg, sink=FileSink(str(out), 25))
+    backend, calls = pipe.generator.backend, []
+    frame = backend.frame
+
+    def failing(expr, camera):
+        calls.append(1)
+        if len(calls) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\n"
+                                         "(GPU 0; 79.1 GiB total capacity)")
+        return frame(expr, camera)
+
+    backend.frame = failing
+    with pytest.raises(PipelineError) as e:
+        pipe.run()
+    message = str(e.value)
+    assert "\n" not in message and "generator stage ran out of GPU memory" in message
+    assert "Tried to allocate 2.00 GiB" in message and "--precision" in message
+    # Never a shorter video under the name asked for: what was written is the partial file.
+    assert not out.exists()
+    partial = tmp_path / "live.partial.mkv"
+    cap = cv2.VideoCapture(str(partial))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert 1 <= count <= 4
+
+
+def test_any_other_stage_error_keeps_its_type_and_names_the_stage():
+    pipe = Pipeline(PipelineConfig(capture=CaptureConfig(source="synthetic", fps=100, width=64,
+                                                         height=48, realtime=False),
+                                   tracking=TrackingConfig(enabled=False)), sink=Sink())
+
+    def broken(expr, camera):
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+
+    pipe.generator.backend.frame = broken
+    with pytest.raises(RuntimeError, match="CUDNN_STATUS_INTERNAL_ERROR") as e:
+        pipe.run()
+    assert "(raised in the live pipeline's generator stage)" in e.value.__notes__
+
+
+def test_a_video_with_no_decodable_frame_is_an_error_not_an_empty_run(tmp_path):
+    from realtime.capture import CaptureError, open_capture
+
+    bad = tmp_path / "clip.jpg"  # OpenCV opens it (as an image sequence), decodes nothing
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 500)
+    capture = open_capture(CaptureConfig(source=f"file:{bad}"))
+    with pytest.raises(CaptureError, match="no frame could be read from .*clip.jpg"):
+        capture.read()
+    capture.close()
+
+
+def test_a_file_sink_fills_dropped_frames_so_the_video_keeps_the_captures_time():
+    # Latest frame wins in real time: a slow generator drops frames. Written at the capture's
+    # rate, the file played fast and short (61 of 72 frames: 15% fast); each dropped slot is
+    # now the previous picture again.
+    written = []
+
+    class TimedSink(Sink):
+        keeps_time = True
+
+        def write(self, rgb):
+            super().write(rgb)
+            written.append(rgb)
+            time.sleep(0.03)  # slower than the 100 fps capture: frames drop
+
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic", fps=100, width=64,
+                                               height=48, frames=40),
+                         tracking=TrackingConfig(enabled=False), queue_size=1)
+    pipe = Pipeline(cfg, sink=TimedSink())
+    summary = pipe.run()
+    shown = pipe.stats.indices
+    assert summary["frames"] == len(shown) < 40  # frames were dropped
+    assert len(written) == shown[-1] - shown[0] + 1  # and their slots filled
+    # Each filled slot repeats the picture shown before it.
+    slot = {index: i for i, index in enumerate(range(shown[0], shown[-1] + 1))}
+    for a, b in zip(shown, shown[1:]):
+        for k in range(a + 1, b):
+            assert written[slot[k]] is written[slot[a]]
