@@ -141,11 +141,13 @@ CONTEXT_LOST_EXIT = 3
 MAX_SECTION_STARTS = 8
 # A section's process printing nothing for this long is taken to hang, and killed. Every item
 # prints when it starts; the slowest silent steps measured were a torch.compile of the frame
-# (19 s on the H200) and the compile of a tiled launch (tens of seconds).
-SILENCE_LIMIT_S = 240.0
+# (19 s on the H200) and the compile of a launch-sweep row (at most 4.4 s on a 2-core CPU for
+# sm_90). A hang costs this much of a loan that lasts 15 minutes in all.
+SILENCE_LIMIT_S = 120.0
 # How long past the budget a section's process may go on before it is killed: the budget only
-# stops new items from starting, and the summary still has to be written.
-OVERRUN_LIMIT_S = 120.0
+# stops new items from starting, and the summary still has to be written. With the default
+# budget (420 s) the suite ends within ~8 minutes, under the GPU machine's 10 minutes a call.
+OVERRUN_LIMIT_S = 60.0
 OVERRAN = "ran past the time budget and was killed"
 # How long the output of a section's process that has ended (or been killed) is still read.
 EXITED_QUIET_S = 5.0
@@ -477,6 +479,10 @@ def tensorrt_kernel(torch, config, device, warmup, iters) -> dict:
 
 # Seconds of the budget the launch sweep leaves to the model, TensorRT and live sections.
 SWEEP_RESERVE_S = 240.0
+# Seconds of the budget a torch.compile variant needs left to start: the H200 compiled the
+# frame in 19 s, then ~50 timed frames. At 150 s the first report's compile variant was
+# skipped with 120 s left, and the frame target's likeliest best setting went unmeasured.
+COMPILE_RESERVE_S = 60.0
 
 
 def raymarch_timing(torch, config, device, warmup, iters, budget=None, report=None,
@@ -706,7 +712,7 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
         if impl == "kernel" and "kernel_unusable" in job.value:
             impl = "reference"
         v = job.finished("variants", name)  # done by an earlier process of this section
-        if v is None and budget.left() < (150 if mode == "compile" else 20):
+        if v is None and budget.left() < (COMPILE_RESERVE_S if mode == "compile" else 20):
             job.store("variants", name, {"skipped": f"time budget ({budget.left():.0f} s left)"})
             continue
         if v is None:
@@ -1041,23 +1047,38 @@ def ops_section(torch, device, dry_run: bool, warmup, iters, budget: Budget) -> 
                                              render_impl="reference")
     out = {"preset": preset, "dtype": str(dtype).replace("torch.", ""), "channels_last": True,
            **ops.op_candidates(model, source, expr, warmup, min(iters, 30),
-                               progress=lambda line: print(f"  ops {line}", flush=True))}
+                               progress=lambda line: print(f"  ops {line}", flush=True),
+                               time_left=budget.left)}
     del model, source
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
 
 
+def roofline_card(gpu_name: str | None) -> tuple[str, str | None]:
+    """The ``benchmarks.roofline.GPUS`` entry for a card torch names (an H100 SXM is "NVIDIA
+    H100 80GB HBM3"), and a note when the card is not one of them: H100 SXM figures then,
+    which overstate an H100 PCIe's or NVL's compute and bandwidth (its floors come out low)
+    and are not a GH200's."""
+    name = (gpu_name or "").upper()
+    if "H200" in name and "GH200" not in name:
+        return "h200", None
+    if "H100" in name and not any(part in name for part in ("PCIE", "NVL")):
+        return "h100", None
+    return "h100", (f"{gpu_name or 'no GPU'} is not in benchmarks.roofline.GPUS: H100 SXM "
+                    "figures, so its floors are only indicative")
+
+
 def roofline_section(preset: str, gpu_name: str | None) -> dict:
-    """The static floors of ``benchmarks.roofline`` for this card (H100 figures for a card it
-    does not list), so the summary can say how far each measured stage is from its floor."""
+    """The static floors of ``benchmarks.roofline`` for this card (H100 SXM figures, with a
+    note, for a card it does not list), so the summary can say how far each measured stage
+    is from its floor."""
     from benchmarks import roofline
 
-    name = (gpu_name or "").upper()
-    key = "h200" if "H200" in name else "h100"
+    key, note = roofline_card(gpu_name)
     out = roofline.roofline(preset, key, "bfloat16")
-    if key.upper() not in name:
-        out["note"] = f"{gpu_name or 'no GPU'} is not in benchmarks.roofline.GPUS: H100 figures"
+    if note:
+        out["note"] = note
     return out
 
 

@@ -431,21 +431,44 @@ def measure_site(site, warmup: int, iters: int) -> dict:
             row["within"] = row["max_abs_err"] <= tolerance
             if row["within"]:
                 good[name] = row["p50_ms"]
+    if not good:  # the model's own error is not finite: nothing to compare against
+        out["error"] = (f"no form within tolerance (the model's own form is "
+                        f"{model_row['max_abs_err']:.3g} from fp32)")
+        return out
     best = min(good, key=good.get)
     out["fastest_within"] = best
     out["saving_ms_per_frame"] = round((model_row["p50_ms"] - good[best]) * site["calls"], 4)
     return out
 
 
-def op_candidates(model, source, expr, warmup: int, iters: int, progress=None) -> dict:
+def op_candidates(model, source, expr, warmup: int, iters: int, progress=None,
+                  time_left=None) -> dict:
     """Every site of ``model.generate`` measured (see the module docstring), and the total
     saving per frame if each site took its fastest form within tolerance. ``progress``: a
-    callable given a line as each site starts."""
-    sites = []
+    callable given a line as each site starts; ``time_left``: a callable giving the seconds
+    left, below 20 the remaining sites are skipped. A site that fails is recorded as such and
+    the others still run, unless its error left the CUDA context unusable (every later call
+    would fail): then the rest are skipped, saying so."""
+    from benchmarks.gpu_suite import context_lost
+
+    sites, stopped = [], None
     for site in capture_sites(model, source, expr):
+        shape = "x".join(map(str, site["inputs"][0].shape))
+        head = {"kind": site["kind"], "calls_per_frame": site["calls"],
+                "shapes": [list(t.shape) for t in site["inputs"]]}
+        if stopped is None and time_left is not None and time_left() < 20:
+            stopped = f"time budget ({time_left():.0f} s left)"
+        if stopped:
+            sites.append({**head, "skipped": stopped})
+            continue
         if progress:
-            progress(f"{site['kind']} {'x'.join(map(str, site['inputs'][0].shape))} ...")
-        sites.append(measure_site(site, warmup, iters))
+            progress(f"{site['kind']} {shape} ...")
+        try:
+            sites.append(measure_site(site, warmup, iters))
+        except Exception as exc:  # noqa: BLE001 - recorded; the other sites still run
+            sites.append({**head, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
+            if context_lost(torch):
+                stopped = f"the CUDA context was lost at {site['kind']} {shape}"
     sites.sort(key=lambda s: -s.get("saving_ms_per_frame", 0.0))
     return {"sites": sites,
             "saving_ms_per_frame": round(sum(s.get("saving_ms_per_frame", 0.0)
@@ -456,6 +479,10 @@ def print_table(result: dict) -> None:
     print(f"{'site':12} {'shape':28} {'calls':>5}  form             p50 ms   max err   within")
     for s in result["sites"]:
         shape = "x".join(map(str, s["shapes"][0]))
+        if "forms" not in s:  # skipped, or failed before its forms ran
+            print(f"{s['kind']:12} {shape:28} {s['calls_per_frame']:>5}  "
+                  f"{s.get('skipped') or s.get('error', '')}"[:120])
+            continue
         for i, (name, row) in enumerate(s["forms"].items()):
             head = (f"{s['kind']:12} {shape:28} {s['calls_per_frame']:>5}" if i == 0
                     else " " * 47)

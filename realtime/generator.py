@@ -74,10 +74,19 @@ class Generator:
         self.source = self.photos[0]
         image, self.source_rotation = prepare_source(self.source, image_size, with_pose=True)
         self.backend.encode_source(image)
+        on_cuda = getattr(backend, "name", "") == "torch" and str(backend.device).startswith(
+            "cuda")
         if getattr(backend, "compiled", False):
             warm_up_compiled(backend)
+        elif on_cuda:
+            # One frame before the first real one: cuDNN picks its convolution algorithms and
+            # the ray-march kernel loads on the first call, which would otherwise stall the
+            # call's first frames (and the live benchmark's worst percentiles).
+            from export3d.camera import orbit_camera
+
+            backend.frame(np.zeros((1, 64), np.float32), orbit_camera(0.0).numpy())
         shape = (image_size, image_size, 3)
-        if getattr(backend, "name", "") == "torch" and str(backend.device).startswith("cuda"):
+        if on_cuda:
             import torch
 
             torch.cuda.synchronize()  # the source was encoded on the default stream

@@ -347,3 +347,16 @@ def test_resume_keeps_finished_work_and_runs_what_was_cut_short(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(
         f"gpu_suite: error: {path} is a gpu report of None, this is a dry-run")
+
+
+def test_roofline_figures_only_for_the_cards_they_are():
+    # "H100" in the name took H100 SXM figures for an H100 PCIe or NVL (less compute and
+    # bandwidth: ratios to the floor 1.3-1.7x too high) without a note, and a GH200 as an H200.
+    from benchmarks.gpu_suite import roofline_card
+
+    assert roofline_card("NVIDIA H100 80GB HBM3") == ("h100", None)  # torch's name for SXM
+    assert roofline_card("NVIDIA H200") == ("h200", None)
+    for other in ("NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA GH200 480GB",
+                  "NVIDIA A100-SXM4-80GB", None):
+        key, note = roofline_card(other)
+        assert key == "h100" and note and "only indicative" in note, other

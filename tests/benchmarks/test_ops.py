@@ -223,3 +223,40 @@ def test_the_forms_build_no_tensors_from_python_data_once_warm(tiny):
             model.generate(source, expr), model.superresolve(features)
     assert first.seen  # the check can fail
     assert warm.seen == []
+
+
+def test_a_failing_site_or_a_spent_budget_costs_that_site_not_the_section(tiny, monkeypatch,
+                                                                         capsys):
+    # A site whose fp32 reference raised, or a model form whose error is NaN (no form within
+    # tolerance: min() of nothing), ended the whole ops section, and with it the model
+    # variants that use its fastest forms.
+    real = ops.measure_site
+
+    def flaky(site, warmup, iters):
+        if site["kind"] == "depthwise":
+            raise RuntimeError("cuDNN refused these shapes\nsecond line")
+        return real(site, warmup, iters)
+
+    monkeypatch.setattr(ops, "measure_site", flaky)
+    result = ops.op_candidates(*tiny, warmup=0, iters=1)
+    failed = [s for s in result["sites"] if s["kind"] == "depthwise"]
+    assert failed and all(s["error"] == "RuntimeError: cuDNN refused these shapes"
+                          for s in failed)
+    assert all("fastest_within" in s for s in result["sites"] if s["kind"] != "depthwise")
+    ops.print_table(result)  # prints the failed site's line too
+    assert "cuDNN refused" in capsys.readouterr().out
+
+    # The budget: once under 20 s, the remaining sites are skipped, saying why.
+    left = iter([100.0, 100.0] + [5.0] * 100)
+    result = ops.op_candidates(*tiny, warmup=0, iters=1, time_left=lambda: next(left))
+    skipped = [s for s in result["sites"] if "skipped" in s]
+    assert skipped and len(skipped) == len(result["sites"]) - 2
+    assert all(s["skipped"] == "time budget (5 s left)" for s in skipped)
+
+    # A NaN in the model's own form: that site says so instead of raising.
+    monkeypatch.setattr(ops, "measure_site", real)
+    site = [s for s in ops.capture_sites(*tiny) if s["kind"] == "lowpass"][0]
+    site["inputs"] = [site["inputs"][0].clone().fill_(float("nan"))] + site["inputs"][1:]
+    measured = ops.measure_site(site, warmup=0, iters=1)
+    assert measured["error"].startswith("no form within tolerance") and \
+        "fastest_within" not in measured
