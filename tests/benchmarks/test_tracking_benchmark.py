@@ -11,5 +11,5 @@ def test_tracking_benchmark_on_the_first_frames():
         s = result[stage]
         assert s["frames"] == 30
         assert 0 < s["p50_ms"] <= s["p95_ms"]
-    # The landmarker (a neural network per frame) costs far more than the geometry after it.
-    assert result["landmarker"]["p50_ms"] > 3 * result["post_isolated"]["p50_ms"]
+    # How the stages compare in speed is the benchmark's to report, not a test's to assert
+    # (a loaded CI machine would make it flaky).

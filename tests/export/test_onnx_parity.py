@@ -134,3 +134,26 @@ def test_manifest_refuses_a_modified_graph(exported, tmp_path):
         f.write(b"\0")
     with pytest.raises(manifest.ManifestError, match="does not match the sha256"):
         manifest.verify(copy)
+
+
+def test_the_parity_check_fails_when_the_graphs_are_not_the_models(exported):
+    # The parity tests above assert the errors compare_backends measures; this one shows the
+    # measurement sees a real difference, output by output, and that check=True refuses it:
+    # the graphs against a model whose super-resolution weights moved after export.
+    import copy
+
+    import torch
+
+    from export.parity import ParityError
+
+    model, result = exported("tiny", "fp32")
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in moved.superres.parameters():
+            p.add_(0.05)
+    errors = compare_backends(moved, result.out_dir, frames=2, check=False)
+    assert errors["image"] > 100 * TOLERANCE["fp32"]["image"]  # SR's output moved
+    assert errors["image_raw"] <= TOLERANCE["fp32"]["image_raw"]  # the render did not
+    assert errors["depth"] <= TOLERANCE["fp32"]["depth"]
+    with pytest.raises(ParityError, match=r"\(image: [0-9.e+-]+ > 1e-04\)"):
+        compare_backends(moved, result.out_dir, frames=2)

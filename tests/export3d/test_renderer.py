@@ -191,3 +191,22 @@ def test_fp16_triplane_is_computed_in_fp32():
     for x, y in zip(half, full):
         assert x.dtype == torch.float32
         assert torch.equal(x, y)
+
+
+def test_plane_axes_are_eg3ds_projection_and_the_true_planes():
+    # EG3D projects a point onto plane k as (point @ inverse(M_k))[:2] with its three fixed
+    # plane matrices (paper-spec 5.2: the second plane samples at (x, z), the third at (z, x)),
+    # computed here from those matrices, not from our constant; the default is true XY, XZ, YZ.
+    from engines.raymarch import contract
+
+    eg3d_planes = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                                [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
+                                [[0, 0, 1], [1, 0, 0], [0, 1, 0]]], dtype=torch.float64)
+    point = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    projected = (point @ torch.linalg.inv(eg3d_planes))[:, :2]
+    for k, (a, b) in enumerate(PLANE_AXES_EG3D):
+        assert torch.equal(projected[k], point[[a, b]]), k
+    assert PLANE_AXES == ((0, 1), (0, 2), (1, 2))  # x-y, x-z, y-z: every axis pair
+    # The kernel's contract keeps its own copies (engines imports nothing of export3d).
+    assert contract.PLANE_AXES == PLANE_AXES
+    assert contract.PLANE_AXES_EG3D == PLANE_AXES_EG3D

@@ -17,7 +17,6 @@ def test_live_benchmark_unpaced_json(tmp_path, capsys):
     for stage in ("capture", "tracking", "generator", "sink"):
         p = e["stages"][stage]
         assert p["n"] == 12 and 0 <= p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"]
-    assert o["stages"]["tracking"]["p99_ms"] < 1.0  # the stand-in costs nothing
     assert o["ms_per_frame"] > 0 and o["cpu_ms_per_frame"] > 0
     assert set(result["targets"]) == {"fps", "fps_met", "overhead_ms", "overhead_met"}
 

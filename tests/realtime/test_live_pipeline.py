@@ -228,3 +228,71 @@ def test_a_webcam_run_says_how_far_to_delay_the_microphone():
     synthetic = CaptureConfig(source="synthetic", fps=100, frames=3, width=64, height=48)
     summary = Pipeline(PipelineConfig(capture=synthetic), sink=SlowSink(0)).run()
     assert "audio_delay_ms" not in summary and "microphone" not in format_summary(summary)
+
+
+def test_each_written_picture_is_the_generators_frame_for_its_own_driving():
+    # What reaches the sink is the model's image for that packet's expression and camera, in
+    # [0, 255] with the model's [-1, 1] mapped linearly, in capture order: not another
+    # frame's, not blank (the HUD alone passed the other tests' pixel checks).
+    from realtime.config import TrackingConfig
+
+    cfg = PipelineConfig(capture=CaptureConfig(source="synthetic", fps=100, width=64,
+                                               height=48, frames=6, realtime=False),
+                         tracking=TrackingConfig(enabled=False), sink=SinkConfig(hud=False))
+    written = []
+
+    class Keep(SlowSink):
+        def write(self, rgb):
+            written.append(rgb.copy())
+
+    pipe = Pipeline(cfg, sink=Keep(0))
+    backend, computed = pipe.generator.backend, []
+    frame = backend.frame
+
+    def recording(expr, camera):
+        out = frame(expr, camera)
+        computed.append((camera.copy(), out["image"][0].copy()))
+        return out
+
+    backend.frame = recording
+    pipe.run()
+    assert len(written) == len(computed) == 6
+    cameras = pipe.capture.cameras
+    for i, (rgb, (camera, image)) in enumerate(zip(written, computed)):
+        assert np.allclose(camera[0], cameras[i % len(cameras)])  # frame i's own camera
+        expected = (np.clip(image, -1, 1) + 1) * 127.5
+        assert rgb.shape == (*image.shape[1:], 3) and rgb.dtype == np.uint8
+        assert np.abs(rgb.astype(np.float64) - expected.transpose(1, 2, 0)).max() <= 0.5 + 1e-6
+    assert not np.array_equal(written[0], written[1])  # the camera moved between them
+
+
+def test_stats_from_known_timestamps():
+    # Glass-to-glass is sink end - capture time, stage times are their (start, end) spans,
+    # fps counts intervals between the first and last written frame, and percentiles are
+    # numpy's linear ones: checked on packets with chosen timestamps.
+    from realtime.pipeline import Packet, Stats
+
+    stats = Stats()
+    for i in range(101):  # one frame every 40 ms; tracking 10 ms, but 90 ms for the last two
+        t = 10.0 + 0.04 * i
+        p = Packet(i, t, np.zeros((1, 1, 3), np.uint8))
+        track = 0.09 if i >= 99 else 0.01
+        p.times = {"capture": (t - 0.002, t), "tracking": (t, t + track),
+                   "generator": (t + track, t + track + 0.02),
+                   "sink": (t + track + 0.02, t + track + 0.025)}
+        stats.record(p)
+    summary = stats.summary({})
+    assert summary["frames"] == 101
+    assert summary["fps"] == pytest.approx(100 / (4.0 + 0.08), rel=1e-9)  # last frame late
+    tracking = summary["stages"]["tracking"]
+    assert tracking["p50_ms"] == pytest.approx(10.0) and tracking["p95_ms"] == pytest.approx(10.0)
+    assert tracking["p99_ms"] == pytest.approx(90.0)  # the 100th of 101 sorted values
+    assert summary["stages"]["capture"]["p50_ms"] == pytest.approx(2.0)
+    g = summary["glass_to_glass"]  # capture -> sink end: tracking + 20 + 5 ms
+    assert g["p50_ms"] == pytest.approx(35.0) and g["p99_ms"] == pytest.approx(115.0)
+    assert g["mean_ms"] == pytest.approx((99 * 35.0 + 2 * 115.0) / 101)
+    # 0, 1, ..., 100 ms: each percentile is its own value.
+    from realtime.pipeline import percentiles
+
+    p = percentiles([k / 1000 for k in range(101)])
+    assert (p["p50_ms"], p["p95_ms"], p["p99_ms"]) == pytest.approx((50.0, 95.0, 99.0))
