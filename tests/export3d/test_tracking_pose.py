@@ -152,3 +152,90 @@ def test_face_observation_box():
     lm[0, :2], lm[1, :2] = (0.25, 0.5), (0.75, 1.0)
     np.testing.assert_allclose(FaceObservation(lm, np.zeros(52), 100, 200, 0).box(),
                                (25, 100, 75, 200))
+
+
+# -- Exact ground truth for the residual / confidence and for canonicalise ---------------------
+# (a mutation audit found a residual of 0 (confidence always 1) and q = R (p - t) / s in place of
+# R^T (p - t) / s both survived: the confidence tests only had lower bounds and the
+# canonicalisation test used angles <= 0.1 rad with a 0.02 tolerance.)
+
+
+def _posed_points(q: np.ndarray, rotation: np.ndarray, scale: float, t) -> np.ndarray:
+    """``s R q + t`` in the pixel frame, float64 (no float32 round trip)."""
+    return scale * q @ rotation.T + np.asarray(t, np.float64)
+
+
+def _shape_noise(rotation, scale, rigid: np.ndarray, w: np.ndarray, rms_cm: float, seed: int):
+    """Pixel-frame noise ``[33, 3]`` on the rigid landmarks that no similarity transform can
+    absorb: weighted-orthogonal to the 7 tangent directions (3 translations, scale, 3 rotations)
+    of ``s R c + t`` at the true pose. The true pose is then a stationary point of the weighted
+    least squares, so the fit returns it exactly and the residual is exactly the noise's weighted
+    RMS (``rms_cm`` canonical cm, i.e. ``rms_cm * scale`` px)."""
+    rng = np.random.default_rng(seed)
+    rc = rigid @ rotation.T  # R c_i
+    basis = [np.tile(e, (len(rigid), 1)) for e in np.eye(3)] + [rc]
+    basis += [np.cross(axis, rc) for axis in np.eye(3)]
+    a = np.stack([b.reshape(-1) for b in basis], axis=1)  # [99, 7]
+    sw = np.repeat(np.sqrt(w), 3)  # weighted inner product via sqrt(w) scaling
+    m = rng.normal(size=a.shape[0])
+    qa, _ = np.linalg.qr(a * sw[:, None])
+    m = m - qa @ (qa.T @ m)  # m _|_ sqrt(w) A, so n = m / sqrt(w) has sum_i w_i n_i . a_i = 0
+    n = (m / sw).reshape(-1, 3)
+    n *= rms_cm * scale / math.sqrt(float(w @ np.sum(n ** 2, axis=1)))
+    return n
+
+
+def test_residual_is_the_rms_of_unfittable_noise_and_lowers_confidence():
+    from export3d.tracking.crop import template_from_canonical
+    from export3d.tracking.extractor import FaceExtractor, RESIDUAL_SCALE_CM
+
+    c = canonical()
+    est = PoseEstimator(c)
+    extractor = FaceExtractor.__new__(FaceExtractor)  # measure() only: no mediapipe task
+    extractor.pose, extractor.template = est, template_from_canonical(c.vertices)
+    rotation, scale, t = rotation_matrix(0.3, -0.5, 0.2), 12.0, (320.0, -240.0, 4.0)
+    q = synthetic_face(np.zeros((478, 3)))
+    exact = _posed_points(q, rotation, scale, t)
+    w = c.weights / c.weights.sum()
+
+    def observe(points):  # pixel frame -> the normalised landmarks mediapipe would give
+        return FaceObservation(np.stack([points[:, 0] / W, -points[:, 1] / H, -points[:, 2] / W],
+                                        axis=1), np.zeros(52), W, H, 0)
+
+    clean = extractor.measure(observe(exact))
+    assert clean.residual < 1e-9 and clean.confidence == pytest.approx(1.0, abs=1e-9)
+    confidences = []
+    for rms in (0.25, 0.6, 1.5):
+        noisy = exact.copy()
+        noisy[c.landmark_ids] += _shape_noise(rotation, scale, c.vertices[c.landmark_ids], w,
+                                              rms, seed=int(rms * 100))
+        pose = est.fit(noisy)
+        np.testing.assert_allclose(pose.rotation, rotation, atol=1e-9)  # the noise is unfittable
+        assert pose.scale == pytest.approx(scale, rel=1e-9)
+        assert pose.residual == pytest.approx(rms, rel=1e-6)
+        m = extractor.measure(observe(noisy))
+        assert m.residual == pytest.approx(rms, rel=1e-6)
+        assert m.confidence == pytest.approx(1.0 - rms / RESIDUAL_SCALE_CM, abs=1e-6)
+        confidences.append(m.confidence)
+    assert 1.0 > confidences[0] > confidences[1] > confidences[2] > 0.0
+    # generic (fittable + unfittable) noise: the fit can only do better than the true pose
+    rng = np.random.default_rng(5)
+    noisy = exact.copy()
+    noisy[c.landmark_ids] += rng.normal(0, 0.5 * scale, (len(c.landmark_ids), 3))
+    true_rms = math.sqrt(float(w @ np.sum((noisy - exact)[c.landmark_ids] ** 2, axis=1))) / scale
+    pose = est.fit(noisy)
+    assert 0.5 * true_rms < pose.residual < true_rms
+
+
+def test_canonicalise_undoes_a_large_pose_exactly():
+    est = PoseEstimator(canonical())
+    q = synthetic_face(expression_offsets(jaw=0.8, brows=0.3, gaze=0.2))
+    for angles in [(0.0, math.radians(40), 0.0), (math.radians(35), math.radians(-40),
+                                                   math.radians(25))]:
+        rotation = rotation_matrix(*angles)
+        assert rotation_angle_deg(rotation, np.eye(3)) > 39.0
+        points = _posed_points(q, rotation, 9.5, (300.0, -250.0, 12.0))
+        pose = est.fit(points)
+        np.testing.assert_allclose(pose.rotation, rotation, atol=1e-9)
+        back = PoseEstimator.canonicalise(points, pose)
+        np.testing.assert_allclose(back, q, atol=1e-9)  # canonical cm, all 478 points

@@ -125,3 +125,83 @@ def test_a_miss_during_the_reacquire_blend_holds_what_was_shown():
     shown = sm.update(t + 2 / FPS, np.zeros(64), turned, np.zeros(3))
     held = sm.update(t + 3 / FPS)
     assert held[3] == "held" and rotation_angle_deg(held[1], shown[1]) < 1e-9
+
+
+# -- Exact values for the ease curves, the re-acquire blend and the One Euro step --------------
+# (a mutation audit found a linear ease, a dropped expression blend on re-acquire and a One Euro
+# filter without its derivative low-pass all survived the bounds above.)
+
+
+def _cosine(w: float) -> float:
+    return 0.5 - 0.5 * math.cos(math.pi * w)
+
+
+def test_loss_eases_along_a_cosine_not_a_line():
+    cfg = SmoothingConfig(hold_s=0.3, ease_s=0.5)
+    sm = TrackSmoother(cfg)
+    yaw = math.radians(20)
+    for i in range(30):
+        sm.update(i / FPS, np.full(64, 0.8), rotation_matrix(0.0, yaw, 0.0), np.zeros(3))
+    last_t = 29 / FPS  # the loss starts after the last tracked frame
+    assert _cosine(0.25) == pytest.approx(0.1464466, abs=1e-7)
+    for fraction in (0.25, 0.5, 0.75):
+        out = sm.update(last_t + cfg.hold_s + fraction * cfg.ease_s)
+        assert out[3] == "easing"
+        w = _cosine(fraction)  # 0.146, 0.5, 0.854 (a line: 0.25, 0.5, 0.75)
+        np.testing.assert_allclose(out[0], 0.8 * (1 - w), atol=1e-9)
+        # the rotation slerps to the reference (identity) by the same weight
+        assert rotation_angle_deg(out[1], np.eye(3)) == pytest.approx(20 * (1 - w), abs=1e-4)
+
+
+def test_a_reacquired_face_blends_its_expression_in_from_the_eased_one():
+    cfg = SmoothingConfig(hold_s=0.3, ease_s=0.5, reacquire_s=0.3)
+    sm = TrackSmoother(cfg)
+    for i in range(30):
+        sm.update(i / FPS, np.full(64, 0.8), np.eye(3), np.zeros(3))
+    last_t = 29 / FPS
+    assert sm.update(last_t + 0.4)[3] == "easing"
+    t_back = last_t + cfg.hold_s + 0.25 * cfg.ease_s  # a quarter through the ease
+    eased = 0.8 * (1 - _cosine(0.25))  # 0.683: where the ease had taken the expression
+    new = np.full(64, -0.4)  # the face comes back with another expression
+    outs = [sm.update(t_back + k / FPS, new, np.eye(3), np.zeros(3)) for k in range(12)]
+    assert all(o[3] == "tracked" for o in outs)
+    # the first frame shows the eased expression, then a cosine blend into the (constant, so
+    # unfiltered) new one over reacquire_s
+    for k, out in enumerate(outs):
+        w = _cosine(min(1.0, (k / FPS) / cfg.reacquire_s))
+        np.testing.assert_allclose(out[0], (1 - w) * eased + w * new, atol=1e-9)
+    mid = outs[4][0]
+    assert np.all((mid < eased - 0.05) & (mid > new + 0.05))  # strictly between the two
+    np.testing.assert_allclose(outs[-1][0], new, atol=1e-12)  # done after reacquire_s
+
+
+def _one_euro_by_hand(xs, ts, min_cutoff, beta, d_cutoff):
+    """tracking.md 4.7, one scalar channel, written out step by step."""
+    def alpha(f, te):
+        return 1.0 / (1.0 + 1.0 / (2.0 * math.pi * f * te))
+
+    x_hat, dx_hat, out = xs[0], 0.0, [xs[0]]
+    for i in range(1, len(xs)):
+        te = ts[i] - ts[i - 1]
+        dx = (xs[i] - x_hat) / te
+        dx_hat = alpha(d_cutoff, te) * dx + (1 - alpha(d_cutoff, te)) * dx_hat
+        f = min_cutoff + beta * abs(dx_hat)
+        x_hat = alpha(f, te) * xs[i] + (1 - alpha(f, te)) * x_hat
+        out.append(x_hat)
+    return np.array(out)
+
+
+def test_one_euro_matches_the_formulas_step_by_step():
+    # Uneven timestamps, a ramp, a jump and a reversal; two channels with their own cutoffs.
+    ts = [0.0, 0.033, 0.066, 0.11, 0.14, 0.2, 0.233, 0.3]
+    xs = np.array([[0.0, 1.0], [0.1, 1.0], [0.25, 0.8], [0.3, 0.2], [1.2, 0.25], [1.0, 0.9],
+                   [0.4, 0.9], [0.45, 0.3]])
+    min_cutoff, beta, d_cutoff = np.array([1.0, 2.0]), np.array([0.7, 3.0]), 1.2
+    f = OneEuro(min_cutoff, beta, d_cutoff)
+    got = np.array([f(x, t) for x, t in zip(xs, ts)])
+    for ch in range(2):
+        want = _one_euro_by_hand(xs[:, ch], ts, min_cutoff[ch], beta[ch], d_cutoff)
+        np.testing.assert_allclose(got[:, ch], want, rtol=0, atol=1e-12)
+    # the speed term matters here: without it (beta = 0) the output is visibly different
+    plain = _one_euro_by_hand(xs[:, 1], ts, min_cutoff[1], 0.0, d_cutoff)
+    assert np.abs(got[:, 1] - plain).max() > 0.05
