@@ -7,6 +7,7 @@ carrying a scripted *driving* (neutral expression, a camera orbit) that bypasses
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +35,21 @@ class CapturedFrame:
 
 
 class _Paced:
-    """Release frame i at start + i / fps (own pace) or at once."""
+    """Release frame i at start + i / fps (own pace) or at once. ``stop``: an event that ends
+    the wait early (the pipeline's, so a slow pace, down to a frame a minute, never holds a
+    run that is stopping)."""
 
     def __init__(self, fps: float, realtime: bool):
         self.period = 1.0 / fps if realtime and fps > 0 else 0.0
         self.start = None
+        self.stop = threading.Event()
 
     def wait(self, i: int) -> None:
         if self.start is None:
             self.start = time.monotonic()
         delay = self.start + i * self.period - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            self.stop.wait(delay)
 
 
 class SyntheticCapture:

@@ -104,6 +104,7 @@ def _stops_on_terminate(pipeline):
     def stop(signum, _frame):
         pipeline.say(f"{signal.Signals(signum).name}: stopping")
         pipeline.stop()
+        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
 
     names = [n for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
     previous = {n: signal.signal(getattr(signal, n), stop) for n in names}

@@ -360,3 +360,20 @@ def test_roofline_figures_only_for_the_cards_they_are():
                   "NVIDIA A100-SXM4-80GB", None):
         key, note = roofline_card(other)
         assert key == "h100" and note and "only indicative" in note, other
+
+
+def test_resume_runs_ops_again_when_its_last_sites_were_skipped_for_time():
+    # ops records the sites it skipped when the budget ran low inside an otherwise finished
+    # section; --resume kept it as finished, so those sites were never measured.
+    from benchmarks.gpu_suite import resume_from
+
+    site = {"kind": "lowpass", "calls_per_frame": 2, "shapes": [[1, 8, 4, 4]],
+            "fastest_within": "model", "saving_ms_per_frame": 0.0}
+    cut = {"ops": {"sites": [site, {"kind": "superres", "skipped": "time budget (12 s left)"}],
+                   "saving_ms_per_frame": 0.0}}
+    assert "ops" not in resume_from(cut)
+    whole = {"ops": {"sites": [site], "saving_ms_per_frame": 0.0}}
+    assert resume_from(whole)["ops"] == whole["ops"]
+    failed = {"ops": {"sites": [site, {"kind": "attention", "error": "RuntimeError: x"}],
+                      "saving_ms_per_frame": 0.0}}
+    assert "ops" in resume_from(failed)  # a site that failed stays failed, as sweep items do
