@@ -120,23 +120,27 @@ def test_a_source_that_raises_ends_the_run_with_its_error():
     assert pipe.hung == [] and capture.closed and sink.closed
 
 
+class FakeCam:
+    """cv2.VideoCapture's surface for WebcamCapture (opened by index); subclasses read."""
+
+    def __init__(self, index):
+        self.reads, self.released = 0, False
+
+    def isOpened(self):
+        return True
+
+    def set(self, prop, value):
+        pass
+
+    def release(self):
+        self.released = True
+
+
 def test_a_camera_sending_empty_frames_backs_off_then_stops_with_one_message():
-    class EmptyCam:
-        def __init__(self, index):
-            self.reads = 0
-
-        def isOpened(self):
-            return True
-
-        def set(self, prop, value):
-            pass
-
+    class EmptyCam(FakeCam):
         def read(self):
             self.reads += 1
             return (True, np.zeros((48, 64, 3), np.uint8)) if self.reads <= 2 else (False, None)
-
-        def release(self):
-            pass
 
     from realtime.capture import CaptureError, open_capture
 
@@ -199,19 +203,13 @@ def test_a_stage_that_cannot_open_closes_the_ones_already_made(monkeypatch):
     assert closed == ["generator", "tracker", "capture"]
 
 
-class BlockingCam:
-    """A webcam that sends two frames, then blocks in read() until ``release`` is set (some
-    drivers do this when the camera is unplugged)."""
+class BlockingCam(FakeCam):
+    """A webcam that sends two frames, then blocks in read() until ``release_event`` is set
+    (some drivers do this when the camera is unplugged)."""
 
     def __init__(self, index):
-        self.reads, self.released = 0, False
+        super().__init__(index)
         self.release_event = threading.Event()
-
-    def isOpened(self):
-        return True
-
-    def set(self, prop, value):
-        pass
 
     def read(self):
         self.reads += 1
@@ -219,9 +217,6 @@ class BlockingCam:
             self.release_event.wait(30)
             return False, None
         return True, np.zeros((48, 64, 3), np.uint8)
-
-    def release(self):
-        self.released = True
 
 
 def test_a_webcam_whose_read_never_returns_ends_the_run_with_the_cameras_message():
@@ -305,7 +300,7 @@ def test_a_healthy_camera_waiting_for_a_slow_stage_is_not_a_stall():
     # that wait counted as the camera's silence and ended healthy runs.
     from realtime.capture import open_capture
 
-    class SteadyCam(BlockingCam):
+    class SteadyCam(FakeCam):
         def read(self):
             time.sleep(0.01)
             return True, np.zeros((48, 64, 3), np.uint8)
