@@ -76,15 +76,8 @@ class Generator:
         self.backend.encode_source(image)
         on_cuda = getattr(backend, "name", "") == "torch" and str(backend.device).startswith(
             "cuda")
-        if getattr(backend, "compiled", False):
-            warm_up_compiled(backend)
-        elif on_cuda:
-            # One frame before the first real one: cuDNN picks its convolution algorithms and
-            # the ray-march kernel loads on the first call, which would otherwise stall the
-            # call's first frames (and the live benchmark's worst percentiles).
-            from export3d.camera import orbit_camera
-
-            backend.frame(np.zeros((1, 64), np.float32), orbit_camera(0.0).numpy())
+        if getattr(backend, "compiled", False) or on_cuda:
+            warm_up(backend, compiled=getattr(backend, "compiled", False))
         shape = (image_size, image_size, 3)
         if on_cuda:
             import torch
@@ -143,22 +136,26 @@ class Generator:
             self.backend.close()
 
 
-def warm_up_compiled(backend) -> None:
-    """Trace and compile the torch backend's frame before the first real one (a minute or
-    more at paper512 size), saying so, so that the pipeline does not look hung; then one more
-    frame, which on CUDA records the CUDA graph."""
+def warm_up(backend, compiled: bool) -> None:
+    """Frames before the first real one, so that the call's first frames do not stall.
+    ``compiled``: trace and compile the torch backend's frame (a minute or more at paper512
+    size), saying so, so that the pipeline does not look hung, then one more frame, which on
+    CUDA records the CUDA graph. Else (eager on CUDA) one frame: cuDNN picks its convolution
+    algorithms and the ray-march kernel loads on its first call."""
     import time
 
     from export3d.camera import orbit_camera
 
-    print("compiling the frame (torch.compile, once per run; this can take a minute) ...",
-          file=sys.stderr, flush=True)
+    if compiled:
+        print("compiling the frame (torch.compile, once per run; this can take a minute) ...",
+              file=sys.stderr, flush=True)
     start = time.monotonic()
     expr = np.zeros((1, 64), np.float32)
     camera = orbit_camera(0.0).numpy()
-    for _ in range(2):
+    for _ in range(2 if compiled else 1):
         backend.frame(expr, camera)
-    print(f"compiled in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+    if compiled:
+        print(f"compiled in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def torch_precision(precision: str, device: str, capability=None):

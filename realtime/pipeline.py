@@ -435,8 +435,8 @@ class Pipeline:
 
     def _check_camera(self) -> None:
         """A webcam whose read never returns (unplugged mid-call, on some drivers) sends no
-        frame and no error: after ``capture.stall_s`` without one, the run ends with the
-        camera's message instead of showing its last picture forever."""
+        frame and no error: once a read has been under way for ``capture.stall_s``, the run
+        ends with the camera's message instead of showing its last picture forever."""
         stall, since = self.config.capture.stall_s, self._reading_since
         if (not self.config.capture.source.startswith("webcam") or since is None
                 or time.monotonic() - since < stall):
