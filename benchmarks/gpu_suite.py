@@ -25,7 +25,10 @@ Sections:
 3. ``raymarch_timing``: reference vs kernel latency at those sizes, and the speed-up; a launch
    sweep (rays per program, warps, MLP product precision, tri-plane dtype, serial and tiled
    variants), each row with its error against the reference and whether it is within the
-   kernel tolerance; the summary names the fastest row within tolerance.
+   kernel tolerance; the summary names the fastest row within tolerance. Three rows are
+   timing diagnostics of the half-precision default, not renderers
+   (``engines.raymarch.kernel.ABLATIONS``: the gathers from one cached line, no decoder MLP,
+   both); the summary's ``kernel_time_split`` subtracts their p50s from the default's.
    ``tensorrt_kernel``: the kernel a TensorRT engine embeds (the ray-march node's plugin),
    compiled as the plugin compiles it and its binary launched as TensorRT launches it (launch
    plan, arguments in TensorRT's order, NaN-filled workspace output), on the node's
@@ -556,8 +559,15 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # has a best launch, then the latency options, the other fp32 rows and the baselines last
 # measured on the H200. Tiled rows (engines/raymarch/tiled.py: rays x samples = rows per MLP
 # product) come last: each compiles for tens of seconds.
+# The three ablations after them (engines.raymarch.kernel.ABLATIONS: timing diagnostics whose
+# outputs are not the renderer's, never a best launch) split the half-precision default's time
+# into what the gathers' memory traffic, the MLP and the rest cost (summary
+# "kernel_time_split"), which says where the next saving has to come from.
 SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
          _serial(64, 4, "tf32x3"), _serial(64, 4, "tf32"),
+         _serial(64, 4, "fp16", "float16", ablate="gathers"),
+         _serial(64, 4, "fp16", "float16", ablate="mlp"),
+         _serial(64, 4, "fp16", "float16", ablate="gathers+mlp"),
          _serial(64, 4, "fp16", "float16", samples_per_step=1),
          _serial(64, 4, "fp16", "float16", cdf_in_memory=False),
          _serial(32, 2, "fp16", "float16"), _serial(16, 1, "fp16", "float16"),
@@ -574,7 +584,8 @@ SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
          _tiled(16, 8, 8, "fp16"), _tiled(16, 16, 8, "fp16"), _tiled(32, 8, 8, "fp16"))
 # What op.launch takes of a row (the rest describes the data it runs on).
 LAUNCH_FIELDS = ("variant", "block_rays", "num_warps", "dot_precision", "sample_tile",
-                 "max_registers", "prefetch", "cdf_in_memory", "samples_per_step")
+                 "max_registers", "prefetch", "cdf_in_memory", "samples_per_step", "ablate")
+ABLATION_NOTE = "timing diagnostic: part of the work left out, outputs not the renderer's"
 
 
 def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
@@ -587,9 +598,11 @@ def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
 
     rows = job.value["launch_sweep"]
     plan = list(SWEEP)
-    if short:  # fp16 products on fp16 tri-planes, one row of each variant
+    if short:  # fp16 products on fp16 tri-planes, one row of each variant, one ablation
         plan = [next(r for r in plan if r["variant"] == v and r["dot_precision"] == "fp16"
-                     and r["triplane_dtype"] == "float16") for v in ("serial", "tiled")]
+                     and r["triplane_dtype"] == "float16" and not r.get("ablate"))
+                for v in ("serial", "tiled")]
+        plan.append(next(r for r in SWEEP if r.get("ablate") == "gathers+mlp"))
     cases = {}
     with torch.no_grad():
         for index, launch in enumerate(plan):
@@ -619,6 +632,9 @@ def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
                     row[f"max_abs_err_{name}"] = float((got[i] - ref[i]).abs().max())
                 row["within_tolerance"] = all(row[f"max_abs_err_{n}"] <= tol
                                               for n, tol in KERNEL_TOLERANCE.items())
+                if launch.get("ablate"):
+                    row["within_tolerance"] = None  # not a renderer: never a best launch
+                    row["ablation"] = ABLATION_NOTE
                 row.update(stats(time_cuda(call, warmup, iters, torch)))
                 return row
 
@@ -1123,6 +1139,34 @@ def best_launch(timing: dict) -> dict:
             "kernel_best_by_triplane_dtype": by_dtype}
 
 
+def kernel_time_split(timing: dict) -> dict:
+    """The ablated launches' p50 against the launch they ablate (the sweep row with the same
+    options and no ablation): what leaving the gathers' memory traffic out saves, what
+    leaving the MLP out saves, and what is left with both out ({} until all four ran)."""
+    rows = timing.get("launch_sweep", [])
+
+    def same_launch(row, base):
+        return all(row.get(k) == base.get(k) for k in (*LAUNCH_FIELDS, "triplane_dtype")
+                   if k != "ablate")
+
+    ablated = {r["ablate"]: r for r in rows if r.get("ablate") and "p50_ms" in r}
+    if set(ablated) != {"gathers", "mlp", "gathers+mlp"}:
+        return {}
+    probe = ablated["gathers"]
+    base = next((r for r in rows if not r.get("ablate") and "p50_ms" in r
+                 and same_launch(r, probe)), None)
+    if base is None or not all(same_launch(r, probe) for r in ablated.values()):
+        return {}
+    kernel_ms = base["p50_ms"]
+    return {"launch": {k: base[k] for k in (*LAUNCH_FIELDS, "triplane_dtype") if k in base},
+            "kernel_ms": kernel_ms,
+            "gathers_memory_ms": round(kernel_ms - ablated["gathers"]["p50_ms"], 4),
+            "mlp_ms": round(kernel_ms - ablated["mlp"]["p50_ms"], 4),
+            "rest_ms": ablated["gathers+mlp"]["p50_ms"],
+            "note": "kernel minus each ablation's p50 (engines.raymarch.kernel.ABLATIONS); "
+                    "the parts overlap on a GPU, so they need not add up to the kernel's time"}
+
+
 def summary(data: dict, device) -> dict:
     out = {}
     if device.type != "cuda":
@@ -1136,6 +1180,9 @@ def summary(data: dict, device) -> dict:
         out["kernel_speedup_target"] = TARGET_SPEEDUP
         out["kernel_speedup_met"] = timing["float32"]["speedup_p50"] >= TARGET_SPEEDUP
         out.update(best_launch(timing))
+    split = kernel_time_split(timing)
+    if split:
+        out["kernel_time_split"] = split
     variants = data.get("model", {}).get("variants", {})
     timed = {k: v for k, v in variants.items() if "frame" in v and v.get("finite", False)}
     if timed:

@@ -109,6 +109,16 @@ CONFIGS = (
     # L1 prefetch of the next sample's taps: coarse pass (pf1), both passes (pf2).
     ("serial pf1 64x4 fp16", dict(dot_precision="fp16", block_rays=64, prefetch=1)),
     ("serial pf2 64x4 fp16", dict(dot_precision="fp16", block_rays=64, prefetch=2)),
+    # Timing diagnostics (kernel.ABLATIONS) of the half-precision default, which the GPU
+    # suite's sweep times beside it: the gathers from one cached line (the same instruction
+    # stream: what the difference in time measures is the memory system), no decoder MLP,
+    # both.
+    ("ablate gathers htp 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
+                                          triplane_dtype="float16", ablate="gathers")),
+    ("ablate mlp htp 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
+                                      triplane_dtype="float16", ablate="mlp")),
+    ("ablate gathers+mlp htp 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
+                                              triplane_dtype="float16", ablate="gathers+mlp")),
     # Capped registers: more programs per SM to hide the gathers' latency, paid in spills.
     ("serial r168 32x4 fp16", dict(dot_precision="fp16", max_registers=168)),
     ("serial r128 32x4 fp16", dict(dot_precision="fp16", max_registers=128)),
@@ -178,14 +188,19 @@ def resource_usage(cubin: bytes) -> dict:
     return {"registers": int(found["REG"]), "stack_bytes": int(found["STACK"])}
 
 
-def disassemble(cubin: bytes) -> list[tuple[str, str, tuple[str, int] | None, str | None]]:
-    """SASS of a cubin as (opcode, operands, (file, line) or None, label-or-None) rows; the
-    label is the branch target name when the instruction is a branch."""
+def nvdisasm_text(cubin: bytes) -> str:
+    """nvdisasm's listing of a cubin's code, with source-line comments."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
-        text = subprocess.run([tool("nvdisasm"), "-g", "-c", str(path)], capture_output=True,
+        return subprocess.run([tool("nvdisasm"), "-g", "-c", str(path)], capture_output=True,
                               text=True, check=True).stdout
+
+
+def disassemble(cubin: bytes) -> list[tuple[str, str, tuple[str, int] | None, str | None]]:
+    """SASS of a cubin as (opcode, operands, (file, line) or None, label-or-None) rows; the
+    label is the branch target name when the instruction is a branch."""
+    text = nvdisasm_text(cubin)
     rows, labels, pending, where = [], {}, [], None
     for line in text.splitlines():
         label = _LABEL.match(line)

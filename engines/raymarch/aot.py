@@ -65,6 +65,9 @@ class KernelConfig:
     cdf_in_memory: bool = True
     # "serial" with the workspace only: merged samples decoded per step (kernel.SAMPLES_PER_STEP).
     samples_per_step: int = 2
+    # "serial" only: a timing diagnostic (kernel.ABLATIONS; "" is the kernel), for
+    # benchmarks.kernel_sass; never a plugin's build.
+    ablate: str = ""
 
     @classmethod
     def tiny(cls, **overrides) -> "KernelConfig":
@@ -142,6 +145,8 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
     ptr = "*" + DTYPES[config.triplane_dtype]
     if config.prefetch and config.variant != "serial":
         raise ValueError("prefetch is an option of the serial kernel variant only.")
+    if config.ablate and config.variant != "serial":
+        raise ValueError("ablate is an option of the serial kernel variant only.")
     if config.variant == "tiled":
         consts = tiled.constexprs(config.channels, config.hidden, config.features,
                                   config.samples_coarse, config.samples_fine,
@@ -155,7 +160,8 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
                                    dot_precision=config.dot_precision,
                                    prefetch=config.prefetch,
                                    samples_per_step=(config.samples_per_step
-                                                     if uses_cdf_workspace(config) else 1))
+                                                     if uses_cdf_workspace(config) else 1),
+                                   ablate=config.ablate)
     sig = {name: (ptr if kind == "*triplane" else kind) for name, kind in kernel.RUNTIME_ARGS}
     if not uses_cdf_workspace(config):
         consts["cdf_ptr"] = None

@@ -322,11 +322,12 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
             stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
             A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
             A4: tl.constexpr, A5: tl.constexpr, WITH_FEATS: tl.constexpr,
-            DOT_PRECISION: tl.constexpr):
+            DOT_PRECISION: tl.constexpr, ABLATE: tl.constexpr):
     """Decode one sample per ray at depth t [BLOCK_R] -> raw density [BLOCK_R] and features
     [BLOCK_R, F_PAD] in (-0.001, 1.001) (only when WITH_FEATS, else density twice).
     (ax, bx), (ay, by), (az, bz): each ray's pixel coordinate a + t b per axis (_load_rays).
-    batch_off: [BLOCK_R] int32 offset of each ray's tri-plane (batch * stride_tb)."""
+    batch_off: [BLOCK_R] int32 offset of each ray's tri-plane (batch * stride_tb). ABLATE:
+    "" (the kernel), or a timing diagnostic of ABLATIONS."""
     i0x, w0x, w1x = _axis_taps(ax + t * bx, Pf)
     i0y, w0y, w1y = _axis_taps(ay + t * by, Pf)
     i0z, w0z, w1z = _axis_taps(az + t * bz, Pf)
@@ -355,6 +356,14 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
                          _pick(w1x, w1y, w1z, A4), _pick(i0x, i0y, i0z, A5),
                          _pick(w0x, w0y, w0z, A5), _pick(w1x, w1y, w1z, A5),
                          stride_ty, stride_tx, c_offs)
+    if (ABLATE == "mlp") or (ABLATE == "gathers+mlp"):
+        # No decoder: the raw density is the mean of the summed taps (the planes' mean and
+        # the channels' mean; the gathers stay live), every feature that density.
+        sigma = tl.sum(feat.to(tl.float32), axis=1) * (1.0 / (3.0 * c_offs.shape[0]))
+        if WITH_FEATS:
+            return sigma, tl.zeros((t.shape[0], w2f.shape[1]), dtype=tl.float32) + sigma[:, None]
+        else:
+            return sigma, sigma
     hidden = _softplus(_matmul(_operand(feat), w1, DOT_PRECISION) + b1[None, :])  # w1 / 3
     sigma = tl.sum(hidden * w2s[None, :], axis=1) + b2s
     if WITH_FEATS:
@@ -469,7 +478,7 @@ def raymarch_kernel(
         A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
         A4: tl.constexpr, A5: tl.constexpr, BLOCK_R: tl.constexpr,
         DOT_PRECISION: tl.constexpr = "ieee", PREFETCH: tl.constexpr = 0,
-        SAMPLES_PER_STEP: tl.constexpr = 1):
+        SAMPLES_PER_STEP: tl.constexpr = 1, ABLATE: tl.constexpr = ""):
     """One program = BLOCK_R rays. near, step = (far - near) / Sc and scale = 2 / box_warp
     are fp32; strides in elements; P the plane size. cdf_ptr: an fp32 workspace of
     grid * BLOCK_R rows of SC_PAD + SC + SF (one row per ray, masked-off rays included), where
@@ -477,12 +486,23 @@ def raymarch_kernel(
     and the walk the merged depths (the rest); or None, and the CDF stays in registers and
     the walk runs inside the decode loop (the version-1 TensorRT node's configuration).
     SAMPLES_PER_STEP (2 needs the workspace): merged samples
-    decoded per step of the decode loop."""
+    decoded per step of the decode loop. ABLATE: "" (the kernel), or a timing diagnostic that
+    leaves part of the work out (ABLATIONS; its outputs are not the renderer's)."""
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     ray_mask = rays < n_rays
     rays = tl.where(ray_mask, rays, 0)  # keeps masked-off addresses valid
     Pf = P.to(tl.float32)
+    if (ABLATE == "gathers") or (ABLATE == "gathers+mlp"):
+        # Every tap of every plane at the first texel of plane 0, batch 0, by offsets that
+        # are 0 at run time but not to the compilers (P > 0, so P >> 31 is 0): the addresses
+        # are still computed per ray and sample, the strides keep the alignment Triton's JIT
+        # gave them (so the loads keep their vector width), and no load is merged or hoisted.
+        zero = P >> 31
+        stride_tk = stride_tk * zero
+        stride_ty = stride_ty * zero
+        stride_tx = stride_tx * zero
+        stride_tb = stride_tb * zero
     ax, ay, az, bx, by, bz, batch_off = _load_rays(origins_ptr, directions_ptr, rays,
                                                    rays_per_batch, stride_tb, scale, Pf)
     c_offs = _channel_offsets(tl.arange(0, C_PAD), stride_tc, C, C_PAD)
@@ -504,7 +524,7 @@ def raymarch_kernel(
         sig_prev, _unused = _decode(t_prev, ax, ay, az, bx, by, bz, triplane_ptr,
                                     batch_off, stride_tk, Pf, stride_ty, stride_tx, c_offs, w1,
                                     b1, w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False,
-                                    DOT_PRECISION)
+                                    DOT_PRECISION, ABLATE)
         optical_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
         w_m2 = tl.zeros((BLOCK_R,), dtype=tl.float32)
         w_m1 = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -516,7 +536,8 @@ def raymarch_kernel(
                                  A3, A4, A5)
             sig, _unused = _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                                    stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
-                                   b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False, DOT_PRECISION)
+                                   b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False, DOT_PRECISION,
+                                   ABLATE)
             optical = _density(0.5 * (sig + sig_prev) - 1.0) * (t - t_prev)
             w = _alpha(optical) * tl.exp(-optical_sum)
             optical_sum += optical
@@ -610,11 +631,12 @@ def raymarch_kernel(
                 ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
         sig, feats = _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                              stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s,
-                             w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
+                             w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION, ABLATE)
         if SAMPLES_PER_STEP == 2:
             sig_2, feats_2 = _decode(t_2, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                                      stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
-                                     b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION)
+                                     b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION,
+                                     ABLATE)
         t_first = tl.where(k == 0, t, t_first)
         (t_prev, sig_prev, w_prev, feats_prev, optical_sum, acc_weight, acc_depth,
          acc_feats) = _composite(k == 0, t, sig, feats, t_prev, sig_prev, w_prev, feats_prev,
@@ -681,6 +703,27 @@ def check_samples_per_step(samples_per_step) -> int:
     return value
 
 
+# Timing diagnostics, not renderers: launches that leave part of the work out, so that a GPU's
+# clock can say where the kernel's time goes (benchmarks.gpu_suite's sweep times them beside
+# the kernel; benchmarks.kernel_sass counts their instructions). "gathers": every tap's address
+# is computed as in the kernel but with strides that are 0 at run time, so each load still
+# issues at its width while all rays read one line (channel 0.. of the tri-plane's first
+# texel), from L1 (the time the gathers' memory traffic and latency cost is what this
+# saves); "mlp": no decoder, the raw density is the mean
+# of the summed taps and every feature that density (the time the MLP costs); "gathers+mlp":
+# both, what is left being the sample arithmetic, the compositing and the walk. Their outputs
+# are not the renderer's: the fine samples follow the ablated densities.
+ABLATIONS = ("", "gathers", "mlp", "gathers+mlp")
+
+
+def check_ablate(ablate) -> str:
+    value = ablate or ""
+    if value not in ABLATIONS:
+        raise ValueError(f"ablate must be one of {', '.join(repr(a) for a in ABLATIONS)}, got "
+                         f"{ablate!r}.")
+    return value
+
+
 def next_pow2(n: int, floor: int = 16) -> int:
     """Padded size for a register dimension: a power of two >= max(n, floor)."""
     return max(floor, triton.next_power_of_2(int(n)))
@@ -689,7 +732,7 @@ def next_pow2(n: int, floor: int = 16) -> int:
 def constexprs(channels: int, hidden: int, features: int, samples_coarse: int,
                samples_fine: int, plane_axes_flat, block_rays: int,
                dot_precision: str = "ieee", prefetch: int = 0,
-               samples_per_step: int = 1) -> dict:
+               samples_per_step: int = 1, ablate: str = "") -> dict:
     """The kernel's constexpr arguments for one configuration (plane_axes_flat: 6 ints)."""
     a = tuple(int(v) for v in plane_axes_flat)
     return {"C": int(channels), "HD": int(hidden), "F": int(features),
@@ -699,7 +742,8 @@ def constexprs(channels: int, hidden: int, features: int, samples_coarse: int,
             "A3": a[3], "A4": a[4], "A5": a[5], "BLOCK_R": int(block_rays),
             "DOT_PRECISION": check_dot_precision(dot_precision),
             "PREFETCH": check_prefetch(prefetch),
-            "SAMPLES_PER_STEP": check_samples_per_step(samples_per_step)}
+            "SAMPLES_PER_STEP": check_samples_per_step(samples_per_step),
+            "ABLATE": check_ablate(ablate)}
 
 
 # Runtime (non-constexpr) arguments in order, with their AOT signature types. Pointers first.

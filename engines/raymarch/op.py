@@ -134,7 +134,8 @@ def dot_precision_for(major: int, triplane_dtype, fp32_matmul_precision: str = "
 def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coarse,
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
            channels_last=True, dot_precision=None, variant=None, sample_tile=None,
-           max_registers=None, prefetch=None, cdf_in_memory=None, samples_per_step=None):
+           max_registers=None, prefetch=None, cdf_in_memory=None, samples_per_step=None,
+           ablate=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
     contiguous line of C values); the kernel takes any strides. ``variant``: "serial"
@@ -153,7 +154,9 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     TensorRT plugin ran with the version-1 node, before it had a workspace output.
     ``samples_per_step`` (with the workspace
     only; default ``kernel.DEFAULT_SAMPLES_PER_STEP``): merged samples decoded per step, 2
-    keeping two samples' gathers in flight."""
+    keeping two samples' gathers in flight. ``ablate`` ("serial" only, ``kernel.ABLATIONS``):
+    a timing diagnostic that leaves the gathers' memory traffic or the MLP out; its outputs
+    are not the renderer's (only this keyword selects it: ``default_launch`` does not)."""
     from . import kernel, tiled
 
     given = dict(block_rays=block_rays, num_warps=num_warps, dot_precision=dot_precision,
@@ -169,6 +172,8 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
                          f"{', '.join(VARIANTS)}.")
     if prefetch and variant != "serial":
         raise ValueError("prefetch is an option of the serial kernel variant only.")
+    if ablate and variant != "serial":
+        raise ValueError("ablate is an option of the serial kernel variant only.")
     if cdf_in_memory is not None and variant != "serial":
         raise ValueError("cdf_in_memory is an option of the serial kernel variant only.")
     workspace = variant == "serial" and int(samples_fine) > 0 and cdf_in_memory is not False
@@ -220,7 +225,7 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     else:
         consts = kernel.constexprs(channels, hidden, features_n, samples_coarse,
                                    samples_fine, axes, block_rays, dot_precision,
-                                   prefetch, samples_per_step)
+                                   prefetch, samples_per_step, ablate)
         fn = kernel.raymarch_kernel
     step = (float(far) - float(near)) / int(samples_coarse)
     sb, sk, sc, sy, sx = planes.stride()

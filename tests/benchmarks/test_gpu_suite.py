@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 
 def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     out = tmp_path / "suite.json"
@@ -42,13 +44,19 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
         assert case["workspace_rows_written"] == case["rays"]  # one row a ray, NaN elsewhere
         assert case["engine_kernel"]["p50_ms"] > 0 and case["torch_op"]["p50_ms"] > 0
     assert "float32" in report["raymarch_timing"]
-    sweep = report["raymarch_timing"]["launch_sweep"]  # the dry run's two rows
-    assert [(r["variant"], r["dot_precision"], r["triplane_dtype"]) for r in sweep] == [
-        ("serial", "fp16", "float16"), ("tiled", "fp16", "float16")]
+    sweep = report["raymarch_timing"]["launch_sweep"]  # the dry run's three rows
+    assert [(r["variant"], r["dot_precision"], r["triplane_dtype"], r.get("ablate"))
+            for r in sweep] == [("serial", "fp16", "float16", None),
+                                ("tiled", "fp16", "float16", None),
+                                ("serial", "fp16", "float16", "gathers+mlp")]
     for row in sweep:
         assert "error" not in row, row
-        assert row["within_tolerance"] and row["max_abs_err_features"] < 2e-3
         assert row["p50_ms"] > 0
+        if row.get("ablate"):  # a timing diagnostic: its outputs are not the renderer's
+            assert row["within_tolerance"] is None and "diagnostic" in row["ablation"]
+            assert row["max_abs_err_features"] > 2e-3
+        else:
+            assert row["within_tolerance"] and row["max_abs_err_features"] < 2e-3
     variants = report["model"]["variants"]
     assert set(variants) == {"fp32-reference", "fp32-kernel", "bf16-kernel-best-launch",
                              "bf16-kernel-best-forms"}
@@ -60,8 +68,8 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
         fastest = {s["fastest_within"] for s in report["ops"]["sites"] if s["kind"] == kind}
         assert set(table.values()) <= fastest - {"model"}, (kind, table, fastest)
     # The model ran once more with the sweep's fastest half-precision launch in force.
-    fastest = min((r for r in sweep if r["triplane_dtype"] == "float16"),
-                  key=lambda r: r["p50_ms"])
+    fastest = min((r for r in sweep if r["triplane_dtype"] == "float16"
+                   and not r.get("ablate")), key=lambda r: r["p50_ms"])
     launch = variants["bf16-kernel-best-launch"]["kernel_launch"]
     from benchmarks.gpu_suite import LAUNCH_FIELDS
 
@@ -153,8 +161,43 @@ def test_every_sweep_row_is_a_valid_launch():
         assert row["triplane_dtype"] in ("float32", "float16")
         kernel.check_dot_precision(row["dot_precision"])
         kernel.check_prefetch(row.get("prefetch"))
+        kernel.check_ablate(row.get("ablate"))
         assert row["variant"] in op.VARIANTS
         assert not (row.get("prefetch") and row["variant"] != "serial"), row
+        assert not (row.get("ablate") and row["variant"] != "serial"), row
+    # Each ablation has the launch it ablates in the sweep, before it (kernel_time_split).
+    for index, row in enumerate(SWEEP):
+        if row.get("ablate"):
+            plain = {k: v for k, v in row.items() if k != "ablate"}
+            assert plain in SWEEP[:index], row
+
+
+def test_kernel_time_split_reads_the_ablations_against_their_launch():
+    from benchmarks.gpu_suite import best_launch, half_precision_launch, kernel_time_split
+
+    def row(p50, ablate=None, block_rays=64, within=True):
+        r = {"variant": "serial", "block_rays": block_rays, "num_warps": 4,
+             "dot_precision": "fp16", "triplane_dtype": "float16", "p50_ms": p50,
+             "within_tolerance": None if ablate else within}
+        return {**r, "ablate": ablate} if ablate else r
+
+    timing = {"float32": {"reference": {"p50_ms": 5.0}},
+              "float16": {"reference": {"p50_ms": 5.0}},
+              "launch_sweep": [row(0.50, block_rays=32), row(0.40), row(0.25, "gathers"),
+                               row(0.30, "mlp"), row(0.12, "gathers+mlp")]}
+    split = kernel_time_split(timing)
+    assert split["launch"]["block_rays"] == 64 and split["kernel_ms"] == 0.40
+    assert split["gathers_memory_ms"] == pytest.approx(0.15)
+    assert split["mlp_ms"] == pytest.approx(0.10)
+    assert split["rest_ms"] == 0.12
+    # The ablations are faster than every launch, and never the best one.
+    assert best_launch(timing)["kernel_best_launch"]["p50_ms"] == 0.40
+    assert half_precision_launch(timing) == {"variant": "serial", "block_rays": 64,
+                                             "num_warps": 4, "dot_precision": "fp16"}
+    # Until all three ran (the budget may stop the sweep), or without the plain launch: none.
+    assert kernel_time_split({"launch_sweep": timing["launch_sweep"][:4]}) == {}
+    assert kernel_time_split({"launch_sweep": timing["launch_sweep"][:1]
+                              + timing["launch_sweep"][2:]}) == {}
 
 
 def test_floor_ratios_divide_the_eager_stages_by_their_floors():
@@ -231,10 +274,11 @@ def test_a_crashing_hanging_or_context_breaking_item_costs_only_itself(tmp_path)
     timing = report["raymarch_timing"]
     assert "incomplete" not in timing and "running" not in timing
     assert timing["float32"]["kernel"]["p50_ms"] > 0 and "speedup_p50" in timing["float16"]
-    first, second = timing["launch_sweep"]
+    first, second, third = timing["launch_sweep"]
     assert first["variant"] == "serial" and "p50_ms" not in first
     assert first["error"].startswith("its process was killed by SIGABRT"), first
     assert second["variant"] == "tiled" and second["within_tolerance"], second
+    assert third["ablate"] == "gathers+mlp" and third["p50_ms"] > 0, third
     variants = report["model"]["variants"]
     assert "incomplete" not in report["model"] and "running" not in report["model"]
     assert list(variants) == ["fp32-reference", "fp32-kernel", "bf16-kernel-best-launch",

@@ -418,6 +418,51 @@ def test_cdf_in_memory_and_in_registers_give_the_same_bits():
         run_kernel(inputs, settings, "tiled", cdf_in_memory=False)
 
 
+def ablated_decode(features, decoder):
+    """export3d.renderer.decode as the kernel's "mlp" ablation defines it: the raw density is
+    the mean of the planes' mean over the channels, every feature that density."""
+    sigma = features.mean(-1)
+    return sigma, sigma.unsqueeze(-1).expand(*sigma.shape, decoder.w2.shape[1] - 1)
+
+
+@interpreted
+@pytest.mark.parametrize("ablate", ["gathers", "mlp", "gathers+mlp"])
+def test_ablations_leave_out_what_they_say(ablate, monkeypatch):
+    # The timing diagnostics the GPU suite's sweep runs beside the kernel (kernel.ABLATIONS).
+    # "gathers" reads every tap from the tri-plane's first texel (plane 0, batch 0, y = x = 0)
+    # with the tap's true weight: that is the reference on a tri-plane holding that texel's
+    # channels everywhere (the rest is random and must not be read). "mlp" replaces the
+    # decoder by the taps' mean: the reference with its decode swapped for that. 16 channels,
+    # so that no channel is padded; several programs with a masked tail.
+    from export3d import renderer
+
+    inputs = make_inputs(b=1, channels=16, hidden=32, plane=24, res=7, seed=13)
+    settings = settings_for(samples_coarse=12, samples_fine=10)
+    expected_inputs = list(inputs)
+    if "gathers" in ablate:
+        triplane = inputs[0].clone()
+        corner = torch.linspace(-0.8, 0.9, 16)
+        triplane[0, 0, :, 0, 0] = corner
+        inputs = [triplane, *inputs[1:]]
+        expected_inputs[0] = corner[None, None, :, None, None].expand_as(triplane).contiguous()
+    got = run_kernel(inputs, settings, block_rays=16, ablate=ablate)
+    if "mlp" in ablate:
+        monkeypatch.setattr(renderer, "decode", ablated_decode)
+    expected = run_reference(expected_inputs, settings)
+    assert_matches(got, expected, TOLERANCE[torch.float32])
+    # ... and it is not the kernel: the diagnostic left something out.
+    assert (got[0] - run_kernel(inputs, settings, block_rays=16)[0]).abs().max() > 0.05
+
+
+@interpreted
+def test_ablations_are_options_of_the_serial_kernel_only():
+    inputs = make_inputs(b=1, channels=16, hidden=32, plane=24, res=4, seed=1)
+    with pytest.raises(ValueError, match="serial kernel variant only"):
+        run_kernel(inputs, settings_for(), "tiled", ablate="mlp")
+    with pytest.raises(ValueError, match="ablate must be one of"):
+        run_kernel(inputs, settings_for(), ablate="decoder")
+
+
 @interpreted
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_deterministic(variant):

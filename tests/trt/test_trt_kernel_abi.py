@@ -100,3 +100,15 @@ def test_compiled_kernel_arguments_follow_the_launchers_signature():
     assert dict(zip(sig, args))["WORKSPACE"] == 1 == consts["WORKSPACE"]
     with pytest.raises(ValueError, match="expected 7 inputs"):
         kernel_abi.compiled_arguments(config, 90, inputs[:6], extra, outputs)
+
+
+def test_an_engines_kernel_is_never_an_ablation():
+    # kernel.ABLATIONS are timing diagnostics of the torch op; an engine built with one would
+    # render wrong pictures, so the plugin's compile refuses the config.
+    from engines.raymarch import aot
+    from engines.trt import kernel_abi
+
+    with pytest.raises(ValueError, match="timing diagnostics"):
+        kernel_abi.signature(aot.KernelConfig.tiny(ablate="mlp"), 90)
+    sig, consts = kernel_abi.signature(aot.KernelConfig.tiny(), 90)
+    assert "ABLATE" not in consts and "ABLATE" not in sig
