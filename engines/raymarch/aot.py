@@ -22,7 +22,9 @@ forward-compatible, so for a GPU newer than the list ``sm_89``'s plain PTX is th
 can JIT-compile.
 
 CLI: ``python -m engines.raymarch.aot --arch 90 --out DIR`` writes ``<name>.sm_90.ptx``,
-``<name>.sm_90.cubin`` and ``<name>.sm_90.json`` (launch parameters) for each arch.
+``<name>.sm_90.cubin`` and ``<name>.sm_90.json`` (launch parameters) for each arch; by default
+each arch gets the launch the torch op would take there for that tri-plane dtype (MLP products
+and rays per program), so sm_75 and sm_90 builds of one run can differ in both.
 """
 from __future__ import annotations
 
@@ -105,6 +107,16 @@ class Build:
             "workspace_bytes_per_ray": workspace_bytes(1, self.config) // self.block_rays,
             "config": asdict(self.config),
         }
+
+
+def default_dot_precision(arch: int, triplane_dtype: str = "float32") -> str:
+    """The MLP products the torch op takes on this arch for this tri-plane dtype at PyTorch's
+    default fp32 matmul precision (engines.raymarch.op.dot_precision_for): on sm_80 and newer,
+    fp16 tensor-core products for half-precision tri-planes and fp32-accurate TF32x3 for fp32
+    ones; plain fp32 before."""
+    if int(arch) < 80:
+        return "ieee"
+    return "fp16" if triplane_dtype in ("float16", "bfloat16") else "tf32x3"
 
 
 def uses_cdf_workspace(config: KernelConfig) -> bool:
@@ -220,8 +232,14 @@ def main(argv=None) -> int:
     parser.add_argument("--triplane-dtype", choices=tuple(DTYPES), default="float32")
     parser.add_argument("--eg3d-plane-axes", action="store_true",
                         help="EG3D's (z, x) third plane instead of (y, z)")
+    parser.add_argument("--dot-precision", default="auto",
+                        choices=("auto", "ieee", "tf32", "tf32x3", "fp16"),
+                        help="the MLP products (default auto: what the torch op takes on each "
+                        "arch for this tri-plane dtype: fp16 or TF32x3 from sm_80, fp32 "
+                        "before)")
     parser.add_argument("--block-rays", type=int,
-                        help="rays per program (default: 32 serial, 16 tiled)")
+                        help="rays per program (default: the op's, 64 with tensor-core "
+                        "products and 32 without; 16 tiled)")
     parser.add_argument("--num-warps", type=int, help="default: 4 serial, 8 tiled")
     parser.add_argument("--variant", choices=VARIANTS, default="serial",
                         help="the serial kernel or the sample-parallel tiled one")
@@ -241,16 +259,26 @@ def main(argv=None) -> int:
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file; give a folder")
     axes = (0, 1, 0, 2, 2, 0) if args.eg3d_plane_axes else (0, 1, 0, 2, 1, 2)
-    kwargs = dict(triplane_dtype=args.triplane_dtype, plane_axes=axes,
-                  block_rays=args.block_rays or (16 if args.variant == "tiled" else 32),
-                  num_warps=args.num_warps or (8 if args.variant == "tiled" else 4),
-                  variant=args.variant, sample_tile=args.sample_tile or 8)
-    config = KernelConfig.tiny(**kwargs) if args.preset == "tiny" else KernelConfig(**kwargs)
     archs = args.arch or ARCHS
+
+    def config_for(arch: int) -> KernelConfig:
+        from . import kernel
+
+        precision = args.dot_precision
+        if precision == "auto":
+            precision = default_dot_precision(arch, args.triplane_dtype)
+        block_rays = args.block_rays or (16 if args.variant == "tiled"
+                                         else kernel.default_block_rays(precision))
+        kwargs = dict(triplane_dtype=args.triplane_dtype, plane_axes=axes,
+                      block_rays=block_rays, dot_precision=precision,
+                      num_warps=args.num_warps or (8 if args.variant == "tiled" else 4),
+                      variant=args.variant, sample_tile=args.sample_tile or 8)
+        return KernelConfig.tiny(**kwargs) if args.preset == "tiny" else KernelConfig(**kwargs)
+
+    configs = {arch: config_for(arch) for arch in archs}
     # The names hold no dtype or launch: never overwrite another configuration's build, and
     # find that out for every arch before anything is compiled or written.
-    name = "raymarch_tiled_kernel" if config.variant == "tiled" else "raymarch_kernel"
-    wanted = json.loads(json.dumps(asdict(config)))
+    name = "raymarch_tiled_kernel" if args.variant == "tiled" else "raymarch_kernel"
     for arch in archs:
         previous = args.out / f"{name}.sm_{arch}.json"
         if previous.is_file():
@@ -258,11 +286,11 @@ def main(argv=None) -> int:
                 old = json.loads(previous.read_text()).get("config")
             except (ValueError, AttributeError):
                 old = None
-            if old != wanted:
+            if old != json.loads(json.dumps(asdict(configs[arch]))):
                 parser.error(f"{previous} is a build of another configuration; give each "
                              "configuration its own --out folder")
     for arch in archs:
-        build = compile_arch(config, arch)
+        build = compile_arch(configs[arch], arch)
         assert build.name == name, build.name  # the check above looked for these files
         for path in write(build, args.out):
             print(path)

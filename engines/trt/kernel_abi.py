@@ -83,13 +83,9 @@ def raymarch_trt_kernel(
 
 
 def dot_precision(arch: int, triplane_dtype: str = "float32") -> str:
-    """As the torch op at PyTorch's default fp32 matmul precision
-    (engines.raymarch.op.dot_precision_for; an engine's kernel cannot see that setting): on
-    sm_80 and newer, fp16 tensor-core products for half-precision tri-planes and fp32-accurate
-    TF32x3 for fp32 ones; plain fp32 before."""
-    if int(arch) < 80:
-        return "ieee"
-    return "fp16" if triplane_dtype in ("float16", "bfloat16") else "tf32x3"
+    """As the torch op at PyTorch's default fp32 matmul precision (an engine's kernel cannot
+    see that setting): ``aot.default_dot_precision``."""
+    return aot.default_dot_precision(arch, triplane_dtype)
 
 
 def signature(config: aot.KernelConfig, arch: int) -> tuple[dict, dict]:

@@ -123,6 +123,37 @@ def test_cli_writes_ptx_cubin_and_launch_json(tmp_path):
     assert values["scale"] == "2 / box_warp" and values["near"] is None
 
 
+def test_cli_builds_each_arch_with_the_ops_launch_unless_told(tmp_path):
+    # The torch op's choice per arch (engines.raymarch.op.dot_precision_for at PyTorch's
+    # default fp32 precision, and kernel.default_block_rays): fp32 FMAs and 32 rays on sm_75,
+    # fp32-accurate TF32x3 and 64 rays on sm_80+ for an fp32 tri-plane, fp16 products for a
+    # half-precision one; an explicit --dot-precision is taken on every arch.
+    import torch
+
+    from engines.raymarch.op import dot_precision_for
+
+    def config(folder, arch):
+        return json.loads((folder / f"raymarch_kernel.sm_{arch}.json").read_text())["config"]
+
+    assert aot.main(["--arch", "75", "--arch", "90", "--preset", "tiny", "--out",
+                     str(tmp_path / "a")]) == 0
+    assert (config(tmp_path / "a", 75)["dot_precision"], config(tmp_path / "a", 75)[
+        "block_rays"]) == (dot_precision_for(7, torch.float32), 32) == ("ieee", 32)
+    assert (config(tmp_path / "a", 90)["dot_precision"], config(tmp_path / "a", 90)[
+        "block_rays"]) == (dot_precision_for(9, torch.float32), 64) == ("tf32x3", 64)
+    assert aot.main(["--arch", "86", "--preset", "tiny", "--triplane-dtype", "bfloat16",
+                     "--out", str(tmp_path / "b")]) == 0
+    assert config(tmp_path / "b", 86)["dot_precision"] == "fp16"
+    assert aot.main(["--arch", "90", "--preset", "tiny", "--dot-precision", "ieee",
+                     "--block-rays", "16", "--out", str(tmp_path / "c")]) == 0
+    assert (config(tmp_path / "c", 90)["dot_precision"], config(tmp_path / "c", 90)[
+        "block_rays"]) == ("ieee", 16)
+    # Another configuration into the same folder is refused, not written over.
+    with pytest.raises(SystemExit):
+        aot.main(["--arch", "90", "--preset", "tiny", "--out", str(tmp_path / "c")])
+    assert config(tmp_path / "c", 90)["dot_precision"] == "ieee"
+
+
 def test_unknown_dtype_is_refused():
     with pytest.raises(ValueError, match="triplane_dtype"):
         aot.signature(aot.KernelConfig(triplane_dtype="float64"))
