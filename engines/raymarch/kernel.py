@@ -707,12 +707,12 @@ def check_samples_per_step(samples_per_step) -> int:
 # clock can say where the kernel's time goes (benchmarks.gpu_suite's sweep times them beside
 # the kernel; benchmarks.kernel_sass counts their instructions). "gathers": every tap's address
 # is computed as in the kernel but with strides that are 0 at run time, so each load still
-# issues at its width while all rays read one line (channel 0.. of the tri-plane's first
-# texel), from L1 (the time the gathers' memory traffic and latency cost is what this
-# saves); "mlp": no decoder, the raw density is the mean
-# of the summed taps and every feature that density (the time the MLP costs); "gathers+mlp":
-# both, what is left being the sample arithmetic, the compositing and the walk. Their outputs
-# are not the renderer's: the fine samples follow the ablated densities.
+# issues at its width while all rays read one line (the channels of the tri-plane's first
+# texel), from L1: what this saves is the time the gathers' memory traffic and latency cost.
+# "mlp": no decoder, the raw density is the mean of the summed taps and every feature that
+# density: what this saves is the MLP's time. "gathers+mlp": both; what is left is the sample
+# arithmetic, the compositing and the walk. Their outputs are not the renderer's (the fine
+# samples follow the ablated densities).
 ABLATIONS = ("", "gathers", "mlp", "gathers+mlp")
 
 
