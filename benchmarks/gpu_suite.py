@@ -606,7 +606,16 @@ def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
     cases = {}
     with torch.no_grad():
         for index, launch in enumerate(plan):
-            if job.finished("launch_sweep", index) is not None:
+            done = job.finished("launch_sweep", index)
+            if done is not None and any(done.get(k) != launch.get(k)
+                                        for k in (*LAUNCH_FIELDS, "triplane_dtype")):
+                # A report (--resume) of a sweep with other rows: from here on its rows are
+                # other launches' places; they run again.
+                del rows[index:]
+                if job.dead and job.dead[0] == "launch_sweep":
+                    job.dead = None
+                done = None
+            if done is not None:
                 continue  # done by an earlier process of this section
             if budget is not None and budget.left() < SWEEP_RESERVE_S:
                 job.store("launch_sweep", index, {**launch, "skipped": "time budget"})

@@ -357,8 +357,8 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
                          _pick(w0x, w0y, w0z, A5), _pick(w1x, w1y, w1z, A5),
                          stride_ty, stride_tx, c_offs)
     if (ABLATE == "mlp") or (ABLATE == "gathers+mlp"):
-        # No decoder: the raw density is the mean of the summed taps (the planes' mean and
-        # the channels' mean; the gathers stay live), every feature that density.
+        # No decoder: the raw density is the summed taps' mean over planes and C_PAD lanes (a
+        # padded lane repeats channel C - 1; the gathers stay live), every feature that density.
         sigma = tl.sum(feat.to(tl.float32), axis=1) * (1.0 / (3.0 * c_offs.shape[0]))
         if WITH_FEATS:
             return sigma, tl.zeros((t.shape[0], w2f.shape[1]), dtype=tl.float32) + sigma[:, None]
@@ -709,10 +709,10 @@ def check_samples_per_step(samples_per_step) -> int:
 # is computed as in the kernel but with strides that are 0 at run time, so each load still
 # issues at its width while all rays read one line (the channels of the tri-plane's first
 # texel), from L1: what this saves is the time the gathers' memory traffic and latency cost.
-# "mlp": no decoder, the raw density is the mean of the summed taps and every feature that
-# density: what this saves is the MLP's time. "gathers+mlp": both; what is left is the sample
-# arithmetic, the compositing and the walk. Their outputs are not the renderer's (the fine
-# samples follow the ablated densities).
+# "mlp": no decoder, the raw density is the summed taps' mean over the C_PAD channel lanes (the
+# channels' mean when C == C_PAD) and every feature that density: what this saves is the MLP's
+# time. "gathers+mlp": both; what is left is the sample arithmetic, the compositing and the
+# walk. Their outputs are not the renderer's (the fine samples follow the ablated densities).
 ABLATIONS = ("", "gathers", "mlp", "gathers+mlp")
 
 

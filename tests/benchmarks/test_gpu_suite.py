@@ -393,6 +393,28 @@ def test_resume_keeps_finished_work_and_runs_what_was_cut_short(tmp_path):
         f"gpu_suite: error: {path} is a gpu report of None, this is a dry-run")
 
 
+def test_resume_runs_again_the_sweep_rows_of_another_sweep_order(tmp_path):
+    # A report cut short by a suite whose SWEEP had other rows (here the one before the
+    # ablations were inserted after row 3): its rows are kept by position only while they are
+    # the launches this SWEEP has there; from the first that is not, they run again, so no
+    # row stands for another launch's place, none runs twice and none is left out.
+    import torch
+
+    from benchmarks.gpu_suite import SWEEP, Budget, Report, Resumable, launch_sweep
+
+    older = [r for r in SWEEP if not r.get("ablate")]
+    done = [{**r, "within_tolerance": True, "p50_ms": 1.0} for r in older[:8]]
+    report = Report(tmp_path / "suite.json")
+    report.data["raymarch_timing"] = {"incomplete": True, "launch_sweep": done}
+    job = Resumable(report, "raymarch_timing", {"launch_sweep": []})
+    # No time left: each row to run is recorded as skipped, nothing is launched.
+    rows = launch_sweep(torch, None, torch.device("cpu"), None, 1, 1, job, budget=Budget(0.0))
+    assert len(rows) == len(SWEEP)
+    for row, launch in zip(rows, SWEEP):
+        assert {k: row.get(k) for k in launch} == launch, (row, launch)
+    assert rows[:4] == done[:4] and all("skipped" in r for r in rows[4:])
+
+
 def test_roofline_figures_only_for_the_cards_they_are():
     # "H100" in the name took H100 SXM figures for an H100 PCIe or NVL (less compute and
     # bandwidth: ratios to the floor 1.3-1.7x too high) without a note, and a GH200 as an H200.
