@@ -20,7 +20,8 @@ Sections:
 2. ``kernel_check``: the fused ray-march kernel against the PyTorch reference on random
    tri-planes and cameras at paper512 sizes (128 x 128 rays x (48 + 48) samples, 3 x 32 x 256^2
    planes), fp32/fp16/bf16 tri-planes, batch 1 and 2, plus a dense, a nearly transparent
-   (opacity ~1e-5, as a background pixel) and an empty volume: max
+   (opacity ~1e-5, as a background pixel), an empty volume and a head-sized opaque ball
+   (``surface_case``: fine samples gathered at a surface, as at a face): max
    abs error per output over every element (the count is written), bit-identical reruns.
 3. ``raymarch_timing``: reference vs kernel latency at those sizes, and the speed-up; a launch
    sweep (rays per program, warps, MLP product precision, tri-plane dtype, serial and tiled
@@ -28,7 +29,8 @@ Sections:
    kernel tolerance; the summary names the fastest row within tolerance. Three rows are
    timing diagnostics of the half-precision default, not renderers
    (``engines.raymarch.kernel.ABLATIONS``: the gathers from one cached line, no decoder MLP,
-   both); the summary's ``kernel_time_split`` subtracts their p50s from the default's.
+   both); the summary's ``kernel_time_split`` subtracts their p50s from the default's, and
+   gives the default's p50 on the ball (one more row) beside its p50 on random tri-planes.
    ``tensorrt_kernel``: the kernel a TensorRT engine embeds (the ray-march node's plugin),
    compiled as the plugin compiles it and its binary launched as TensorRT launches it (launch
    plan, arguments in TensorRT's order, NaN-filled workspace output), on the node's
@@ -345,6 +347,38 @@ def random_case(torch, config, batch: int, dtype, seed: int, density_bias: float
     return triplane, decoder, origins, directions
 
 
+# The surface volume (surface_case): a ball of radius SURFACE_RADIUS in grid units ([-1, 1]
+# across the box: 0.3 of EG3D's unit box, a head's size), opaque inside and nearly transparent
+# (~1e-5 a sample) outside.
+SURFACE_RADIUS = 0.6
+
+
+def surface_case(torch, config, dtype, seed: int, device="cpu"):
+    """random_case's tri-plane, decoder and cameras with a head-sized opaque ball in the box:
+    channel 0 of each plane holds r^2 - a^2 - b^2 over its two axes (texel centres in grid
+    units), so the planes' mean is r^2 - 2/3 |p|^2 with r^2 = 2/3 SURFACE_RADIUS^2, positive
+    inside the ball; hidden unit 0 reads channel 0 alone (x 50) and the raw density is 5 x that
+    unit - 10 (+ the other units' random share). The fine samples then gather at the ball's
+    surface on the rays that meet it, as at a face, where a random tri-plane spreads them: the
+    gathers have a scene's locality, and the fine depths of a block's rays differ as at a
+    face's silhouette. The other channels, hidden units and features stay random."""
+    from export3d.renderer import Decoder
+
+    tp, dec, o, d = random_case(torch, config, 1, torch.float32, seed, 0.0, "cpu")
+    p = tp.shape[-1]
+    g = (torch.arange(p, dtype=torch.float32) * 2 + 1) / p - 1
+    tp[:, :, 0] = (2.0 / 3.0) * SURFACE_RADIUS ** 2 - g[:, None] ** 2 - g[None, :] ** 2
+    w1, b1, w2, b2 = (t.detach().cpu().clone() for t in (dec.w1, dec.b1, dec.w2, dec.b2))
+    w1[:, 0] = 0.0
+    w1[0, 0] = 50.0
+    b1[0] = 0.0
+    w2[0, :] = 0.0
+    w2[0, 0] = 5.0
+    b2[0] = -10.0
+    dec = Decoder(*(t.to(device) for t in (w1, b1, w2, b2)))
+    return tp.to(device=device, dtype=dtype), dec, o.to(device), d.to(device)
+
+
 def kernel_check(torch, config, device, dtypes) -> dict:
     from engines import raymarch as kernel
     from export3d.renderer import RayMarchSettings, raymarch_reference
@@ -358,9 +392,14 @@ def kernel_check(torch, config, device, dtypes) -> dict:
     # log(1 + e^x) cancel and the compiled fast exp2/log2 meet alphas of ~1e-7.
     plan += [(1, torch.float32, 8.0, "dense"), (1, torch.float32, -10.0, "transparent"),
              (1, torch.float32, -40.0, "empty")]
+    # "surface": a head-sized opaque ball (surface_case), in half precision as the model runs.
+    plan += [(1, dtypes[-1], 0.0, "surface")]
     ok = True
     for i, (batch, dtype, bias, kind) in enumerate(plan):
-        tp, dec, o, d = random_case(torch, config, batch, dtype, 100 + i, bias, device)
+        if kind == "surface":
+            tp, dec, o, d = surface_case(torch, config, dtype, 100 + i, device)
+        else:
+            tp, dec, o, d = random_case(torch, config, batch, dtype, 100 + i, bias, device)
         with torch.no_grad():
             ref = raymarch_reference(tp, dec, o, d, settings)
             out = kernel.raymarch(tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, near=settings.near,
@@ -562,12 +601,15 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # The three ablations after them (engines.raymarch.kernel.ABLATIONS: timing diagnostics whose
 # outputs are not the renderer's, never a best launch) split the half-precision default's time
 # into what the gathers' memory traffic, the MLP and the rest cost (summary
-# "kernel_time_split"), which says where the next saving has to come from.
+# "kernel_time_split"), which says where the next saving has to come from. Then the default
+# once more on the surface volume (surface_case, "volume": a head-sized ball, where the other
+# rows run on random tri-planes): how a scene's locality changes the gathers' cost.
 SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
          _serial(64, 4, "tf32x3"), _serial(64, 4, "tf32"),
          _serial(64, 4, "fp16", "float16", ablate="gathers"),
          _serial(64, 4, "fp16", "float16", ablate="mlp"),
          _serial(64, 4, "fp16", "float16", ablate="gathers+mlp"),
+         _serial(64, 4, "fp16", "float16", volume="surface"),
          _serial(64, 4, "fp16", "float16", samples_per_step=1),
          _serial(64, 4, "fp16", "float16", cdf_in_memory=False),
          _serial(32, 2, "fp16", "float16"), _serial(16, 1, "fp16", "float16"),
@@ -586,6 +628,8 @@ SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
 LAUNCH_FIELDS = ("variant", "block_rays", "num_warps", "dot_precision", "sample_tile",
                  "max_registers", "prefetch", "cdf_in_memory", "samples_per_step", "ablate")
 ABLATION_NOTE = "timing diagnostic: part of the work left out, outputs not the renderer's"
+# What a sweep row is, beyond its launch: the data it runs on (no "volume": random_case).
+ROW_KEYS = (*LAUNCH_FIELDS, "triplane_dtype", "volume")
 
 
 def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
@@ -607,8 +651,7 @@ def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
     with torch.no_grad():
         for index, launch in enumerate(plan):
             done = job.finished("launch_sweep", index)
-            if done is not None and any(done.get(k) != launch.get(k)
-                                        for k in (*LAUNCH_FIELDS, "triplane_dtype")):
+            if done is not None and any(done.get(k) != launch.get(k) for k in ROW_KEYS):
                 # A report (--resume) of a sweep with other rows: from here on its rows are
                 # other launches' places; they run again.
                 del rows[index:]
@@ -620,15 +663,18 @@ def launch_sweep(torch, config, device, settings, warmup, iters, job: Resumable,
             if budget is not None and budget.left() < SWEEP_RESERVE_S:
                 job.store("launch_sweep", index, {**launch, "skipped": "time budget"})
                 continue
-            dtype = launch["triplane_dtype"]
-            if dtype not in cases:
-                tp, dec, o, d = random_case(torch, config, 1, getattr(torch, dtype), 7, 0.0,
-                                            device)
+            dtype, volume = launch["triplane_dtype"], launch.get("volume")
+            if (dtype, volume) not in cases:
+                if volume == "surface":
+                    tp, dec, o, d = surface_case(torch, config, getattr(torch, dtype), 7, device)
+                else:
+                    tp, dec, o, d = random_case(torch, config, 1, getattr(torch, dtype), 7, 0.0,
+                                                device)
                 args = (tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, settings.near,
                         settings.far, settings.samples_coarse, settings.samples_fine,
                         settings.box_warp, settings.plane_axes)
-                cases[dtype] = (args, raymarch_reference(tp, dec, o, d, settings))
-            args, ref = cases[dtype]
+                cases[dtype, volume] = (args, raymarch_reference(tp, dec, o, d, settings))
+            args, ref = cases[dtype, volume]
             options = {k: v for k, v in launch.items() if k in LAUNCH_FIELDS}
 
             def measured():
@@ -697,7 +743,7 @@ def half_precision_launch(timing: dict) -> dict | None:
     """The fastest launch-sweep row on a half-precision tri-plane within tolerance, as
     engines.raymarch.op.default_launch options (None when the sweep has none)."""
     rows = [r for r in timing.get("launch_sweep", []) if r.get("triplane_dtype") == "float16"
-            and r.get("within_tolerance") and "p50_ms" in r]
+            and r.get("within_tolerance") and "p50_ms" in r and not r.get("volume")]
     if not rows:
         return None
     best = min(rows, key=lambda r: r["p50_ms"])
@@ -1124,7 +1170,7 @@ def best_launch(timing: dict) -> dict:
     """The fastest swept launch whose outputs are within KERNEL_TOLERANCE of the reference at
     its tri-plane dtype, and its speed-up over the fp32 reference's p50 ({} if none)."""
     good = [r for r in timing.get("launch_sweep", []) if r.get("within_tolerance")
-            and "p50_ms" in r]
+            and "p50_ms" in r and not r.get("volume")]  # on random_case, as the reference
     if not good or "reference" not in timing.get("float32", {}):
         return {}
     best = min(good, key=lambda r: r["p50_ms"])
@@ -1155,8 +1201,7 @@ def kernel_time_split(timing: dict) -> dict:
     rows = timing.get("launch_sweep", [])
 
     def same_launch(row, base):
-        return all(row.get(k) == base.get(k) for k in (*LAUNCH_FIELDS, "triplane_dtype")
-                   if k != "ablate")
+        return all(row.get(k) == base.get(k) for k in ROW_KEYS if k != "ablate")
 
     ablated = {r["ablate"]: r for r in rows if r.get("ablate") and "p50_ms" in r}
     if set(ablated) != {"gathers", "mlp", "gathers+mlp"}:
@@ -1167,13 +1212,21 @@ def kernel_time_split(timing: dict) -> dict:
     if base is None or not all(same_launch(r, probe) for r in ablated.values()):
         return {}
     kernel_ms = base["p50_ms"]
-    return {"launch": {k: base[k] for k in (*LAUNCH_FIELDS, "triplane_dtype") if k in base},
-            "kernel_ms": kernel_ms,
-            "gathers_memory_ms": round(kernel_ms - ablated["gathers"]["p50_ms"], 4),
-            "mlp_ms": round(kernel_ms - ablated["mlp"]["p50_ms"], 4),
-            "rest_ms": ablated["gathers+mlp"]["p50_ms"],
-            "note": "kernel minus each ablation's p50 (engines.raymarch.kernel.ABLATIONS); "
-                    "the parts overlap on a GPU, so they need not add up to the kernel's time"}
+    out = {"launch": {k: base[k] for k in (*LAUNCH_FIELDS, "triplane_dtype") if k in base},
+           "kernel_ms": kernel_ms,
+           "gathers_memory_ms": round(kernel_ms - ablated["gathers"]["p50_ms"], 4),
+           "mlp_ms": round(kernel_ms - ablated["mlp"]["p50_ms"], 4),
+           "rest_ms": ablated["gathers+mlp"]["p50_ms"],
+           "note": "kernel minus each ablation's p50 (engines.raymarch.kernel.ABLATIONS), on "
+                   "random tri-planes; the parts overlap on a GPU, so they need not add up to "
+                   "the kernel's time. surface_ms: the same launch on surface_case's ball"}
+    surface = next((r for r in rows if r.get("volume") == "surface" and "p50_ms" in r
+                    and not r.get("ablate") and all(r.get(k) == base.get(k)
+                                                    for k in (*LAUNCH_FIELDS, "triplane_dtype"))),
+                   None)
+    if surface is not None:
+        out["surface_ms"] = surface["p50_ms"]
+    return out
 
 
 def summary(data: dict, device) -> dict:

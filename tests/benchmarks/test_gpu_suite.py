@@ -24,7 +24,7 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert "error" not in check, check.get("traceback")
     assert check["all_passed"] is True
     kinds = {c["kind"] for c in check["cases"]}
-    assert kinds == {"random", "dense", "transparent", "empty"}
+    assert kinds == {"random", "dense", "transparent", "empty", "surface"}
     for case in check["cases"]:
         assert case["features"]["elements_checked"] == case["rays"] * 8
         assert case["deterministic"]
@@ -157,7 +157,8 @@ def test_every_sweep_row_is_a_valid_launch():
     assert set(LAUNCH_FIELDS) <= accepted
     assert len({tuple(sorted(r.items())) for r in SWEEP}) == len(SWEEP)  # no duplicates
     for row in SWEEP:
-        assert set(row) - {"triplane_dtype"} <= set(LAUNCH_FIELDS), row
+        assert set(row) - {"triplane_dtype", "volume"} <= set(LAUNCH_FIELDS), row
+        assert row.get("volume") in (None, "surface"), row
         assert row["triplane_dtype"] in ("float32", "float16")
         kernel.check_dot_precision(row["dot_precision"])
         kernel.check_prefetch(row.get("prefetch"))
@@ -170,6 +171,34 @@ def test_every_sweep_row_is_a_valid_launch():
         if row.get("ablate"):
             plain = {k: v for k, v in row.items() if k != "ablate"}
             assert plain in SWEEP[:index], row
+
+
+def test_the_surface_volume_is_a_ball_whose_rays_are_opaque_or_clear():
+    # surface_case: the sweep's and the kernel check's scene-like volume. On paper512's rays
+    # (the reference renderer, CPU): the rays that meet the ball are opaque at its front
+    # (camera radius 2.7, ball radius 0.3 of the box: depth ~2.4-2.8), the rays that miss it
+    # clear, and the fine samples gather at the surface, so a 64-ray block's fine depths
+    # differ as at a face's silhouette (where random tri-planes spread them evenly).
+    import torch
+
+    from benchmarks.gpu_suite import random_case, surface_case
+    from export3d.config import PRESETS
+    from export3d.renderer import RayMarchSettings, raymarch_reference
+
+    cfg = PRESETS["paper512"]
+    settings = RayMarchSettings(cfg.ray_near, cfg.ray_far, 48, 48, cfg.box_warp,
+                                cfg.eg3d_plane_axes)
+    tp, dec, o, d = surface_case(torch, cfg, torch.float16, 7)
+    assert tp.dtype == torch.float16 and tuple(tp.shape) == (1, 3, 32, 256, 256)
+    with torch.no_grad():
+        _, depth, opacity = raymarch_reference(tp, dec, o, d, settings)
+    opaque, clear = opacity > 0.99, opacity < 0.01
+    assert 0.2 < opaque.float().mean() < 0.5 and 0.2 < clear.float().mean() < 0.5
+    assert 2.35 < depth[opaque].min() and depth[opaque].max() < 2.85
+    # The same tri-plane's random channels and decoder as random_case's, but for the ball.
+    rtp, rdec, ro, rd = random_case(torch, cfg, 1, torch.float32, 7, 0.0)
+    assert torch.equal(tp[:, :, 1:].float(), rtp[:, :, 1:].half().float())
+    assert torch.equal(dec.w1[:, 1:], rdec.w1[:, 1:]) and torch.equal(o, ro)
 
 
 def test_kernel_time_split_reads_the_ablations_against_their_launch():
@@ -194,6 +223,12 @@ def test_kernel_time_split_reads_the_ablations_against_their_launch():
     assert best_launch(timing)["kernel_best_launch"]["p50_ms"] == 0.40
     assert half_precision_launch(timing) == {"variant": "serial", "block_rays": 64,
                                              "num_warps": 4, "dot_precision": "fp16"}
+    # The same launch on the surface volume is reported beside it, never taken as the base.
+    timing["launch_sweep"].insert(1, {**row(0.35), "volume": "surface"})
+    split = kernel_time_split(timing)
+    assert split["kernel_ms"] == 0.40 and split["surface_ms"] == 0.35
+    assert best_launch(timing)["kernel_best_launch"]["p50_ms"] == 0.40
+    del timing["launch_sweep"][1]
     # Until all three ran (the budget may stop the sweep), or without the plain launch: none.
     assert kernel_time_split({"launch_sweep": timing["launch_sweep"][:4]}) == {}
     assert kernel_time_split({"launch_sweep": timing["launch_sweep"][:1]
