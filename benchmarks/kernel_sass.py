@@ -119,6 +119,9 @@ CONFIGS = (
                                       triplane_dtype="float16", ablate="mlp")),
     ("ablate gathers+mlp htp 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
                                               triplane_dtype="float16", ablate="gathers+mlp")),
+    # The half-precision default with the fp16 tri-plane's taps summed in fp32 (tap_sum).
+    ("serial htp fp32sum 64x4 fp16", dict(dot_precision="fp16", block_rays=64,
+                                          triplane_dtype="float16", tap_sum="fp32")),
     # Capped registers: more programs per SM to hide the gathers' latency, paid in spills.
     ("serial r168 32x4 fp16", dict(dot_precision="fp16", max_registers=168)),
     ("serial r128 32x4 fp16", dict(dot_precision="fp16", max_registers=128)),

@@ -70,6 +70,9 @@ class KernelConfig:
     # "serial" only: a timing diagnostic (kernel.ABLATIONS; "" is the kernel), for
     # benchmarks.kernel_sass; never a plugin's build.
     ablate: str = ""
+    # "serial" only: how an fp16 tri-plane's taps are summed under fp16 products
+    # (kernel.TAP_SUMS).
+    tap_sum: str = "fp16"
 
     @classmethod
     def tiny(cls, **overrides) -> "KernelConfig":
@@ -173,7 +176,7 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
                                    prefetch=config.prefetch,
                                    samples_per_step=(config.samples_per_step
                                                      if uses_cdf_workspace(config) else 1),
-                                   ablate=config.ablate)
+                                   ablate=config.ablate, tap_sum=config.tap_sum)
     sig = {name: (ptr if kind == "*triplane" else kind) for name, kind in kernel.RUNTIME_ARGS}
     if not uses_cdf_workspace(config):
         consts["cdf_ptr"] = None

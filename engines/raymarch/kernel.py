@@ -322,12 +322,13 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
             stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
             A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
             A4: tl.constexpr, A5: tl.constexpr, WITH_FEATS: tl.constexpr,
-            DOT_PRECISION: tl.constexpr, ABLATE: tl.constexpr):
+            DOT_PRECISION: tl.constexpr, ABLATE: tl.constexpr, TAP_SUM: tl.constexpr):
     """Decode one sample per ray at depth t [BLOCK_R] -> raw density [BLOCK_R] and features
     [BLOCK_R, F_PAD] in (-0.001, 1.001) (only when WITH_FEATS, else density twice).
     (ax, bx), (ay, by), (az, bz): each ray's pixel coordinate a + t b per axis (_load_rays).
     batch_off: [BLOCK_R] int32 offset of each ray's tri-plane (batch * stride_tb). ABLATE:
-    "" (the kernel), or a timing diagnostic of ABLATIONS."""
+    "" (the kernel), or a timing diagnostic of ABLATIONS. TAP_SUM (TAP_SUMS): "fp16" sums an
+    fp16 tri-plane's taps in fp16 under "fp16" products (below), "fp32" always in fp32."""
     i0x, w0x, w1x = _axis_taps(ax + t * bx, Pf)
     i0y, w0y, w1y = _axis_taps(ay + t * by, Pf)
     i0z, w0z, w1z = _axis_taps(az + t * bz, Pf)
@@ -336,7 +337,8 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
     # (HFMA2), instead of each value converted to fp32 and summed there: -23% instructions
     # per ray at paper512 sizes, and a few fp16 ulps on an operand whose rounding already
     # costs half of one (the op hands a bf16 tri-plane over in fp16 for this).
-    if (triplane_ptr.dtype.element_ty == tl.float16) and (DOT_PRECISION == "fp16"):
+    if ((triplane_ptr.dtype.element_ty == tl.float16) and (DOT_PRECISION == "fp16")
+            and (TAP_SUM == "fp16")):
         feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float16)
     else:
         feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float32)
@@ -478,7 +480,8 @@ def raymarch_kernel(
         A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr, A3: tl.constexpr,
         A4: tl.constexpr, A5: tl.constexpr, BLOCK_R: tl.constexpr,
         DOT_PRECISION: tl.constexpr = "ieee", PREFETCH: tl.constexpr = 0,
-        SAMPLES_PER_STEP: tl.constexpr = 1, ABLATE: tl.constexpr = ""):
+        SAMPLES_PER_STEP: tl.constexpr = 1, ABLATE: tl.constexpr = "",
+        TAP_SUM: tl.constexpr = "fp16"):
     """One program = BLOCK_R rays. near, step = (far - near) / Sc and scale = 2 / box_warp
     are fp32; strides in elements; P the plane size. cdf_ptr: an fp32 workspace of
     grid * BLOCK_R rows of SC_PAD + SC + SF (one row per ray, masked-off rays included), where
@@ -487,7 +490,8 @@ def raymarch_kernel(
     the walk runs inside the decode loop (the version-1 TensorRT node's configuration).
     SAMPLES_PER_STEP (2 needs the workspace): merged samples
     decoded per step of the decode loop. ABLATE: "" (the kernel), or a timing diagnostic that
-    leaves part of the work out (ABLATIONS; its outputs are not the renderer's)."""
+    leaves part of the work out (ABLATIONS; its outputs are not the renderer's). TAP_SUM
+    (TAP_SUMS): the precision of an fp16 tri-plane's tap sums under "fp16" products."""
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     ray_mask = rays < n_rays
@@ -524,7 +528,7 @@ def raymarch_kernel(
         sig_prev, _unused = _decode(t_prev, ax, ay, az, bx, by, bz, triplane_ptr,
                                     batch_off, stride_tk, Pf, stride_ty, stride_tx, c_offs, w1,
                                     b1, w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False,
-                                    DOT_PRECISION, ABLATE)
+                                    DOT_PRECISION, ABLATE, TAP_SUM)
         optical_sum = tl.zeros((BLOCK_R,), dtype=tl.float32)
         w_m2 = tl.zeros((BLOCK_R,), dtype=tl.float32)
         w_m1 = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -537,7 +541,7 @@ def raymarch_kernel(
             sig, _unused = _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                                    stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
                                    b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, False, DOT_PRECISION,
-                                   ABLATE)
+                                   ABLATE, TAP_SUM)
             optical = _density(0.5 * (sig + sig_prev) - 1.0) * (t - t_prev)
             w = _alpha(optical) * tl.exp(-optical_sum)
             optical_sum += optical
@@ -631,12 +635,13 @@ def raymarch_kernel(
                 ic, jf, cdf_lo, cdf_hi, pend, t_pend, cdf, cols, cdf_row, near, step, SC, SF)
         sig, feats = _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                              stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s,
-                             w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION, ABLATE)
+                             w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION, ABLATE,
+                             TAP_SUM)
         if SAMPLES_PER_STEP == 2:
             sig_2, feats_2 = _decode(t_2, ax, ay, az, bx, by, bz, triplane_ptr, batch_off,
                                      stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1, w2s,
                                      b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION,
-                                     ABLATE)
+                                     ABLATE, TAP_SUM)
         t_first = tl.where(k == 0, t, t_first)
         (t_prev, sig_prev, w_prev, feats_prev, optical_sum, acc_weight, acc_depth,
          acc_feats) = _composite(k == 0, t, sig, feats, t_prev, sig_prev, w_prev, feats_prev,
@@ -724,6 +729,25 @@ def check_ablate(ablate) -> str:
     return value
 
 
+# How an fp16 tri-plane's taps are summed under "fp16" products (other tri-planes and products:
+# fp32 always). "fp16" (the default): packed HFMA2, two channels an instruction, the sum being
+# the product's fp16 operand anyway (0.235 M instructions per ray at 64 x 4 on sm_90 against
+# 0.314 M, benchmarks.kernel_sass). "fp32": each value converted and summed in fp32, as an
+# fp32 tri-plane of the same values. On random tri-planes the two were within 2x of each
+# other and 1.9e-5 of the reference; on a steep surface (benchmarks.gpu_suite.surface_case)
+# the fp16 sums were 1.2e-2 off in depth against 2.9e-3, over the 5e-3 tolerance
+# (interpreter, 32 x 32 of paper512's rays). The GPU suite's sweep times both; the default
+# is to follow its numbers.
+TAP_SUMS = ("fp16", "fp32")
+
+
+def check_tap_sum(tap_sum) -> str:
+    value = tap_sum or "fp16"
+    if value not in TAP_SUMS:
+        raise ValueError(f"tap_sum must be one of {', '.join(TAP_SUMS)}, got {tap_sum!r}.")
+    return value
+
+
 def next_pow2(n: int, floor: int = 16) -> int:
     """Padded size for a register dimension: a power of two >= max(n, floor)."""
     return max(floor, triton.next_power_of_2(int(n)))
@@ -732,7 +756,7 @@ def next_pow2(n: int, floor: int = 16) -> int:
 def constexprs(channels: int, hidden: int, features: int, samples_coarse: int,
                samples_fine: int, plane_axes_flat, block_rays: int,
                dot_precision: str = "ieee", prefetch: int = 0,
-               samples_per_step: int = 1, ablate: str = "") -> dict:
+               samples_per_step: int = 1, ablate: str = "", tap_sum: str = "fp16") -> dict:
     """The kernel's constexpr arguments for one configuration (plane_axes_flat: 6 ints)."""
     a = tuple(int(v) for v in plane_axes_flat)
     return {"C": int(channels), "HD": int(hidden), "F": int(features),
@@ -743,7 +767,7 @@ def constexprs(channels: int, hidden: int, features: int, samples_coarse: int,
             "DOT_PRECISION": check_dot_precision(dot_precision),
             "PREFETCH": check_prefetch(prefetch),
             "SAMPLES_PER_STEP": check_samples_per_step(samples_per_step),
-            "ABLATE": check_ablate(ablate)}
+            "ABLATE": check_ablate(ablate), "TAP_SUM": check_tap_sum(tap_sum)}
 
 
 # Runtime (non-constexpr) arguments in order, with their AOT signature types. Pointers first.

@@ -25,7 +25,7 @@ INTERPRETER_TILED_BLOCK_RAYS = 64  # 64 rays x 16 samples = 1024 decode rows per
 VARIANTS = ("serial", "tiled")
 TRIPLANE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LAUNCH_KEYS = ("block_rays", "num_warps", "dot_precision", "variant", "sample_tile",
-               "max_registers", "prefetch", "cdf_in_memory", "samples_per_step")
+               "max_registers", "prefetch", "cdf_in_memory", "samples_per_step", "tap_sum")
 # Launch options the registered op uses when its caller (the renderer, torch.compile'd graphs,
 # CUDA graphs) cannot pass them: set by default_launch(), read at every launch.
 _launch_override: dict = {}
@@ -135,7 +135,7 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
            samples_fine, box_warp, plane_axes, *, block_rays=None, num_warps=None,
            channels_last=True, dot_precision=None, variant=None, sample_tile=None,
            max_registers=None, prefetch=None, cdf_in_memory=None, samples_per_step=None,
-           ablate=None):
+           tap_sum=None, ablate=None):
     """Allocate the outputs and launch the kernel (CUDA, or the interpreter on CPU).
     ``channels_last`` copies the tri-plane to [B, 3, P, P, C] first (one tap = one
     contiguous line of C values); the kernel takes any strides. ``variant``: "serial"
@@ -154,18 +154,21 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     TensorRT plugin ran with the version-1 node, before it had a workspace output.
     ``samples_per_step`` (with the workspace
     only; default ``kernel.DEFAULT_SAMPLES_PER_STEP``): merged samples decoded per step, 2
-    keeping two samples' gathers in flight. ``ablate`` ("serial" only, ``kernel.ABLATIONS``):
-    a timing diagnostic that leaves the gathers' memory traffic or the MLP out; its outputs
-    are not the renderer's (only this keyword selects it: ``default_launch`` does not)."""
+    keeping two samples' gathers in flight. ``tap_sum`` ("serial" only,
+    ``kernel.TAP_SUMS``; default "fp16"): how an fp16 tri-plane's taps are summed under
+    "fp16" products (a bf16 one is handed over in fp16). ``ablate`` ("serial" only,
+    ``kernel.ABLATIONS``): a timing diagnostic that leaves the gathers' memory traffic or the
+    MLP out; its outputs are not the renderer's (only this keyword selects it:
+    ``default_launch`` does not)."""
     from . import kernel, tiled
 
     given = dict(block_rays=block_rays, num_warps=num_warps, dot_precision=dot_precision,
                  variant=variant, sample_tile=sample_tile, max_registers=max_registers,
                  prefetch=prefetch, cdf_in_memory=cdf_in_memory,
-                 samples_per_step=samples_per_step)
+                 samples_per_step=samples_per_step, tap_sum=tap_sum)
     chosen = {k: v if v is not None else _launch_override.get(k) for k, v in given.items()}
     (block_rays, num_warps, dot_precision, variant, sample_tile, max_registers, prefetch,
-     cdf_in_memory, samples_per_step) = (chosen[k] for k in LAUNCH_KEYS)
+     cdf_in_memory, samples_per_step, tap_sum) = (chosen[k] for k in LAUNCH_KEYS)
     variant = variant or "serial"
     if variant not in VARIANTS:
         raise ValueError(f"unknown kernel variant {variant!r}; choose one of: "
@@ -174,6 +177,8 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
         raise ValueError("prefetch is an option of the serial kernel variant only.")
     if ablate and variant != "serial":
         raise ValueError("ablate is an option of the serial kernel variant only.")
+    if tap_sum is not None and variant != "serial":
+        raise ValueError("tap_sum is an option of the serial kernel variant only.")
     if cdf_in_memory is not None and variant != "serial":
         raise ValueError("cdf_in_memory is an option of the serial kernel variant only.")
     workspace = variant == "serial" and int(samples_fine) > 0 and cdf_in_memory is not False
@@ -225,7 +230,7 @@ def launch(triplane, w1, b1, w2, b2, origins, directions, near, far, samples_coa
     else:
         consts = kernel.constexprs(channels, hidden, features_n, samples_coarse,
                                    samples_fine, axes, block_rays, dot_precision,
-                                   prefetch, samples_per_step, ablate)
+                                   prefetch, samples_per_step, ablate, tap_sum)
         fn = kernel.raymarch_kernel
     step = (float(far) - float(near)) / int(samples_coarse)
     sb, sk, sc, sy, sx = planes.stride()

@@ -165,7 +165,8 @@ def raymarch_tiled_kernel(
             sig, _unused = _decode(tl.reshape(t[None, :] + zeros_rt, (N,)), ax, ay, az, bx, by,
                                    bz, triplane_ptr, batch_off, stride_tk, Pf,
                                    stride_ty, stride_tx, c_offs, w1, b1, w2s, b2s, w2f, b2f,
-                                   A0, A1, A2, A3, A4, A5, False, DOT_PRECISION, "")
+                                   A0, A1, A2, A3, A4, A5, False, DOT_PRECISION, "",
+                                   "fp16")
             sig = tl.reshape(sig, (BLOCK_R, S_TILE))
             sig_prev = _shift_right(sig, sig_carry, jj)
             delta = tl.where((s >= 1) & (s < SC), t - t_prev, 0.0)
@@ -239,7 +240,7 @@ def raymarch_tiled_kernel(
         sig, feats = _decode(tl.reshape(t, (N,)), ax, ay, az, bx, by, bz, triplane_ptr,
                              batch_off, stride_tk, Pf, stride_ty, stride_tx, c_offs, w1, b1,
                              w2s, b2s, w2f, b2f, A0, A1, A2, A3, A4, A5, True, DOT_PRECISION,
-                             "")
+                             "", "fp16")
         sig = tl.reshape(sig, (BLOCK_R, S_TILE))
         feats = tl.reshape(feats, (BLOCK_R, S_TILE, F_PAD))
         sig_prev = _shift_right(sig, sig_carry, jj)

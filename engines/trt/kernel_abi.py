@@ -79,7 +79,7 @@ def raymarch_trt_kernel(
                     stride_w1c, stride_w1h, stride_b1, stride_w2h, stride_w2o, stride_b2,
                     near, step, scale, C, HD, F, C_PAD, H_PAD, F_PAD, SC, SF, SC_PAD,
                     A0, A1, A2, A3, A4, A5, BLOCK_R, DOT_PRECISION, PREFETCH,
-                    SAMPLES_PER_STEP, "")  # "": no ablation, the renderer
+                    SAMPLES_PER_STEP, "", "fp16")  # no ablation; the op's default sums
 
 
 def dot_precision(arch: int, triplane_dtype: str = "float32") -> str:
@@ -102,7 +102,7 @@ def signature(config: aot.KernelConfig, arch: int) -> tuple[dict, dict]:
                                config.block_rays,
                                dot_precision(arch, config.triplane_dtype),
                                samples_per_step=config.samples_per_step if workspace else 1)
-    del consts["ABLATE"]  # the entry point passes "" (the renderer)
+    del consts["ABLATE"], consts["TAP_SUM"]  # the entry point passes them (the op's default)
     consts["WORKSPACE"] = int(workspace)
     sig = {name: "*" + aot.DTYPES[config.triplane_dtype] if name == "triplane_ptr"
            else "*fp32" for name in INPUT_PTRS}

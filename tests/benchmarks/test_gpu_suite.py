@@ -163,6 +163,7 @@ def test_every_sweep_row_is_a_valid_launch():
         kernel.check_dot_precision(row["dot_precision"])
         kernel.check_prefetch(row.get("prefetch"))
         kernel.check_ablate(row.get("ablate"))
+        kernel.check_tap_sum(row.get("tap_sum"))
         assert row["variant"] in op.VARIANTS
         assert not (row.get("prefetch") and row["variant"] != "serial"), row
         assert not (row.get("ablate") and row["variant"] != "serial"), row

@@ -418,6 +418,28 @@ def test_cdf_in_memory_and_in_registers_give_the_same_bits():
         run_kernel(inputs, settings, "tiled", cdf_in_memory=False)
 
 
+@interpreted
+def test_fp32_tap_sums_are_an_fp32_triplanes():
+    # tap_sum="fp32" sums an fp16 tri-plane's taps in fp32 under fp16 products: every output
+    # bit as an fp32 tri-plane holding the same values (whose taps are summed in fp32 anyway),
+    # and not the default's packed fp16 sums.
+    inputs = make_inputs(b=1, channels=16, hidden=32, plane=24, res=7, seed=17,
+                         dtype=torch.float16)
+    settings = settings_for(samples_coarse=12, samples_fine=10)
+    wide = [inputs[0].float(), *inputs[1:]]
+    fp32_sums = run_kernel(inputs, settings, block_rays=16, dot_precision="fp16",
+                           tap_sum="fp32")
+    for a, b in zip(fp32_sums, run_kernel(wide, settings, block_rays=16, dot_precision="fp16")):
+        assert torch.equal(a, b)
+    fp16_sums = run_kernel(inputs, settings, block_rays=16, dot_precision="fp16")
+    assert not torch.equal(fp16_sums[0], fp32_sums[0])
+    assert_matches(fp32_sums, run_reference(inputs, settings), FP16_DOT_TOLERANCE)
+    with pytest.raises(ValueError, match="tap_sum must be one of"):
+        run_kernel(inputs, settings, tap_sum="fp64")
+    with pytest.raises(ValueError, match="serial kernel variant only"):
+        run_kernel(inputs, settings, "tiled", tap_sum="fp32")
+
+
 def ablated_decode(features, decoder):
     """export3d.renderer.decode as the kernel's "mlp" ablation defines it: the raw density is
     the mean of the planes' mean over the channels, every feature that density."""
