@@ -336,7 +336,7 @@ def _decode(t, ax, ay, az, bx, by, bz, triplane_ptr, batch_off, stride_tk, Pf,
     # anyway, so an fp16 tri-plane's taps are summed in fp16, two channels per instruction
     # (HFMA2), instead of each value converted to fp32 and summed there: -23% instructions
     # per ray at paper512 sizes, and a few fp16 ulps on an operand whose rounding already
-    # costs half of one (the op hands a bf16 tri-plane over in fp16 for this).
+    # costs half of one (a bf16 tri-plane comes in fp16); at a steep surface more: TAP_SUMS.
     if ((triplane_ptr.dtype.element_ty == tl.float16) and (DOT_PRECISION == "fp16")
             and (TAP_SUM == "fp16")):
         feat = tl.zeros((t.shape[0], c_offs.shape[0]), dtype=tl.float16)
