@@ -162,6 +162,8 @@ def signature(config: KernelConfig) -> tuple[dict, dict]:
         raise ValueError("prefetch is an option of the serial kernel variant only.")
     if config.ablate and config.variant != "serial":
         raise ValueError("ablate is an option of the serial kernel variant only.")
+    if config.tap_sum != "fp16" and config.variant != "serial":
+        raise ValueError("tap_sum is an option of the serial kernel variant only.")
     if config.variant == "tiled":
         consts = tiled.constexprs(config.channels, config.hidden, config.features,
                                   config.samples_coarse, config.samples_fine,

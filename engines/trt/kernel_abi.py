@@ -96,6 +96,9 @@ def signature(config: aot.KernelConfig, arch: int) -> tuple[dict, dict]:
     if config.ablate:
         raise ValueError("an engine's kernel is the renderer: ablations are timing "
                          "diagnostics of the torch op only.")
+    if config.tap_sum != "fp16":
+        raise ValueError("an engine's kernel sums the taps as the op does by default "
+                         "(tap_sum 'fp16'); other tap sums are launch options of the torch op.")
     workspace = aot.uses_cdf_workspace(config)
     consts = kernel.constexprs(config.channels, config.hidden, config.features,
                                config.samples_coarse, config.samples_fine, config.plane_axes,

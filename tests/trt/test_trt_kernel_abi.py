@@ -110,5 +110,10 @@ def test_an_engines_kernel_is_never_an_ablation():
 
     with pytest.raises(ValueError, match="timing diagnostics"):
         kernel_abi.signature(aot.KernelConfig.tiny(ablate="mlp"), 90)
+    # Nor a tap sum other than the op's default (the entry point passes that one).
+    with pytest.raises(ValueError, match="tap_sum 'fp16'"):
+        kernel_abi.signature(aot.KernelConfig.tiny(tap_sum="fp32"), 90)
+    with pytest.raises(ValueError, match="serial kernel variant only"):
+        aot.signature(aot.KernelConfig.tiny(tap_sum="fp32", variant="tiled"))
     sig, consts = kernel_abi.signature(aot.KernelConfig.tiny(), 90)
     assert "ABLATE" not in consts and "ABLATE" not in sig
