@@ -93,8 +93,6 @@ def load_checkpoint(path: str | Path, render_impl: str = "auto",
                     expression_code: str = EXPRESSION_CODE_VERSION,
                     map_location: str = "cpu") -> Export3D:
     """Build the model the checkpoint describes and load its weights, strictly."""
-    from safetensors.torch import load_file
-
     config, meta = read_config(path)
     code = meta.get("expression_code")
     if code != expression_code:
@@ -103,14 +101,57 @@ def load_checkpoint(path: str | Path, render_impl: str = "auto",
             f"{expression_code!r}; retrain or use a matching checkpoint")
     model = Export3D(config, render_impl)
     try:
-        tensors = load_file(str(path), device=map_location)
-    except Exception as exc:  # noqa: BLE001 - safetensors' own error type (Rust)
-        if isinstance(exc, OSError):
-            raise
-        raise CheckpointError(f"{path} is truncated or damaged ({exc}); copy or download it "
-                              "again") from None
+        from safetensors.torch import load_file
+    except ImportError:  # a machine with torch but not this package's dependencies
+        tensors = read_tensors(path, map_location)
+    else:
+        try:
+            tensors = load_file(str(path), device=map_location)
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error type (Rust)
+            if isinstance(exc, OSError):
+                raise
+            raise CheckpointError(f"{path} is truncated or damaged ({exc}); copy or download "
+                                  "it again") from None
     load_weights(model, tensors, source=str(path))
     return model.eval()
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+           "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
+           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_tensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors without the safetensors package, which the GPU machines the
+    GPU suite runs on are not documented to have: the header's table of dtype, shape and byte
+    range per tensor over the data that follows it, little-endian."""
+    header = read_header(path)
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        f.seek(8 + size)
+        data = f.read()
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = _DTYPES[entry["dtype"]]
+            start, end = (int(v) for v in entry["data_offsets"])
+            shape = [int(v) for v in entry["shape"]]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path} has an unreadable entry for {name!r}") from None
+        if not 0 <= start <= end <= len(data):
+            raise CheckpointError(f"{path} is truncated or damaged ({name!r} lies past its "
+                                  "end); copy or download it again")
+        count = 1
+        for n in shape:
+            count *= n
+        if end - start != count * torch.empty(0, dtype=dtype).element_size():
+            raise CheckpointError(f"{path} has an entry {name!r} whose size is not its shape's")
+        flat = (torch.frombuffer(bytearray(data[start:end]), dtype=dtype) if count else
+                torch.empty(0, dtype=dtype))
+        tensors[name] = flat.reshape(shape).to(device)
+    return tensors
 
 
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:

@@ -24,9 +24,10 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     assert "error" not in check, check.get("traceback")
     assert check["all_passed"] is True
     kinds = {c["kind"] for c in check["cases"]}
-    assert kinds == {"random", "dense", "transparent", "empty", "surface"}
+    assert kinds == {"random", "dense", "transparent", "empty", "surface", "face"}
     for case in check["cases"]:
-        assert case["features"]["elements_checked"] == case["rays"] * 8
+        channels = 16 if case["kind"] == "face" else 8  # demo64's features, else tiny's
+        assert case["features"]["elements_checked"] == case["rays"] * channels
         assert case["deterministic"]
         for name in ("features", "depth", "opacity"):
             out = case[name]
@@ -41,6 +42,12 @@ def test_gpu_suite_dry_run_writes_a_complete_report(tmp_path):
     balls = [c for c in check["cases"] if c["kind"] == "surface"]
     assert [c["triplane_dtype"] for c in balls] == ["float32", "float16"]
     assert "held_to" not in balls[0] and "99th percentile" in balls[1]["held_to"]
+    # The trained demo64 model on the astronaut's face in bf16, against the bf16 model's own
+    # error (FACE_FRACTION of it): a real difference, a face's opacity (neither empty nor solid).
+    face = next(c for c in check["cases"] if c["kind"] == "face")
+    assert face["triplane_dtype"] == "bfloat16" and 0.2 < face["mean_opacity_reference"] < 0.8
+    for name, error in face["bf16_model_error"].items():
+        assert 1e-4 < error < 0.1 and face[name]["max_abs_err"] < 0.2 * error, (name, face)
     for name, stored in balls[1]["bf16_storage_error"].items():
         assert 0 < stored < 1, (name, stored)
         assert balls[1][name]["worst_bound"] >= KERNEL_TOLERANCE[name]

@@ -87,3 +87,37 @@ def test_corrupt_and_foreign_files(tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_tensors_read_without_the_safetensors_package(tmp_path, monkeypatch):
+    # read_tensors, for machines without safetensors (load_checkpoint falls back to it): every
+    # tensor of the shipped demo checkpoint bit-identical to safetensors' own reader, every
+    # dtype the format names that torch has, and a truncated file refused in one sentence.
+    import sys
+
+    from safetensors.torch import load_file
+
+    from export3d import demo
+    from export3d.checkpoint import read_tensors
+
+    ours, theirs = read_tensors(demo.checkpoint()), load_file(str(demo.checkpoint()))
+    assert ours.keys() == theirs.keys() and len(ours) > 50
+    for name, tensor in theirs.items():
+        assert ours[name].dtype == tensor.dtype and torch.equal(ours[name], tensor), name
+    mixed = {"f32": torch.randn(3, 4), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2,
+             dtype=torch.bfloat16), "i64": torch.arange(7), "u8": torch.arange(4).byte(),
+             "bool": torch.tensor([True, False]), "scalar": torch.tensor(2.5),
+             "empty": torch.zeros(0, 3)}
+    path = tmp_path / "mixed.safetensors"
+    save_file(mixed, str(path))
+    for name, tensor in read_tensors(path).items():
+        assert tensor.dtype == mixed[name].dtype and torch.equal(tensor, mixed[name]), name
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        read_tensors(cut)
+    # load_checkpoint takes it when the package is missing: the same model.
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    model = load_checkpoint(demo.checkpoint())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, theirs[name]), name
