@@ -118,7 +118,9 @@ def load_checkpoint(path: str | Path, render_impl: str = "auto",
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
            "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32, "I16": torch.int16,
-           "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+           "I8": torch.int8, "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16,
+           "U8": torch.uint8, "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn,
+           "F8_E5M2": torch.float8_e5m2}
 
 
 def read_tensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
@@ -130,16 +132,20 @@ def read_tensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
         (size,) = struct.unpack("<Q", f.read(8))
         f.seek(8 + size)
         data = f.read()
-    tensors = {}
+    tensors, ranges = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         try:
-            dtype = _DTYPES[entry["dtype"]]
+            kind = entry["dtype"]
             start, end = (int(v) for v in entry["data_offsets"])
             shape = [int(v) for v in entry["shape"]]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path} has an unreadable entry for {name!r}") from None
+        if kind not in _DTYPES:
+            raise CheckpointError(f"{path} holds {name!r} as {kind}, which this reader does not "
+                                  "know; pip install safetensors")
+        dtype = _DTYPES[kind]
         if not 0 <= start <= end <= len(data):
             raise CheckpointError(f"{path} is truncated or damaged ({name!r} lies past its "
                                   "end); copy or download it again")
@@ -148,9 +154,20 @@ def read_tensors(path: str | Path, device="cpu") -> dict[str, torch.Tensor]:
             count *= n
         if end - start != count * torch.empty(0, dtype=dtype).element_size():
             raise CheckpointError(f"{path} has an entry {name!r} whose size is not its shape's")
-        flat = (torch.frombuffer(bytearray(data[start:end]), dtype=dtype) if count else
-                torch.empty(0, dtype=dtype))
+        flat = (torch.frombuffer(bytearray(memoryview(data)[start:end]), dtype=dtype) if count
+                else torch.empty(0, dtype=dtype))
         tensors[name] = flat.reshape(shape).to(device)
+        ranges.append((start, end))
+    # As the format requires: the tensors cover the data exactly, no gap, no overlap, nothing
+    # after them.
+    covered = 0
+    for start, end in sorted(ranges):
+        if start != covered:
+            break
+        covered = end
+    if covered != len(data):
+        raise CheckpointError(f"{path} is damaged (its tensors do not cover its data exactly); "
+                              "copy or download it again")
     return tensors
 
 

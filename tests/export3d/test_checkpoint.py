@@ -92,7 +92,8 @@ def test_corrupt_and_foreign_files(tmp_path):
 def test_tensors_read_without_the_safetensors_package(tmp_path, monkeypatch):
     # read_tensors, for machines without safetensors (load_checkpoint falls back to it): every
     # tensor of the shipped demo checkpoint bit-identical to safetensors' own reader, every
-    # dtype the format names that torch has, and a truncated file refused in one sentence.
+    # dtype the format names (as safetensors writes them), and a truncated file, one with bytes
+    # after its tensors and one of a dtype it does not know refused in one sentence.
     import sys
 
     from safetensors.torch import load_file
@@ -107,15 +108,32 @@ def test_tensors_read_without_the_safetensors_package(tmp_path, monkeypatch):
     mixed = {"f32": torch.randn(3, 4), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2,
              dtype=torch.bfloat16), "i64": torch.arange(7), "u8": torch.arange(4).byte(),
              "bool": torch.tensor([True, False]), "scalar": torch.tensor(2.5),
-             "empty": torch.zeros(0, 3)}
+             "empty": torch.zeros(0, 3), "f64": torch.randn(3, dtype=torch.float64),
+             "i32": torch.arange(-3, 3, dtype=torch.int32), "i16": torch.arange(4).short(),
+             "i8": torch.arange(-2, 2).char(), "u16": torch.arange(5).to(torch.uint16),
+             "u32": torch.arange(5).to(torch.uint32), "u64": torch.arange(5).to(torch.uint64),
+             "f8e4m3": torch.randn(6).to(torch.float8_e4m3fn),
+             "f8e5m2": torch.randn(6).to(torch.float8_e5m2)}
     path = tmp_path / "mixed.safetensors"
     save_file(mixed, str(path))
-    for name, tensor in read_tensors(path).items():
-        assert tensor.dtype == mixed[name].dtype and torch.equal(tensor, mixed[name]), name
+    read = read_tensors(path)
+    assert read.keys() == mixed.keys()
+    for name, tensor in read.items():
+        assert tensor.dtype == mixed[name].dtype and tensor.shape == mixed[name].shape, name
+        assert (tensor.reshape(-1).view(torch.uint8).tolist()
+                == mixed[name].reshape(-1).view(torch.uint8).tolist()), name
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(CheckpointError, match="truncated or damaged"):
         read_tensors(cut)
+    longer = tmp_path / "longer.safetensors"
+    longer.write_bytes(path.read_bytes() + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="do not cover its data exactly"):
+        read_tensors(longer)
+    odd = tmp_path / "odd.safetensors"
+    odd.write_bytes(path.read_bytes().replace(b'"F64"', b'"C64"', 1))
+    with pytest.raises(CheckpointError, match="as C64, which this reader does not know"):
+        read_tensors(odd)
     # load_checkpoint takes it when the package is missing: the same model.
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     model = load_checkpoint(demo.checkpoint())
