@@ -299,6 +299,27 @@ def test_kernel_check_runs_the_ball_in_every_half_precision_with_its_storage_bou
     assert check["all_passed"] is True
 
 
+def test_the_face_case_runs_on_the_device_it_is_given():
+    # face_case on PyTorch's meta device (shapes only, no data), standing in for a GPU: the
+    # models, their tri-planes and decoders and the rays all on that device, in their dtypes.
+    # (It once left the models on the CPU, which a CPU dry run could not see.)
+    import torch
+
+    from benchmarks.gpu_suite import face_case
+    from export3d.config import PRESETS
+
+    models, origins, directions, settings = face_case(torch, PRESETS["tiny"],
+                                                      torch.device("meta"))
+    assert set(models) == {torch.float32, torch.bfloat16}
+    for dtype, (triplane, decoder) in models.items():
+        assert triplane.device.type == "meta" and triplane.dtype == dtype
+        assert tuple(triplane.shape) == (1, 3, 16, 32, 32)  # demo64's tri-plane
+        assert decoder.w1.device.type == "meta" and decoder.w1.dtype == dtype
+    assert origins.device.type == "meta" and directions.device.type == "meta"
+    assert tuple(origins.shape) == (1, PRESETS["tiny"].render_size ** 2, 3)
+    assert settings.samples_coarse == PRESETS["tiny"].samples_coarse
+
+
 FACE_VERDICT_SCRIPT = """
 import json, sys
 import torch
