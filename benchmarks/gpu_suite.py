@@ -30,7 +30,7 @@ Sections:
    reference (``output_error``; a silhouette ray of a steep surface moves as much with bf16
    storage as with fp16 operands). Last, a trained model on a real face: the demo checkpoint
    (assets/) on scikit-image's astronaut, in bf16 (``face_case``), held to the tolerance and
-   to under a fifth of what running that model in bf16 moves its output.
+   to under a quarter of what running that model in bf16 moves its output.
 3. ``raymarch_timing``: reference vs kernel latency at those sizes, and the speed-up; a launch
    sweep (rays per program, warps, MLP product precision, tri-plane dtype, serial and tiled
    variants), each row with its error against the reference and whether it is within the
@@ -395,10 +395,12 @@ def surface_case(torch, config, dtype, seed: int, device="cpu"):
 # the aligned crop, whose face model the GPU machines lack), neutral expression, one orbit camera.
 FACE_BOX = (15, 205, 135, 325)
 # The face in bf16: the kernel's error against the reference on the same inputs must stay under
-# this fraction of what running the model in bf16 moves the reference from the fp32 model's
-# (under the interpreter, fp16 products: 12-25x under it for this face at 32 x 32 rays and
-# 48 + 48 samples; 18-45x for the demo's own photo, tests/engines/test_raymarch_kernel.py).
-FACE_FRACTION = 0.2
+# this fraction of what running the model in bf16 moves the reference from the fp32 model's.
+# Under the interpreter, fp16 products, at paper512's 128 x 128 rays and 48 + 48 samples, it
+# was 8-18x under it for this face (depth 1.2e-4 against 1.0e-3, features 3.4e-4 against
+# 5.5e-3, no element over the tolerance); 18-45x for the demo's own photo at smaller sizes
+# (tests/engines/test_raymarch_kernel.py holds that to a fifth).
+FACE_FRACTION = 0.25
 
 
 def face_case(torch, config, device):
