@@ -269,6 +269,16 @@ def test_a_half_precision_ball_is_held_to_the_tolerance_at_its_99th_percentile()
     assert verdict["finite"] is False and verdict["within_tolerance"] is False
 
 
+def interpreted_json(script: str):
+    """What a Python script prints as JSON, run in a child process under Triton's interpreter
+    (TRITON_INTERPRET must be set before triton is first imported)."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout[proc.stdout.index("{"):])
+
+
 KERNEL_CHECK_SCRIPT = """
 import json, sys
 import torch
@@ -285,11 +295,7 @@ def test_kernel_check_runs_the_ball_in_every_half_precision_with_its_storage_bou
     # (nonzero: else it was not stored in bf16) and the bound derived from it.
     from benchmarks.gpu_suite import KERNEL_TOLERANCE, STORAGE_FACTOR
 
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", KERNEL_CHECK_SCRIPT], capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    check = json.loads(proc.stdout[proc.stdout.index("{"):])
+    check = interpreted_json(KERNEL_CHECK_SCRIPT)
     balls = [c for c in check["cases"] if c["kind"] == "surface"]
     assert [c["triplane_dtype"] for c in balls] == ["float32", "float16", "bfloat16"]
     assert "bf16_storage_error" not in balls[0]
@@ -345,11 +351,7 @@ def test_the_face_case_is_held_under_a_fraction_of_the_models_own_error():
     # kernel_check's face case: its verdict includes FACE_FRACTION x bf16_model_error (with a
     # fraction no kernel can meet it fails), and a face case that cannot run (its packages
     # missing) is reported as that case's error, the check failed, nothing else lost.
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", FACE_VERDICT_SCRIPT], capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout[proc.stdout.index("{"):])
+    out = interpreted_json(FACE_VERDICT_SCRIPT)
     (plain,), (strict,) = out["plain"]["cases"], out["strict"]["cases"]
     assert out["plain"]["all_passed"] is True and plain["kind"] == "face"
     assert out["strict"]["all_passed"] is False
