@@ -46,7 +46,8 @@ Sections:
    torch op's. TensorRT itself is not needed (nor present on the machines this runs on).
 4. ``model``: paper512 with the PyTorch backend, source cached: per-stage latency (generate,
    render, super-resolve; encode_source once) and per-frame latency (p50/p95/p99), peak GPU
-   memory and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
+   memory over the timed frames (and, apart, over the first calls: cuDNN's algorithm search)
+   and frames per second, for fp32 + reference renderer, fp32 + kernel, fp16 and bf16
    + kernel, bf16 + channels_last, bf16 and fp16 + CUDA graph; then bf16 + channels_last
    eager, CUDA graph and torch.compile with the sweep's fastest launch on half-precision
    tri-planes in force (``engines.raymarch.op.default_launch``); then, where the ``ops``
@@ -943,7 +944,8 @@ def model_timing(torch, config, device, warmup, iters, budget: Budget, dry_run, 
             v = job.run(torch, "variants", name, measured, base={"renderer": impl})
             if "frame" in v:
                 print(f"    per frame p50 {v['frame']['p50_ms']:.3f} ms ({v['fps']:.1f} fps), "
-                      f"peak {v.get('peak_memory_mib', 0):.0f} MiB", flush=True)
+                      f"peak {v.get('peak_memory_mib', 0):.0f} MiB (first calls "
+                      f"{v.get('peak_memory_first_calls_mib', 0):.0f})", flush=True)
             elif "error" in v:
                 print(f"    {v['error']}", flush=True)
             if device.type == "cuda":
@@ -1024,14 +1026,36 @@ def run_variant(torch, base, config, device, dtype, impl, channels_last, mode, w
             torch.cuda.synchronize()
             out["compile_seconds"] = round(time.monotonic() - start, 1)
             step = cuda_graph(torch, compiled, warmup)
-        frame_ms = time_cuda(step, warmup, iters, torch)
+        frame_ms, peaks = with_memory_peaks(torch, device,
+                                            lambda: time_cuda(step, warmup, iters, torch))
+        out.update(peaks)
         result = step()
         out["finite"] = bool(torch.isfinite(result.float()).all())
     out["frame"] = stats(frame_ms)
     out["fps"] = round(1e3 / out["frame"]["p50_ms"], 1)
-    if cuda:
-        out["peak_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return out
+
+
+def with_memory_peaks(torch, device, timed):
+    """``timed()``'s result and the GPU memory peaks around it ({} off CUDA):
+    ``peak_memory_mib``, the most allocated while ``timed`` ran (the timed frames: what running
+    the variant needs), and ``peak_memory_first_calls_mib``, the most before it since the
+    caller's reset (source encoding, warm-up, capture or compilation). The first calls of a
+    shape are where cuDNN's benchmark mode tries its algorithms, with workspaces that fp32's
+    FFT algorithms make gigabytes. With one peak over everything, the H200's reports have the
+    suite's first variant (fp32, reference renderer) at 17 GB and the next (the same
+    convolutions, already searched, with the kernel) at 1.25 GB, while the reference ray march
+    alone peaks at ~1.1 GB at that size (on the CPU): the search is the likely cause, not yet
+    measured apart on a GPU."""
+    if device.type != "cuda":
+        return timed(), {}
+    torch.cuda.synchronize(device)
+    first = torch.cuda.max_memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result = timed()
+    torch.cuda.synchronize(device)
+    return result, {"peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+                    "peak_memory_first_calls_mib": round(first / 2**20, 1)}
 
 
 def stage_timing(torch, model, source, expr, camera, warmup, iters) -> dict:
