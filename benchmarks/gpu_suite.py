@@ -1044,9 +1044,8 @@ def with_memory_peaks(torch, device, timed):
     shape are where cuDNN's benchmark mode tries its algorithms, with workspaces that fp32's
     FFT algorithms make gigabytes. With one peak over everything, the H200's reports have the
     suite's first variant (fp32, reference renderer) at 17 GB and the next (the same
-    convolutions, already searched, with the kernel) at 1.25 GB, while the reference ray march
-    alone peaks at ~1.1 GB at that size (on the CPU): the search is the likely cause, not yet
-    measured apart on a GPU."""
+    convolutions, already searched, with the kernel) at 1.25 GB: the search, or the reference
+    renderer; these two peaks tell them apart."""
     if device.type != "cuda":
         return timed(), {}
     torch.cuda.synchronize(device)

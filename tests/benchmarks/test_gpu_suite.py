@@ -670,8 +670,8 @@ class _Allocator:
 
 def test_peak_memory_is_the_timed_frames_with_the_first_calls_apart():
     """A variant's peak is what its timed frames need, not cuDNN's algorithm search at the
-    first call of each shape (which made the H200's first variant read 17 GB); that is kept
-    apart. Resident weights count in both."""
+    first call of each shape (the likely part of the H200's first variant's 17 GB); that is
+    kept apart. Resident weights count in both."""
     import types
 
     import torch
