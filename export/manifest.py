@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 from engines.trt.builder import manifest_well_formed  # the engine builder reads it too
+from export3d.config import EXPRESSION_CODE_VERSION
 from export3d.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -106,3 +107,17 @@ def verify(directory: str | Path, manifest: dict | None = None) -> dict:
             raise ManifestError(f"{path} does not match the sha256 in its manifest (modified or "
                                 "half-copied); export the graphs again")
     return manifest
+
+
+def check_expression_code(recorded, where: str, what: str = "graphs") -> None:
+    """Refuse ``what`` (graphs, engines) exported from weights trained on another expression
+    code than this extractor produces, as loading a checkpoint does: the codes would be fed
+    to a generator that reads them differently, and every frame would be quietly wrong.
+    ``recorded``: the manifest's (or engine metadata's) ``expression_code``; an export that
+    does not record it predates the field and is refused too."""
+    if recorded != EXPRESSION_CODE_VERSION:
+        told = f"expression code {recorded!r}" if recorded else "an unrecorded expression code"
+        raise ManifestError(
+            f"the {what} in {where} were exported from weights trained on {told}, but this "
+            f"extractor produces {EXPRESSION_CODE_VERSION!r}; export them again from a "
+            "checkpoint trained on it")

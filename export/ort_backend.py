@@ -71,6 +71,7 @@ class OrtBackend(_ContextMixin):
         self.manifest = manifest_mod.read(self.directory)
         if verify:
             manifest_mod.verify(self.directory, self.manifest)
+        manifest_mod.check_expression_code(self.manifest.get("expression_code"), self.directory)
         self.providers = resolve_providers(providers)
         options = ort.SessionOptions()
         if threads:

@@ -72,6 +72,10 @@ class TensorRTBackend(_ContextMixin):
         self.encoder = factory(self.directory / f"{STAGES[0]}.engine")
         self.generator = factory(self.directory / f"{STAGES[1]}.engine")
         check_pair(self.encoder.meta, self.generator.meta, self.directory)
+        from .manifest import check_expression_code
+
+        check_expression_code(self.generator.meta.get("expression_code"), self.directory,
+                              "engines")
         for name in self.encoder.outputs:  # source features straight into the generator
             self.generator.bind(name, self.encoder.buffers[name])
 

@@ -23,6 +23,7 @@ from .config import get_config
 from .devices import resolve_device
 from .media import (MAX_FPS, MediaError, VideoWriter, center_crop, default_portrait, depth_to_rgb,
                     load_image, to_model_input, to_uint8_rgb)
+from .renderer import kernel_interpreted
 
 RANDOM_WEIGHTS_WARNING = (
     "WARNING: no --checkpoint given: the model's weights are RANDOM, so every frame is noise. "
@@ -181,15 +182,6 @@ def source_crop(rgb: np.ndarray, size: int, name, with_pose: bool = False):
     return crop, PoseEstimator(canonical).fit(points).rotation
 
 
-def _interpreted() -> bool:
-    """Triton's interpreter runs the kernel on CPU tensors (the tests), as the op decides."""
-    try:
-        from engines.raymarch.op import interpreter_enabled  # lazy: export3d -> engines
-    except ImportError:
-        return False
-    return interpreter_enabled()
-
-
 def _run(args) -> None:
     if args.driving and args.frames is not None:  # was silently ignored
         raise MediaError("--frames is for --orbit; a driving file renders all of its frames")
@@ -201,7 +193,7 @@ def _run(args) -> None:
     if args.fps is not None and not 0 < args.fps <= MAX_FPS:
         raise MediaError(f"--fps must be more than 0 and at most {MAX_FPS:g}")
     device = resolve_device(args.device)
-    if args.impl == "kernel" and not device.startswith("cuda") and not _interpreted():
+    if args.impl == "kernel" and not device.startswith("cuda") and not kernel_interpreted():
         raise MediaError(f"--impl kernel runs the fused kernel on a CUDA GPU, not on {device}; "
                          "use --device cuda, or --impl auto or reference")
     if args.driving:

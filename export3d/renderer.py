@@ -261,6 +261,16 @@ def _kernel_available() -> bool:
     return kernel.available()
 
 
+def kernel_interpreted() -> bool:
+    """Whether Triton's interpreter runs the fused kernel on CPU tensors (the tests set it), as
+    the op decides; False where ``engines`` cannot be imported."""
+    try:
+        from engines.raymarch.op import interpreter_enabled
+    except ImportError:
+        return False
+    return interpreter_enabled()
+
+
 class OSGDecoder(torch.nn.Module):
     """EG3D's decoder MLP: C -> hidden (softplus) -> 1 + C. Holds nn.Linear weights and hands
     them to the renderer in math layout (:class:`Decoder`)."""

@@ -192,6 +192,15 @@ def check_engines(folder, gpu: tuple[str, str] | None = None, tensorrt: str | No
         except trt.TensorRTError as exc:
             what, _, fix = str(exc).partition("; ")
             out.append(Check("engine pair", "missing", what, fix))
+    if "frame_generator" in metas:
+        from export.manifest import ManifestError, check_expression_code
+
+        try:
+            check_expression_code(metas["frame_generator"].get("expression_code"), folder,
+                                  "engines")
+        except ManifestError as exc:
+            what, _, fix = str(exc).partition("; ")
+            out.append(Check("engine expression code", "missing", what, fix))
     return out
 
 
@@ -333,8 +342,9 @@ def check_cache() -> Check:
 
 
 def check_display(platform: str = sys.platform) -> Check:
-    if platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                              or os.environ.get("WAYLAND_DISPLAY")):
+    from .sinks import lacks_display
+
+    if lacks_display(platform):
         return Check("display", "info", "none (DISPLAY is not set): '--sink window' cannot open",
                      "use '--sink preview' and open the printed address in a browser")
     return Check("display", "ok", "'--sink window' can open a window")

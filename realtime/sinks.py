@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import socketserver
+import sys
 import tempfile
 import threading
 import urllib.parse
@@ -88,6 +89,15 @@ class FileSink:
         return kept
 
 
+def lacks_display(platform: str = sys.platform) -> bool:
+    """Whether a window cannot open here: on Linux (and the BSDs) a desktop is an X11 or Wayland
+    server named by ``DISPLAY`` / ``WAYLAND_DISPLAY``; Windows and macOS windows need neither
+    (macOS has ``DISPLAY`` unset unless XQuartz runs, and OpenCV draws through Cocoa)."""
+    if platform.startswith(("win32", "cygwin", "darwin")):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 class WindowSink:
     """An OpenCV window. Keys: q/Esc quit, c recalibrate neutral, h toggle the HUD, p switch
     absolute/relative pose, s next source photo."""
@@ -95,8 +105,8 @@ class WindowSink:
     KEYS = {ord("q"): "quit", 27: "quit", ord("c"): "calibrate", ord("h"): "hud",
             ord("p"): "pose", ord("s"): "source"}
 
-    def __init__(self, title: str = "export3d live"):
-        if os.name != "nt" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    def __init__(self, title: str = "export3d live", platform: str = sys.platform):
+        if lacks_display(platform):
             raise SinkError("no display for '--sink window' (DISPLAY is not set); use "
                             "'--sink preview' and open the printed address in a browser")
         import cv2

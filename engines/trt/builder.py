@@ -290,6 +290,7 @@ def build_engines(onnx_dir, out_dir, options: BuildOptions = BuildOptions(),
             "graph": entry["file"], "graph_sha256": entry["sha256"],
             "preset": manifest.get("preset"), "variant": manifest.get("variant"),
             "precision": manifest.get("precision"), "strongly_typed": True,
+            "expression_code": manifest.get("expression_code"),
             "gpu": gpu, "compute_capability": capability, "tensorrt": str(trt.__version__),
             "plugin": {"id": PLUGIN_ID, "version": PLUGIN_VERSION} if stage ==
             "frame_generator" else None,

@@ -92,6 +92,24 @@ def test_backend_errors(tiny_graphs, tmp_path):
         TorchBackend(build_model(get_config("tiny"))).frame(np.zeros(64), np.zeros(25))
 
 
+def test_graphs_for_another_expression_code_are_refused(tiny_graphs, tmp_path):
+    import json
+    import shutil
+
+    from export.manifest import ManifestError
+
+    _, graphs = tiny_graphs
+    copy = tmp_path / "graphs"
+    shutil.copytree(graphs, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    assert data["expression_code"] == "mpx64-v1"
+    data["expression_code"] = "mpx64-v0"
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="trained on expression code 'mpx64-v0', but this "
+                       "extractor produces 'mpx64-v1'; export them again"):
+        OrtBackend(copy)
+
+
 @pytest.mark.parametrize("content,why", [
     (b"\xff\xfe", "is unreadable"),  # not UTF-8: was a UnicodeDecodeError traceback
     (b"[]", "is not an export3d ONNX manifest"),  # was an AttributeError

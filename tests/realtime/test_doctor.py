@@ -162,7 +162,7 @@ def engine_folder(root, stages):
             "format": 1, "stage": stage, "engine_sha256": hashlib.sha256(blob).hexdigest(),
             "export_id": "export-1",
             "onnx_dir": "graphs", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
-            "tensorrt": "10.7.0"}))
+            "tensorrt": "10.7.0", "expression_code": "mpx64-v1"}))
     return root
 
 
@@ -198,6 +198,15 @@ def test_engines_are_matched_to_the_gpu_and_tensorrt_before_a_run(tmp_path):
     pair = doctor.check_engines(folder, h100, "10.7.0")[-1]
     assert (pair.name, pair.status) == ("engine pair", "missing")
     assert "not built from the same export" in pair.detail and "rebuild both" in pair.fix
+    # Engines exported from weights trained on another expression code: the backend refuses
+    # them at start, so doctor says so before.
+    meta = json.loads((folder / "frame_generator.engine.json").read_text())
+    (folder / "frame_generator.engine.json").write_text(json.dumps(
+        {**meta, "expression_code": "mpx64-v0"}))
+    code = doctor.check_engines(folder, h100, "10.7.0")[-1]
+    assert (code.name, code.status) == ("engine expression code", "missing")
+    assert "trained on expression code 'mpx64-v0'" in code.detail
+    assert code.fix.startswith("export them again")
 
 
 def test_camera_probe_reads_a_frame_from_each_index(tmp_path):

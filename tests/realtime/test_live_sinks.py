@@ -74,6 +74,32 @@ def test_window_without_display(monkeypatch):
         WindowSink()
 
 
+def test_a_mac_or_windows_window_needs_no_display_variable(monkeypatch):
+    # WindowSink refused every platform but Windows without DISPLAY, macOS included, where
+    # DISPLAY is unset and OpenCV draws through Cocoa; doctor said the window could open.
+    import sys
+    import types
+
+    from realtime.doctor import check_display
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    fake = types.SimpleNamespace(WINDOW_NORMAL=0, error=Exception, opened=[],
+                                 namedWindow=lambda title, flag: fake.opened.append(title))
+    monkeypatch.setitem(sys.modules, "cv2", fake)
+    for platform in ("darwin", "win32"):
+        WindowSink(platform=platform)
+        assert check_display(platform).status == "ok"
+    assert fake.opened == ["export3d live"] * 2
+    for platform in ("linux", "freebsd14"):
+        with pytest.raises(SinkError, match="no display"):
+            WindowSink(platform=platform)
+        assert check_display(platform).status == "info"
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    WindowSink(platform="linux")
+    assert check_display("linux").status == "ok"
+
+
 def test_unknown_sink():
     with pytest.raises(SinkError, match="unknown sink"):
         open_sink(SinkConfig(sink="nope"))

@@ -81,6 +81,7 @@ def test_build_makes_the_documented_calls(standin, plugin_graphs, tmp_path):
         assert (meta["gpu"], meta["compute_capability"]) == GPU
         assert meta["tensorrt"] == "10.7.0.23" and meta["precision"] == "fp32"
         assert meta["builder_optimization_level"] == 5 and meta["strongly_typed"]
+        assert meta["expression_code"] == manifest["expression_code"] == "mpx64-v1"
         assert meta["build_seconds"] >= 0 and meta["inputs"] == manifest["graphs"][stage][
             "inputs"]
     assert json.loads((out / "frame_generator.engine.json").read_text())["plugin"]["id"] == \

@@ -46,6 +46,7 @@ def write_engine(folder, stage, blob, **meta):
     (folder / f"{stage}.engine").write_bytes(blob)
     info = {"format": 1, "stage": stage, "gpu": GPU[0], "compute_capability": GPU[1],
             "tensorrt": VERSION, "onnx_dir": "/data/graphs", "export_id": "export-1",
+            "expression_code": "mpx64-v1",
             "engine_sha256": hashlib.sha256(blob).hexdigest(), **meta}
     (folder / f"{stage}.engine.json").write_text(json.dumps(info))
     return folder / f"{stage}.engine"
@@ -182,6 +183,25 @@ def test_engines_from_two_exports_are_not_paired(standin):
         return runtime.EngineRunner(path, allocate=cpu)
 
     with pytest.raises(BackendError, match="were not built from the same export; rebuild both"):
+        TensorRTBackend(folder, device="cpu", runner_factory=factory)
+
+
+@pytest.mark.parametrize("code,told", [("mpx64-v0", "expression code 'mpx64-v0'"),
+                                       (None, "an unrecorded expression code")])
+def test_engines_for_another_expression_code_are_refused(standin, code, told):
+    # Checkpoints refused another extractor's code; engines (and graphs) were run with it,
+    # every frame quietly wrong.
+    from export.manifest import ManifestError
+    from export.trt_backend import TensorRTBackend
+
+    _, _, _, folder = standin
+    write_engine(folder, "frame_generator", b"GEN", expression_code=code)
+
+    def factory(path):
+        return runtime.EngineRunner(path, allocate=cpu)
+
+    with pytest.raises(ManifestError, match=f"engines in {folder} were exported from weights "
+                       f"trained on {told}, but this extractor produces 'mpx64-v1'"):
         TensorRTBackend(folder, device="cpu", runner_factory=factory)
 
 
