@@ -12,6 +12,9 @@ from pathlib import Path
 
 from .errors import UserError
 
+# A wheel carries the checkpoint inside the package (setup.py copies it there); a clone, and an
+# editable install of it, has it in the repository's assets/.
+PACKAGED_CHECKPOINT = Path(__file__).resolve().parent / "demo64.safetensors"
 CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "demo64.safetensors"
 SOURCE_VIDEO = "WolfgangLanger_Pexels.mp4"
 SOURCE_FRAME = 240
@@ -19,11 +22,12 @@ DRIVER_VIDEO = "single_face.mp4"
 
 
 def checkpoint() -> Path:
-    if not CHECKPOINT.is_file():
-        raise UserError(f"the demo checkpoint {CHECKPOINT} is missing; it ships in the "
-                        "repository's assets/ folder (install with pip install -e . from a "
-                        "clone)")
-    return CHECKPOINT
+    for path in (PACKAGED_CHECKPOINT, CHECKPOINT):
+        if path.is_file():
+            return path
+    raise UserError(f"the demo checkpoint is missing: neither {PACKAGED_CHECKPOINT} (a wheel's) "
+                    f"nor {CHECKPOINT} (a clone's) exists; reinstall export3d, or restore the "
+                    "repository's assets/ folder")
 
 
 def source_photo() -> Path:

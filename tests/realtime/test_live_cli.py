@@ -50,7 +50,7 @@ def test_demo_fills_in_the_shipped_model_its_identity_and_another_driver():
     from export3d import demo
 
     cfg = build_config(parse(["--demo"]))
-    assert cfg.generator.checkpoint == str(demo.CHECKPOINT)
+    assert cfg.generator.checkpoint == str(demo.checkpoint())
     assert cfg.generator.source == str(demo.source_photo())
     assert cfg.capture.source == f"file:{demo.driver_video()}" and not cfg.capture.realtime
     assert cfg.sink.sink == "file:demo.mp4" and cfg.sink.size == 256 and cfg.sink.side_by_side
