@@ -27,7 +27,20 @@ from .renderer import kernel_interpreted
 
 RANDOM_WEIGHTS_WARNING = (
     "WARNING: no --checkpoint given: the model's weights are RANDOM, so every frame is noise. "
-    "Pass --checkpoint FILE.safetensors for real output.")
+    "Pass --checkpoint FILE.safetensors for real output (the one trained model shipped is the "
+    "demo's, 64 px and one identity: --checkpoint {demo}).")
+
+
+def random_weights_warning() -> str:
+    """:data:`RANDOM_WEIGHTS_WARNING`, naming the demo checkpoint where it is installed."""
+    from . import demo
+    from .errors import UserError
+
+    try:
+        where = str(demo.checkpoint())
+    except UserError:
+        return RANDOM_WEIGHTS_WARNING.partition(" (the one trained")[0] + "."
+    return RANDOM_WEIGHTS_WARNING.format(demo=where)
 
 
 @dataclass
@@ -107,7 +120,7 @@ def render_video(source: str | Path | None, out: str | Path, driving: Driving,
     from .model import build_model
 
     if checkpoint is None:
-        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
+        print(random_weights_warning(), file=sys.stderr)
         model = build_model(get_config(preset), seed=0, render_impl=impl)
     else:
         from .checkpoint import load_checkpoint

@@ -87,13 +87,25 @@ def _run(args) -> None:
     runs_on = (",".join(p.removesuffix("ExecutionProvider") for p in providers) if providers
                else config.generator.device)
     print(f"live: {config.capture.source} -> {config.generator.backend}/{runs_on} -> "
-          f"{config.sink.sink} (Ctrl-C to stop)", file=sys.stderr)
+          f"{_sink_shown(config.sink.sink, pipeline.sink)} (Ctrl-C to stop)", file=sys.stderr)
     with _stops_on_terminate(pipeline):
         summary = pipeline.run()
     print(format_summary(summary))
     if args.stats_json:
         write_json(summary, args.stats_json)
         print(f"wrote {args.stats_json}")
+
+
+def _sink_shown(name: str, sink) -> str:
+    """The start line's sink: ``auto`` as what it became."""
+    from .sinks import PreviewSink, VirtualCamOrPreview
+
+    if name != "auto":
+        return name
+    if isinstance(sink, VirtualCamOrPreview):
+        return "preview" if isinstance(sink.sink, PreviewSink) else \
+            "virtualcam (the preview page if no driver)"
+    return "null"
 
 
 @contextlib.contextmanager
@@ -151,8 +163,9 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the "
                    "frame (with CUDA graphs on CUDA); compiles once at start, a minute or more")
     p.add_argument("--sink", default=None,
-                   help="null, file:OUT.mp4|.mkv, window, virtualcam, preview[:PORT] "
-                        "(default: null)")
+                   help="auto, null, file:OUT.mp4|.mkv, window, virtualcam, preview[:PORT] "
+                        "(default: auto: with a webcam the virtual camera, or the preview "
+                        "page where no driver is installed; with other sources null)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model preset when no checkpoint is given (default: tiny)")
     p.add_argument("--checkpoint", help="weights (.safetensors); without it they are random")

@@ -76,7 +76,9 @@ class GeneratorConfig:
 
 @dataclass(frozen=True)
 class SinkConfig:
-    sink: str = "null"  # null | file:OUT | window | virtualcam | preview[:PORT]
+    # auto | null | file:OUT | window | virtualcam | preview[:PORT]; auto: with a webcam the
+    # virtual camera (the preview page where no driver is found), else null
+    sink: str = "auto"
     # the file's / virtual camera's rate; None: the capture's (a video's own, else capture.fps)
     fps: float | None = None
     hud: bool = True

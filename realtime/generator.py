@@ -219,9 +219,9 @@ def _open(config: GeneratorConfig):
         model = load_checkpoint(config.checkpoint)
     else:
         from export3d.model import build_model
-        from export3d.render import RANDOM_WEIGHTS_WARNING
+        from export3d.render import random_weights_warning
 
-        print(RANDOM_WEIGHTS_WARNING, file=sys.stderr)
+        print(random_weights_warning(), file=sys.stderr)
         model = build_model(get_config(config.preset), seed=0)
     dtype, channels_last = torch_precision(config.precision, config.device)
     if config.device.startswith("cuda"):

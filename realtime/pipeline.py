@@ -205,7 +205,8 @@ class Pipeline:
                     rate = config.capture.fps  # none, or a container's rate out of range
                 config = self.config = dataclasses.replace(config, sink=dataclasses.replace(
                     config.sink, fps=float(rate)))
-            self.sink = sink or open_sink(config.sink, stats=self.live_stats)
+            self.sink = sink or open_sink(config.sink, stats=self.live_stats,
+                                          capture=config.capture.source)
         except BaseException:
             # Every stage made so far is closed (the generator's stream threads, the tracker's
             # landmarker), not only the capture; the first error is the one raised.

@@ -1,4 +1,6 @@
-"""Output sinks by name: ``null``, ``file:OUT``, ``window``, ``virtualcam``, ``preview[:PORT]``.
+"""Output sinks by name: ``null``, ``file:OUT``, ``window``, ``virtualcam``, ``preview[:PORT]``,
+and ``auto`` (the default): with a webcam the virtual camera, or the preview page where no
+virtual-camera driver is found; with any other source ``null``.
 
 Each sink: constructed once, ``write(rgb [H, W, 3] uint8)`` per frame, ``close()``. A sink may
 report user commands through ``poll() -> list[str]`` (``"quit"``, ``"calibrate"``, ``"hud"``,
@@ -177,6 +179,53 @@ class VirtualCamSink:
             self.cam = None
 
 
+class VirtualCamOrPreview:
+    """Sink ``auto`` with a webcam: what a video-call user runs the app for, the virtual camera.
+    Where there is no driver (pyvirtualcam missing, or no device when the first frame opens
+    it), the output goes to the browser preview instead (port ``port``, any free one if that
+    is taken), with one line on stderr saying why, the fix and the page's address, rather than
+    the run ending after its start-up."""
+
+    def __init__(self, fps: float, stats=None, port: int = 8765, say=None):
+        self.stats, self.port = stats, port
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.url = None  # the preview's, once it serves
+        try:
+            self.sink = VirtualCamSink(fps)
+        except SinkError as exc:
+            self._fall_back(exc)
+
+    @property
+    def frames(self) -> int:
+        return self.sink.frames
+
+    def _fall_back(self, exc: SinkError) -> None:
+        try:
+            self.sink = PreviewSink(self.port, stats=self.stats)
+        except SinkError:
+            self.sink = PreviewSink(0, stats=self.stats)  # the port is taken: any free one
+        self.url = self.sink.url
+        why = str(exc).removeprefix("no virtual camera driver found; ")
+        self.say(f"no virtual camera driver found, so the output is at {self.url} instead "
+                 f"(in OBS: a Browser source with {self.url}stream.mjpg); for the virtual "
+                 f"camera: {why}")
+
+    def write(self, rgb: np.ndarray) -> None:
+        if isinstance(self.sink, VirtualCamSink) and self.sink.cam is None:
+            try:
+                self.sink.write(rgb)  # the first frame opens the device
+                return
+            except SinkError as exc:
+                self._fall_back(exc)
+        self.sink.write(rgb)
+
+    def poll(self) -> list[str]:
+        return self.sink.poll()
+
+    def close(self) -> None:
+        self.sink.close()
+
+
 _PAGE = """<!doctype html><html><head><title>export3d live</title></head><body>
 <img src="/stream.mjpg" style="max-width:100%%"><pre id="s"></pre>
 <button onclick="cmd('calibrate')">recalibrate neutral</button>
@@ -342,10 +391,16 @@ class PreviewSink:
             self._uploads.cleanup()
 
 
-def open_sink(config: SinkConfig, stats=None):
+def open_sink(config: SinkConfig, stats=None, capture: str = ""):
+    """The sink ``config.sink`` names; ``capture``: the capture source (``webcam:N``, ...),
+    which decides what ``auto`` is."""
     kind, _, arg = config.sink.partition(":")
     if config.fps is None:  # the pipeline sets the capture's rate; alone, a webcam's usual
         config = dataclasses.replace(config, fps=30.0)
+    if kind == "auto" and not arg:
+        if capture.startswith("webcam"):
+            return VirtualCamOrPreview(config.fps, stats=stats)
+        return NullSink()
     if kind == "null":
         return NullSink()
     if kind == "file" and arg:
@@ -362,5 +417,5 @@ def open_sink(config: SinkConfig, stats=None):
         if not 0 <= port <= 65535:  # 0: any free port (the page's address is printed)
             raise SinkError(f"preview port must be between 0 and 65535, got {port}")
         return PreviewSink(port, stats=stats)
-    raise SinkError(f"unknown sink {config.sink!r}; use null, file:OUT, window, virtualcam or "
-                    "preview[:PORT]")
+    raise SinkError(f"unknown sink {config.sink!r}; use auto, null, file:OUT, window, virtualcam "
+                    "or preview[:PORT]")

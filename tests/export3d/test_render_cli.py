@@ -83,8 +83,23 @@ def test_render_driving_file_on_grace_hopper(tmp_path, capsys):
 def test_without_checkpoint_it_warns_about_random_weights(tmp_path, capsys):
     out = tmp_path / "demo.mp4"
     assert main(["render", "--frames", "2", "--out", str(out), "--quiet"]) == 0
-    assert "RANDOM" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "RANDOM" in err
     assert len(read_frames(out)) == 2
+    # ... and names the trained model that ships, wherever this install keeps it
+    from export3d import demo
+
+    assert f"--checkpoint {demo.checkpoint()})." in err
+
+
+def test_the_warning_leaves_the_demo_out_where_it_is_not_installed(monkeypatch, tmp_path):
+    from export3d import demo
+    from export3d.render import random_weights_warning
+
+    monkeypatch.setattr(demo, "PACKAGED_CHECKPOINT", tmp_path / "none.safetensors")
+    monkeypatch.setattr(demo, "CHECKPOINT", tmp_path / "none.safetensors")
+    assert random_weights_warning().endswith("for real output.")
+    assert "{demo}" not in random_weights_warning()
 
 
 @pytest.mark.parametrize("content,message", [

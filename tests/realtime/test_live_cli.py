@@ -46,6 +46,19 @@ def test_missing_camera_is_one_user_error():
         args.run(args)
 
 
+def test_the_default_sink_is_auto_and_the_start_line_says_what_it_became():
+    from realtime.cli import _sink_shown
+    from realtime.sinks import NullSink, PreviewSink, VirtualCamOrPreview
+
+    assert build_config(parse([])).sink.sink == "auto"
+    assert build_config(parse(["--sink", "null"])).sink.sink == "null"
+    assert _sink_shown("auto", NullSink()) == "null"
+    assert _sink_shown("window", None) == "window"
+    auto = VirtualCamOrPreview.__new__(VirtualCamOrPreview)
+    auto.sink = PreviewSink.__new__(PreviewSink)
+    assert _sink_shown("auto", auto) == "preview"
+
+
 def test_demo_fills_in_the_shipped_model_its_identity_and_another_driver():
     from export3d import demo
 

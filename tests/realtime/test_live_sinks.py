@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from realtime.config import SinkConfig
-from realtime.sinks import (VIRTUALCAM_HELP, PreviewSink, SinkError, VirtualCamSink,
-                            WindowSink, open_sink)
+from realtime.sinks import (VIRTUALCAM_HELP, NullSink, PreviewSink, SinkError, VirtualCamOrPreview,
+                            VirtualCamSink, WindowSink, open_sink)
 
 pyvirtualcam = pytest.importorskip("pyvirtualcam")
 
@@ -57,6 +57,62 @@ def test_virtualcam_without_a_driver_says_what_to_do():
     msg = str(err.value)
     assert msg.startswith(VIRTUALCAM_HELP)
     assert "v4l2loopback" in msg and "OBS" in msg and "--sink preview" in msg
+
+
+def test_auto_is_the_virtual_camera_with_a_webcam_and_null_otherwise(monkeypatch):
+    import pyvirtualcam.camera
+
+    assert SinkConfig().sink == "auto"
+    for capture in ("file:clip.mp4", "images:frames", "synthetic", ""):
+        assert isinstance(open_sink(SinkConfig(), capture=capture), NullSink)
+    monkeypatch.setattr(pyvirtualcam.camera, "BACKENDS", dict(pyvirtualcam.camera.BACKENDS))
+    pyvirtualcam.register_backend("fake", FakeCam)
+    monkeypatch.setattr(VirtualCamSink, "__init__", _fake_backend(VirtualCamSink.__init__))
+    said = []
+    sink = VirtualCamOrPreview(fps=20, say=said.append)
+    try:
+        for i in range(2):
+            sink.write(np.full((24, 32, 3), i, np.uint8))
+        cam = FakeCam.instances[-1]
+        assert len(cam.frames) == 2 and sink.url is None and said == []
+        assert sink.frames == 2
+    finally:
+        sink.close()
+    assert cam.closed
+
+
+def _fake_backend(init):
+    def patched(self, fps, backend=None):
+        init(self, fps, backend="fake")
+    return patched
+
+
+def test_auto_without_a_driver_serves_the_preview_and_says_where(monkeypatch):
+    # The default sink with a webcam where no virtual-camera driver is installed: the run
+    # ended at the first frame with the driver's how-to; now the frames go to the preview
+    # page, and one line says why, how to get the camera and where the page is.
+    import pyvirtualcam
+
+    def no_device(*args, **kwargs):
+        raise RuntimeError("'/dev/video*' not found")
+
+    monkeypatch.setattr(pyvirtualcam, "Camera", no_device)
+    said = []
+    sink = open_sink(SinkConfig(sink="auto"), capture="webcam:0")
+    sink.say = said.append
+    sink.port = 0  # any free port, not 8765 (another test, or a running app)
+    try:
+        assert isinstance(sink, VirtualCamOrPreview) and sink.url is None
+        sink.write(np.full((24, 32, 3), 200, np.uint8))
+        assert isinstance(sink.sink, PreviewSink) and sink.url.startswith("http://127.0.0.1:")
+        assert len(said) == 1 and sink.url in said[0] and "v4l2loopback" in said[0]
+        assert "'/dev/video*' not found" in said[0]
+        sink.write(np.full((24, 32, 3), 100, np.uint8))
+        status, ctype, body = _get(sink.url + "frame.jpg")
+        assert ctype == "image/jpeg" and body[:2] == b"\xff\xd8" and sink.frames == 2
+        assert len(said) == 1
+    finally:
+        sink.close()
 
 
 def test_a_virtualcam_backend_this_system_lacks_is_one_sentence_at_start(capsys):
