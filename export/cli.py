@@ -5,6 +5,7 @@
     export3d export onnx --checkpoint model.safetensors --variant plugin --fp16 --out graphs/
     export3d export onnx --preset tiny --out graphs/ --verify --provider cpu
     export3d export engine --onnx graphs/ --out engines/ [--timing-cache F] [--opt-level N]
+    export3d export engine --checkpoint model.safetensors [--fp16] --out engines/
 
 Registered through the ``export3d.commands`` entry point (``export = "export.cli:register"``).
 Bad input (a checkpoint for another preset, an unwritable folder, an unknown provider) ends
@@ -47,8 +48,15 @@ def register(subparsers) -> None:
     o.set_defaults(run=run_onnx)
     e = sub.add_parser("engine", help="build source_encoder.engine and frame_generator.engine "
                        "(TensorRT, this GPU) from the plugin graphs")
-    e.add_argument("--onnx", required=True, help="the folder 'export3d export onnx --variant "
-                   "plugin' wrote")
+    source = e.add_mutually_exclusive_group(required=True)
+    source.add_argument("--onnx", help="the folder 'export3d export onnx --variant plugin' "
+                        "wrote")
+    source.add_argument("--checkpoint", help="one command from weights to engines: export this "
+                        "checkpoint's plugin graphs into OUT/onnx, then build from them")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="as --checkpoint, with "
+                        "RANDOM weights of this preset (to time a build, not to run it)")
+    e.add_argument("--fp16", action="store_true", help="with --checkpoint/--preset: float16 "
+                   "graphs, so float16 engines (the ray march stays float32)")
     e.add_argument("--out", required=True, help="folder to write the engines into")
     e.add_argument("--timing-cache", help="TensorRT timing cache file, read and updated "
                    "(default: OUT/timing.cache)")
@@ -92,6 +100,32 @@ def run_onnx(args) -> None:
             f"{k} {v:.2e}" for k, v in errors.items()))
 
 
+def _export_for_engines(args, options) -> str:
+    """``export engine --checkpoint/--preset``: the plugin graphs, exported into OUT/onnx once
+    this machine is known to build engines (TensorRT importable, a GPU visible), so that a
+    machine without them fails in a second, not after the export. The engines' metadata names
+    this folder: a mismatched engine is rebuilt from it (``export3d live`` does so unless
+    ``--no-rebuild``)."""
+    from pathlib import Path
+
+    from engines.trt import builder, import_tensorrt
+
+    from .onnx_export import export_onnx, load_model
+
+    options.checked()  # a bad --opt-level or --workspace-gb, before minutes of export
+    import_tensorrt()
+    builder.gpu_info()
+    if args.checkpoint is None:
+        print("WARNING: no --checkpoint given: the engines carry RANDOM weights.",
+              file=sys.stderr)
+    model = load_model(args.preset, args.checkpoint)
+    out = Path(args.out) / "onnx"
+    export_onnx(model, out, variant="plugin", precision="fp16" if args.fp16 else "fp32",
+                preset=model.config.preset, checkpoint=args.checkpoint, progress=not args.quiet)
+    print(f"wrote the plugin graphs into {out}", flush=True)
+    return str(out)
+
+
 def run_engine(args) -> None:
     from pathlib import Path
 
@@ -107,8 +141,12 @@ def run_engine(args) -> None:
                            opt_level=args.opt_level, workspace_gb=args.workspace_gb,
                            verbose=args.verbose)
     report = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    if args.fp16 and args.onnx:
+        raise UserError("--fp16 is for --checkpoint/--preset; the graphs in --onnx keep the "
+                        "precision they were exported in")
     try:
-        built = build_engines(args.onnx, args.out, options, report=report)
+        onnx_dir = args.onnx or _export_for_engines(args, options)
+        built = build_engines(onnx_dir, args.out, options, report=report)
     except TensorRTError as exc:
         raise UserError(str(exc)) from None
     for meta in built:

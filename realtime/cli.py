@@ -58,6 +58,8 @@ def build_config(args):
                       "checkpoint": args.checkpoint, "graphs": args.graphs,
                       "providers": args.providers,
                       "engines": args.engines, "precision": args.precision,
+                      "rebuild": False if args.no_rebuild else None,
+                      "allow_other_gpu": True if args.allow_other_gpu else None,
                       "compile": True if args.compile else None,
                       "source": _sources(args.source)},
         "sink": {"sink": args.sink, "hud": False if args.no_hud else None, "size": args.size,
@@ -156,6 +158,12 @@ def register(subparsers) -> None:
                    "with --device cuda, else cpu ('export3d doctor' lists this machine's)")
     p.add_argument("--engines", help="tensorrt: the folder 'export3d export engine' wrote "
                    "(the weights are in the engines; no --checkpoint)")
+    p.add_argument("--no-rebuild", action="store_true", help="tensorrt: refuse engines built "
+                   "for another GPU or TensorRT (default: rebuild them here, from the graphs "
+                   "their metadata names; minutes)")
+    p.add_argument("--allow-other-gpu", action="store_true", help="tensorrt: run engines built "
+                   "on another GPU model of the same compute capability and TensorRT (it may "
+                   "run slower)")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="torch backend: auto (default: bf16 on GPUs from sm_80, fp16 before, "

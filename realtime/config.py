@@ -63,6 +63,12 @@ class GeneratorConfig:
     # "dml,cpu" (DirectML: Windows, any GPU); default "cuda,cpu" with a CUDA device, else "cpu"
     providers: str | None = None
     engines: str | None = None  # tensorrt: folder written by 'export3d export engine'
+    # tensorrt: engines built for another GPU or TensorRT are rebuilt here from the graphs
+    # their metadata names (a build takes minutes); False: refused, with the command
+    rebuild: bool = True
+    # tensorrt: run engines built on another GPU model of the same compute capability and
+    # TensorRT (TensorRT supports it but warns: it may run slower)
+    allow_other_gpu: bool = False
     # torch backend: auto | fp32 | fp16 | bf16. auto: bf16 on a CUDA GPU that has it (sm_80+),
     # fp16 on older ones, fp32 on the CPU. On CUDA the convolutions also run channels-last.
     precision: str = "auto"

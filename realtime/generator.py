@@ -197,6 +197,9 @@ def _open(config: GeneratorConfig):
         raise UserError(f"--checkpoint is the torch backend's; {config.backend} runs the weights "
                         "its graphs or engines were exported with (export3d export onnx "
                         "--checkpoint C)")
+    if config.backend != "tensorrt" and (not config.rebuild or config.allow_other_gpu):
+        raise UserError(f"--no-rebuild and --allow-other-gpu are the tensorrt backend's; "
+                        f"{config.backend} builds nothing per GPU")
     if config.backend != "onnxruntime" and config.providers:
         raise UserError(f"--providers is the onnxruntime backend's; {config.backend} runs on "
                         "--device")
@@ -210,7 +213,8 @@ def _open(config: GeneratorConfig):
             get_config(config.preset).image_size
         return backend, size
     if config.backend == "tensorrt":  # the engines hold the weights and fix the image size
-        backend = open_backend("tensorrt", engines=config.engines, device=config.device)
+        backend = open_backend("tensorrt", engines=config.engines, device=config.device,
+                               rebuild=config.rebuild, allow_other_gpu=config.allow_other_gpu)
         encoder_input = backend.encoder.buffers[backend.encoder.inputs[0]]
         return backend, int(encoder_input.shape[-1])
     if config.checkpoint:

@@ -187,6 +187,40 @@ def test_tensorrt_backend_takes_an_engine_folder_and_fails_in_one_sentence(monke
             args.run(args)
 
 
+def test_tensorrt_engines_are_rebuilt_unless_refused_and_other_gpus_allowed_on_request(
+        monkeypatch, tmp_path):
+    # ARCHITECTURE.md: a mismatched engine "gives a clear message and rebuilds". The backend
+    # could (rebuild=True), but live never asked it to, nor let an engine from another GPU
+    # model of the same compute capability run.
+    from export import backend as backend_mod
+    from export3d.errors import UserError
+    from realtime.generator import _open
+
+    argv = ["--synthetic", "--backend", "tensorrt", "--engines", str(tmp_path)]
+    opened = []
+
+    class Opened(Exception):
+        pass
+
+    def fake_open(name, **kwargs):
+        opened.append((name, kwargs))
+        raise Opened
+
+    monkeypatch.setattr(backend_mod, "open_backend", fake_open)
+    for flags, rebuild, other in (([], True, False), (["--no-rebuild"], False, False),
+                                  (["--allow-other-gpu"], True, True)):
+        cfg = build_config(parse([*argv, *flags])).generator
+        assert (cfg.rebuild, cfg.allow_other_gpu) == (rebuild, other)
+        with pytest.raises(Opened):
+            _open(cfg)
+        name, kwargs = opened.pop()
+        assert name == "tensorrt" and kwargs["engines"] == str(tmp_path)
+        assert (kwargs["rebuild"], kwargs["allow_other_gpu"]) == (rebuild, other)
+    for flag in ("--no-rebuild", "--allow-other-gpu"):
+        with pytest.raises(UserError, match="are the tensorrt backend's; torch builds nothing"):
+            _open(build_config(parse(["--synthetic", flag])).generator)
+
+
 def test_precision_picks_bf16_on_ampere_and_later_and_refuses_what_cannot_run():
     import torch
 

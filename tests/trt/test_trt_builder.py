@@ -313,6 +313,52 @@ def test_cli_builds_with_the_standin(standin, cli, plugin_graphs, tmp_path, caps
         "source_encoder.engine.json", "timing.cache"]
 
 
+def test_cli_goes_from_weights_to_engines_in_one_command(standin, cli, tmp_path, capsys):
+    # A deployer ran 'export onnx' (whose default variant the builder refuses), then 'export
+    # engine'; --checkpoint/--preset exports the plugin graphs into OUT/onnx and builds.
+    out = tmp_path / "engines"
+    assert cli(["export", "engine", "--preset", "tiny", "--fp16", "--out", str(out),
+                "--opt-level", "1", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "RANDOM weights" in captured.err
+    manifest = json.loads((out / "onnx" / "manifest.json").read_text())
+    assert (manifest["variant"], manifest["precision"], manifest["preset"]) == (
+        "plugin", "fp16", "tiny")
+    for stage in ("source_encoder", "frame_generator"):
+        meta = json.loads((out / f"{stage}.engine.json").read_text())
+        assert meta["onnx_dir"] == str((out / "onnx").resolve())  # what a rebuild reads
+        assert meta["graph_sha256"] == manifest["graphs"][stage]["sha256"]
+        assert meta["precision"] == "fp16" and (out / f"{stage}.engine").is_file()
+
+
+@pytest.mark.parametrize("case", ["no-tensorrt", "no-gpu", "bad-opt-level"])
+def test_cli_one_command_fails_before_exporting(case, monkeypatch, cli, tmp_path, capsys):
+    # A machine that cannot build learns it in a second, not after the export.
+    expected = {"no-tensorrt": r"pip install export3d[trt]", "no-gpu": "no CUDA GPU is visible",
+                "bad-opt-level": "--opt-level must be"}[case]
+    if case == "no-tensorrt":
+        trt_standin.uninstall(monkeypatch)
+    else:
+        trt, trtp, _ = trt_standin.make()
+        trt_standin.install(monkeypatch, trt, trtp)
+        monkeypatch.setattr(builder, "gpu_info", lambda: GPU)
+    if case == "no-gpu":
+        def no_gpu():
+            raise NoGPU(NO_GPU)
+        monkeypatch.setattr(builder, "gpu_info", no_gpu)
+    argv = ["export", "engine", "--preset", "tiny", "--out", str(tmp_path / "e"), "--quiet"]
+    assert cli(argv + (["--opt-level", "9"] if case == "bad-opt-level" else [])) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_cli_fp16_is_for_the_one_command_form(cli, plugin_graphs, tmp_path, capsys):
+    assert cli(["export", "engine", "--onnx", str(plugin_graphs), "--fp16", "--out",
+                str(tmp_path / "e")]) == 2
+    assert "--fp16 is for --checkpoint/--preset" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", ["no-tensorrt", "portable", "no-plugin-node", "no-gpu",
                                   "bad-opt-level"])
 def test_cli_bad_input_is_one_sentence_and_exit_2(case, monkeypatch, cli, plugin_graphs,
