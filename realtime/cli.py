@@ -152,7 +152,9 @@ def register(subparsers) -> None:
     drive.add_argument("--synthetic", action="store_true",
                        help="a scripted head (camera orbit, neutral face) without tracking")
     p.add_argument("--backend", choices=BACKENDS, default=None, help="default: torch")
-    p.add_argument("--graphs", help="onnxruntime: the folder 'export3d export onnx' wrote")
+    p.add_argument("--graphs", help="onnxruntime: the folder 'export3d export onnx' wrote "
+                   "(default: the graphs of --checkpoint, or of the preset, exported once into "
+                   "the cache)")
     p.add_argument("--providers", help="onnxruntime: execution providers in order, e.g. "
                    "coreml,cpu (macOS), dml,cpu (DirectML, Windows), cuda,cpu; default cuda,cpu "
                    "with --device cuda, else cpu ('export3d doctor' lists this machine's)")

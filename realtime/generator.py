@@ -193,10 +193,12 @@ def _open(config: GeneratorConfig):
     if config.backend != "torch" and config.compile:
         raise UserError(f"--compile is the torch backend's; {config.backend} runs its own "
                         "compiled graphs or engines")
-    if config.backend != "torch" and config.checkpoint:  # was silently ignored
-        raise UserError(f"--checkpoint is the torch backend's; {config.backend} runs the weights "
-                        "its graphs or engines were exported with (export3d export onnx "
-                        "--checkpoint C)")
+    if config.backend == "tensorrt" and config.checkpoint:  # was silently ignored
+        raise UserError("--checkpoint is not the tensorrt backend's: it runs the weights its "
+                        "engines were exported with (export3d export engine --checkpoint C)")
+    if config.backend == "onnxruntime" and config.checkpoint and config.graphs:
+        raise UserError("give --graphs or --checkpoint, not both: the graphs in --graphs carry "
+                        "the weights they were exported with")
     if config.backend != "tensorrt" and (not config.rebuild or config.allow_other_gpu):
         raise UserError(f"--no-rebuild and --allow-other-gpu are the tensorrt backend's; "
                         f"{config.backend} builds nothing per GPU")
@@ -207,7 +209,16 @@ def _open(config: GeneratorConfig):
     if config.backend == "onnxruntime":
         providers = config.providers or (
             ("cuda", "cpu") if config.device.startswith("cuda") else ("cpu",))
-        backend = open_backend("onnxruntime", graphs=config.graphs, providers=providers)
+        graphs = config.graphs
+        if graphs is None:  # exported once from --checkpoint (or the preset) into the cache
+            from export.cache import cached_graphs
+
+            if not config.checkpoint:
+                from export3d.render import random_weights_warning
+
+                print(random_weights_warning(), file=sys.stderr)
+            graphs = cached_graphs(config.checkpoint, config.preset)
+        backend = open_backend("onnxruntime", graphs=graphs, providers=providers)
         encoder_input = next(iter(getattr(backend, "enc_in", {}).values()), None)
         size = encoder_input.shape[-1] if encoder_input is not None else \
             get_config(config.preset).image_size

@@ -448,7 +448,33 @@ def test_onnxruntime_providers_by_flag_and_a_missing_one_in_one_line(tmp_path, c
         _open(GeneratorConfig(backend="torch", providers="cpu"))
     # The graphs hold their weights: a checkpoint beside them was silently ignored.
     assert main(["live", *base, "--checkpoint", "assets/demo64.safetensors"]) == 2
-    assert "--checkpoint is the torch backend's" in capsys.readouterr().err
+    assert "give --graphs or --checkpoint, not both" in capsys.readouterr().err
+
+
+def test_onnxruntime_without_graphs_exports_them_once_into_the_cache(monkeypatch, tmp_path,
+                                                                      capsys):
+    # 'live --backend onnxruntime' needed an 'export onnx' step first; now the graphs of the
+    # checkpoint (or preset) are exported into the cache on first use and reused after.
+    import export.onnx_export as onnx_export
+
+    monkeypatch.setenv("EXPORT3D_CACHE", str(tmp_path / "cache"))
+    base = ["--synthetic", "--frames", "2", "--fast", "--sink", "null", "--backend",
+            "onnxruntime"]
+    args = parse(base)
+    args.run(args)
+    err = capsys.readouterr().err
+    assert "RANDOM" in err and "exporting the ONNX graphs once into" in err
+    assert "-> onnxruntime/CPU -> null" in err
+    (folder,) = (tmp_path / "cache" / "graphs").iterdir()
+    assert (folder / "manifest.json").is_file()
+
+    def no_export(*a, **k):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", no_export)
+    args = parse(base)
+    args.run(args)
+    assert "exporting" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])

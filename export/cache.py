@@ -1,0 +1,71 @@
+"""Built artefacts in the user's cache: the ONNX graphs a run needs, exported once and found
+again by every later run, so ``export3d live --backend onnxruntime`` needs no export step.
+
+:func:`cached_graphs` returns ``<cache>/graphs/<key>`` (``<cache>``: ``$EXPORT3D_CACHE``, else
+``~/.cache/export3d``, as the assets). The key hashes everything the graphs are a function of:
+the weights (the checkpoint's sha256, or the preset's name for its seed-0 random weights), the
+variant, the precision, the opset, the exporter (torch's version) and this code (the source
+of ``export3d`` and ``export``, so an edit never reuses graphs of the code before it). A
+folder whose manifest verifies (every graph's sha256) is reused; anything else is exported
+again, and :func:`export.onnx_export.export_onnx` moves files into place only once all are
+written, so an interrupted export leaves nothing that verifies.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = ("export3d", "export")  # the packages the graphs are traced from
+
+
+def code_digest() -> str:
+    """sha256 over the ``.py`` files of :data:`CODE`, by relative path and content."""
+    digest = hashlib.sha256()
+    for package in CODE:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def graphs_key(checkpoint: str | Path | None, preset: str, variant: str = "portable",
+               precision: str = "fp32", opset: int | None = None) -> str:
+    import torch
+
+    from export3d import __version__
+    from export3d.assets import sha256_of
+
+    from .onnx_export import DEFAULT_OPSET
+
+    weights = f"checkpoint {sha256_of(Path(checkpoint))}" if checkpoint else \
+        f"random {preset} seed 0"
+    parts = (weights, variant, precision, str(opset or DEFAULT_OPSET), f"torch {torch.__version__}",
+             f"export3d {__version__}", code_digest())
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+
+
+def cached_graphs(checkpoint: str | Path | None = None, preset: str = "tiny",
+                  variant: str = "portable", precision: str = "fp32", say=None,
+                  progress: bool = True) -> Path:
+    """The folder of graphs for these weights, exported into the cache on first use.
+    ``checkpoint`` wins over ``preset`` (its own preset is used); ``say``: a callable taking
+    one line (default: stderr)."""
+    from export3d.assets import cache_dir
+
+    from . import manifest
+    from .onnx_export import export_onnx, load_model
+
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    folder = cache_dir() / "graphs" / graphs_key(checkpoint, preset, variant, precision)
+    try:
+        manifest.verify(folder)
+        return folder
+    except manifest.ManifestError:
+        pass  # not there yet, half-written or modified: export (again)
+    say(f"exporting the ONNX graphs once into {folder} (later runs reuse them)")
+    model = load_model(None if checkpoint else preset, checkpoint)
+    export_onnx(model, folder, variant=variant, precision=precision,
+                preset=model.config.preset, checkpoint=checkpoint, progress=progress)
+    return folder
