@@ -77,6 +77,66 @@ def decode(features: torch.Tensor, decoder: Decoder) -> tuple[torch.Tensor, torc
     return out[..., 0], feats
 
 
+# The kernel's half-precision path as reference options (its launch options of the same names):
+# dot_precision "ieee" (the default: every product in fp32) or "fp16" (the decoder's two
+# products take fp16 operands with fp32 accumulation, as its tensor cores do); tap_sum "fp16"
+# (the default, with "fp16" products on a half-precision tri-plane: the twelve weighted taps
+# summed in fp16) or "fp32". Everything else stays fp32, as in the kernel.
+DOT_PRECISIONS = ("ieee", "fp16")
+TAP_SUMS = ("fp16", "fp32")
+
+
+def sample_triplane_taps(triplane: torch.Tensor, points: torch.Tensor, box_warp: float,
+                         plane_axes=PLANE_AXES, dtype=torch.float32) -> torch.Tensor:
+    """The SUM of the three planes' bilinear features at ``points [B, N, 3]`` -> ``[B, N, C]``
+    in ``dtype``, tap by tap in the kernel's order: per plane (x, y) = (0, 0), (1, 0), (0, 1),
+    (1, 1), each tap's value times its weight (the two axis weights' product, in fp32, then
+    rounded to ``dtype``) added to the running sum, every product and sum rounded to
+    ``dtype``. Pixel coordinates are grid_sample's (align_corners=False): the first tap is
+    i0 = clamp(floor(pixel), 0, P - 2) and each weight max(0, 1 - |pixel - i|), so a tap the
+    sample does not touch (zero padding) weighs 0. In fp32 it is 3x :func:`sample_triplane`
+    up to rounding (a test keeps them within 5e-6, a few ulps); a half tri-plane is read as
+    fp16, which holds every bf16 value of fp16's range exactly, as the kernel's op hands it
+    over."""
+    b, n, _ = points.shape
+    planes = triplane.to(torch.float16 if dtype == torch.float16 else torch.float32)
+    p = planes.shape[-1]
+    channels = planes.shape[2]
+    pixel = ((points.float() * (2.0 / box_warp) + 1.0) * p - 1.0) * 0.5  # [B, N, 3]
+    i0 = torch.clamp(torch.floor(pixel), 0.0, p - 2.0)
+    frac = pixel - i0
+    weights = (torch.clamp(1.0 - frac.abs(), min=0.0), torch.clamp(1.0 - (frac - 1.0).abs(),
+                                                                    min=0.0))
+    i0 = i0.long()
+    total = torch.zeros(b, n, channels, dtype=dtype, device=points.device)
+    for k, (ax, ay) in enumerate(plane_axes):
+        flat = planes[:, k].flatten(2).transpose(1, 2)  # [B, P * P, C], row y, column x
+        for dy in (0, 1):
+            for dx in (0, 1):
+                index = (i0[..., ay] + dy) * p + (i0[..., ax] + dx)  # [B, N]
+                value = torch.gather(flat, 1, index.unsqueeze(-1).expand(-1, -1, channels))
+                weight = (weights[dx][..., ax] * weights[dy][..., ay]).to(dtype)
+                total = total + value.to(dtype) * weight.unsqueeze(-1)
+    return total
+
+
+def decode_fp16_products(summed: torch.Tensor, decoder: Decoder
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`decode` with the kernel's fp16 products, from the planes' SUM ``[..., C]`` (the
+    mean's 1/3 folded into w1, then w1 rounded to fp16): the summed taps and w1 / 3 rounded to
+    fp16 for the first product, the hidden units and w2's feature columns for the second,
+    both accumulated in fp32 (products of fp16 values are exact in fp32); biases, softplus,
+    the density column and the sigmoid in fp32."""
+    w1 = (decoder.w1.float() * (1.0 / 3.0)).to(torch.float16).float()
+    hidden = F.softplus(summed.to(torch.float16).float() @ w1 + decoder.b1.float())
+    w2 = decoder.w2.float()
+    b2 = decoder.b2.float()
+    sigma = hidden @ w2[:, 0] + b2[0]
+    out = hidden.to(torch.float16).float() @ w2[:, 1:].to(torch.float16).float() + b2[1:]
+    feats = torch.sigmoid(out) * (1 + 2 * FEATURE_CLAMP) - FEATURE_CLAMP
+    return sigma, feats
+
+
 def composite(depths: torch.Tensor, sigma: torch.Tensor, feats: torch.Tensor):
     """Midpoint compositing of sorted samples (EG3D MipRayMarcher2).
 
@@ -171,10 +231,13 @@ def fine_u(shape, n: int, device, jitter: bool) -> torch.Tensor:
 
 def raymarch_reference(triplane: torch.Tensor, decoder: Decoder, origins: torch.Tensor,
                        directions: torch.Tensor, settings: RayMarchSettings,
-                       jitter: bool = False):
+                       jitter: bool = False, dot_precision: str = "ieee",
+                       tap_sum: str = "fp16"):
     """Render rays through a tri-plane with EG3D semantics. The specification of the kernel.
 
-    Shapes: triplane ``[B, 3, C, P, P]`` (fp32, fp16 or bf16; all arithmetic is fp32),
+    Shapes: triplane ``[B, 3, C, P, P]`` (fp32, fp16 or bf16; all arithmetic is fp32 unless
+    ``dot_precision="fp16"``: the kernel's half-precision products, :data:`DOT_PRECISIONS`,
+    with its tap sums, ``tap_sum``, in fp16 for a half tri-plane),
     origins / directions ``[B, R, 3]`` fp32 (directions unit length), decoder as :class:`Decoder`.
     Returns fp32 (features ``[B, R, F]``, depth ``[B, R]``, opacity ``[B, R]``).
 
@@ -189,15 +252,28 @@ def raymarch_reference(triplane: torch.Tensor, decoder: Decoder, origins: torch.
     4. Final composite of the merged samples -> features x2 - 1, depth, opacity.
     With ``jitter`` (training) the coarse bins and the u grid are stratified-random instead.
     """
+    if dot_precision not in DOT_PRECISIONS:
+        raise ValueError(f"dot_precision must be one of {', '.join(DOT_PRECISIONS)}, got "
+                         f"{dot_precision!r}")
+    if tap_sum not in TAP_SUMS:
+        raise ValueError(f"tap_sum must be one of {', '.join(TAP_SUMS)}, got {tap_sum!r}")
     b, r, _ = origins.shape
     origins = origins.float()
     directions = directions.float()
+    half_taps = (dot_precision == "fp16" and tap_sum == "fp16"
+                 and triplane.dtype in (torch.float16, torch.bfloat16))
 
     def query(depths):  # [B, R, S] -> sigma [B, R, S], feats [B, R, S, F]
         points = origins.unsqueeze(2) + depths.unsqueeze(-1) * directions.unsqueeze(2)
-        feats = sample_triplane(triplane, points.reshape(b, -1, 3), settings.box_warp,
-                                settings.plane_axes)
-        sigma, out = decode(feats, decoder)
+        if dot_precision == "fp16":
+            summed = sample_triplane_taps(
+                triplane, points.reshape(b, -1, 3), settings.box_warp, settings.plane_axes,
+                torch.float16 if half_taps else torch.float32)
+            sigma, out = decode_fp16_products(summed, decoder)
+        else:
+            feats = sample_triplane(triplane, points.reshape(b, -1, 3), settings.box_warp,
+                                    settings.plane_axes)
+            sigma, out = decode(feats, decoder)
         return sigma.reshape(b, r, -1), out.reshape(b, r, depths.shape[-1], -1)
 
     t_coarse = coarse_depths((b, r), settings, origins.device, jitter)

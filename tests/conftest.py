@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
     has_gpu = cuda_available()
     has_trt = tensorrt_available()
     for item in items:
-        # Markers, not keywords: keywords also hold folder names (tests/trt/ is not a marker).
+        # Markers, not keywords: keywords also hold folder names (a folder named trt is no marker).
         if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(skip_gpu)
         if item.get_closest_marker("trt") and not has_trt:

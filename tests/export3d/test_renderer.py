@@ -210,3 +210,43 @@ def test_plane_axes_are_eg3ds_projection_and_the_true_planes():
     # The kernel's contract keeps its own copies (engines imports nothing of export3d).
     assert contract.PLANE_AXES == PLANE_AXES
     assert contract.PLANE_AXES_EG3D == PLANE_AXES_EG3D
+
+
+def test_tap_by_tap_sampling_is_three_times_the_planes_mean():
+    # sample_triplane_taps (the kernel's tap order, for the fp16 reference counterpart) in
+    # fp32 against grid_sample's mean: the same bilinear lookup, zero padding included
+    # (points reach 20% past the box).
+    from export3d.renderer import sample_triplane, sample_triplane_taps
+
+    g = torch.Generator().manual_seed(3)
+    triplane = torch.randn(2, 3, 5, 12, 12, generator=g)
+    points = (torch.rand(2, 300, 3, generator=g) * 2 - 1) * 0.6
+    for axes in (PLANE_AXES, PLANE_AXES_EG3D):
+        summed = sample_triplane_taps(triplane, points, 1.0, axes)
+        mean = sample_triplane(triplane, points, 1.0, axes)
+        assert summed.dtype == torch.float32
+        torch.testing.assert_close(summed, 3 * mean, atol=5e-6, rtol=1e-6)  # a few ulps
+    half = sample_triplane_taps(triplane.half(), points, 1.0, PLANE_AXES, torch.float16)
+    assert half.dtype == torch.float16
+    error = (half.float() - 3 * sample_triplane(triplane.half(), points, 1.0)).abs().max()
+    assert 0 < error < 3 * 12 * 2 ** -11 * triplane.abs().max()  # fp16 rounding, no more
+
+
+def test_fp16_products_option_rounds_and_checks_its_names():
+
+
+    g = torch.Generator().manual_seed(4)
+    triplane = torch.randn(1, 3, 8, 16, 16, generator=g).half()
+    decoder = Decoder(torch.randn(8, 16, generator=g) / 3, torch.randn(16, generator=g) / 3,
+                      torch.randn(16, 9, generator=g) / 2, torch.randn(9, generator=g) / 2)
+    origins, directions = rays(orbit_path("circle", 2)[:1].float(), 8)
+    settings = RayMarchSettings(near=2.25, far=3.3, samples_coarse=8, samples_fine=8)
+    full = raymarch_reference(triplane, decoder, origins, directions, settings)
+    half = raymarch_reference(triplane, decoder, origins, directions, settings,
+                              dot_precision="fp16")
+    for a, b in zip(full, half):
+        assert 1e-6 < (a - b).abs().max() < 2e-3  # rounded, within the fp16 tolerance
+    with pytest.raises(ValueError, match="dot_precision must be one of ieee, fp16"):
+        raymarch_reference(triplane, decoder, origins, directions, settings, dot_precision="tf32")
+    with pytest.raises(ValueError, match="tap_sum must be one of fp16, fp32"):
+        raymarch_reference(triplane, decoder, origins, directions, settings, tap_sum="bf16")

@@ -23,7 +23,7 @@ from export3d.training.trainer import TrainConfig, Trainer, load_batch
 
 OVERFIT_PSNR_DB = 25.0
 OVERFIT_MAX_STEPS = 1000
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def quiet_config(**changes) -> TrainConfig:
