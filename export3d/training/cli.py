@@ -7,7 +7,7 @@
     export3d eval --checkpoint runs/g/model.safetensors --data data/ --drive other.mp4 \\
         --json eval.json
 
-``train generator`` resumes from ``--out/state.pt`` when it exists, so re-running the same
+``train generator`` resumes from ``--out/state.safetensors`` when it exists, so re-running the same
 command continues the run. Under ``torchrun --nproc-per-node N -m export3d.cli train ...`` it
 trains data-parallel (NCCL on GPUs, Gloo on CPU).
 """

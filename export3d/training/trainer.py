@@ -16,7 +16,8 @@ jitter, the density points) is drawn from generators seeded by ``(seed, k, rank)
 state file holds the weights, EMA, optimisers and step. So a run resumed from step ``k``
 computes exactly the losses the uninterrupted run computed.
 
-Files in ``--out``: ``state.pt`` (resume; tensors only, loaded with ``weights_only=True``),
+Files in ``--out``: ``state.safetensors`` (resume: weights, EMA, optimisers and step, never
+unpickled; :mod:`.state`),
 ``model.safetensors`` (the EMA model, a normal checkpoint), ``log.jsonl``, ``tb/``
 (TensorBoard), ``samples/step_XXXXXX.png`` (rows: source | driving | output | raw | depth).
 
@@ -51,6 +52,7 @@ from ..model import Export3D
 from .data import Dataset, to_tensor
 from .losses import (DualDiscriminator, PerceptualLoss, density_regularisation,
                      discriminator_loss, generator_adv_loss, r1_penalty, reconstruction_loss)
+from .state import load_state, save_state
 
 
 @dataclass
@@ -231,7 +233,7 @@ class Trainer:
         self.opt_g = torch.optim.Adam(params, lr=config.lr, betas=config.betas)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=config.lr_d, betas=config.betas)
         self.step = 0
-        self.saved_step: int | None = None  # the step state.pt holds
+        self.saved_step: int | None = None  # the step the state file holds
         self.metadata = {"dataset": str(dataset.root), "train_config": config.to_dict(),
                          "perceptual": str(perceptual) if perceptual else "",
                          "clebs_init": str(init) if init else "", "world_size": self.dist.world}
@@ -239,7 +241,7 @@ class Trainer:
     # -- state --------------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
-        return self.out / "state.pt"
+        return self.out / "state.safetensors"
 
     def save(self) -> None:
         if not self.dist.main:
@@ -250,9 +252,7 @@ class Trainer:
                  "opt_d": self.opt_d.state_dict(), "step": torch.tensor(self.step),
                  "model_config": json.dumps(self.model.config.to_dict()),
                  "run": json.dumps(self.run_settings())}
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.state_path)
+        save_state(state, self.state_path)
         self.saved_step = self.step
         save_checkpoint(self.ema, self.out / "model.safetensors", extra={
             "stage": "generator", "step": str(self.step),
@@ -280,14 +280,18 @@ class Trainer:
 
     def resume(self) -> bool:
         if not self.state_path.is_file():
+            if (self.out / "state.pt").is_file():  # what export3d wrote before
+                raise UserError(f"{self.out / 'state.pt'} is a pickle (torch.save) from an "
+                                "older export3d, which this one never loads; start the run over "
+                                "in a new --out (its model.safetensors stays usable)")
             return False
         damaged = (f"{self.state_path} is damaged or not a training state; restore it, or "
                    "delete it to start the run over")
         try:
-            state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+            state = load_state(self.state_path, map_location=self.device)
             saved = ModelConfig.from_dict(json.loads(state["model_config"]))
-            run = json.loads(state["run"]) if "run" in state else None  # older runs: none
-        except Exception as exc:  # a cut file: zip, EOF, unpickling or key errors
+            run = json.loads(state["run"])
+        except Exception as exc:  # noqa: BLE001 - a cut file, another file, missing keys
             raise UserError(f"{damaged} ({type(exc).__name__})") from None
         if saved != self.model.config:
             raise UserError(f"{self.state_path} is a {saved.preset!r} run; resume it with the "

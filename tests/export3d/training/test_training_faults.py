@@ -17,6 +17,7 @@ from export3d.config import get_config
 from export3d.errors import UserError
 from export3d.model import build_model
 from export3d.training.data import Dataset, DatasetError, prepare
+from export3d.training.state import load_state
 from export3d.training.trainer import TrainConfig, Trainer
 
 
@@ -95,7 +96,7 @@ def test_a_diverging_loss_stops_the_run_and_keeps_the_last_save(dataset, tmp_pat
         next(again.model.parameters()).fill_(float("nan"))
     with pytest.raises(UserError, match="diverged at step 3: the loss is nan.*still holds step 2"):
         again.fit()
-    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    state = load_state(tmp_path / "state.safetensors")
     assert int(state["step"]) == 2  # the NaN step was never saved
     kept = load_checkpoint(tmp_path / "model.safetensors").state_dict()
     assert all(torch.equal(kept[k], saved[k]) for k in saved)
@@ -127,7 +128,7 @@ def test_a_time_limit_seen_by_one_rank_stops_every_rank_at_that_step(dataset, tm
     messages = []
     result = trainer.fit(log=messages.append)
     assert result["steps"] == 3 and "time limit" in messages[-1]
-    assert int(torch.load(tmp_path / "state.pt", weights_only=True)["step"]) == 3
+    assert int(load_state(tmp_path / "state.safetensors")["step"]) == 3
 
 
 def ctrl_c_after_step(trainer: Trainer, at: int) -> None:
@@ -196,7 +197,7 @@ def test_a_resume_with_other_settings_is_refused(dataset, tmp_path):
 
 def test_a_damaged_state_file_is_one_sentence(dataset, tmp_path):
     Trainer(get_config("tiny"), dataset, tmp_path, quiet(steps=1), progress=False).fit()
-    state = tmp_path / "state.pt"
+    state = tmp_path / "state.safetensors"
     state.write_bytes(state.read_bytes()[:5000])
     with pytest.raises(UserError, match="damaged or not a training state"):
         Trainer(get_config("tiny"), dataset, tmp_path, quiet(steps=2), progress=False).resume()
@@ -263,3 +264,42 @@ def test_track_and_prepare_refuse_zero_frames(capsys):
             main([*argv, "--max-frames", "0"])
         assert exit_.value.code == 2
         assert "argument --max-frames: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_the_training_state_round_trips_without_a_pickle(tmp_path):
+    # state.safetensors: tensors by their path, the nesting as JSON; integer keys (an
+    # optimiser's parameter ids), lists, None and strings come back as they went in, and no
+    # byte of the file is a pickle.
+    from export3d.training.state import StateError, save_state
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    model(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": torch.tensor(7),
+             "run": json.dumps({"seed": 1}), "none": None, "pairs": [1, 2.5, "x"]}
+    path = tmp_path / "state.safetensors"
+    save_state(state, path)
+    back = load_state(path)
+    assert back["opt"]["param_groups"][0]["betas"] == [0.0, 0.99]
+    assert sorted(back["opt"]["state"]) == [0, 1] and int(back["step"]) == 7
+    assert back["none"] is None and back["pairs"] == [1, 2.5, "x"] and back["run"] == state["run"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(back["model"][key], value)
+    again = torch.optim.Adam(model.parameters(), lr=1e-3)
+    again.load_state_dict(back["opt"])  # what resume does
+    assert torch.equal(again.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0][
+        "exp_avg"])
+    raw = path.read_bytes()  # a safetensors file: header length, then its JSON header
+    assert raw[8:9] == b"{" and raw[:1] != b"\x80"  # (a pickle starts with its protocol byte)
+    assert not (tmp_path / "state.safetensors.tmp").exists()
+    torch.save(state, tmp_path / "pickled.safetensors")
+    with pytest.raises(StateError):
+        load_state(tmp_path / "pickled.safetensors")
+
+
+def test_an_old_pickled_state_is_refused_not_loaded(dataset, tmp_path):
+    torch.save({"step": torch.tensor(1)}, tmp_path / "state.pt")
+    with pytest.raises(UserError, match="state.pt is a pickle .* never loads; start the run "
+                       "over in a new --out"):
+        Trainer(get_config("tiny"), dataset, tmp_path, quiet(steps=2), progress=False).resume()

@@ -106,7 +106,7 @@ def test_resume_reproduces_the_next_step_exactly(dataset, tmp_path):
     config = quiet_config(steps=2, adv_start=0, r1_every=2, density_every=1, batch=2)
     first = Trainer(get_config("tiny"), dataset, tmp_path, config, progress=False)
     first.fit()  # saves at its last step
-    assert (tmp_path / "state.pt").is_file() and (tmp_path / "model.safetensors").is_file()
+    assert (tmp_path / "state.safetensors").is_file() and (tmp_path / "model.safetensors").is_file()
     expected = first.train_step()  # step 3 of the uninterrupted run
 
     second = Trainer(get_config("tiny"), dataset, tmp_path, config, progress=False)
