@@ -52,12 +52,26 @@ class TorchBackend(_ContextMixin):
     (float16 keeps the ray march in float32, as the model itself does); ``channels_last``
     runs the convolutions in that memory format (faster on CUDA); ``compile`` runs the
     per-frame path through ``torch.compile`` (on CUDA with CUDA graphs, mode
-    "reduce-overhead": its outputs are overwritten by the next frame, so read them first)."""
+    "reduce-overhead": its outputs are overwritten by the next frame, so read them first);
+    ``cuda_graph`` (CUDA only) captures the eager per-frame path, kernels as they are, in one
+    CUDA graph at the first frame and replays it after (the same caveat), which removes the
+    launch overhead without a compile.
+    Either way the encoded source is replaced in place on a new photo, so what was compiled
+    or captured keeps reading it."""
 
     name = "torch"
 
     def __init__(self, model, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 impl: str | None = None, channels_last: bool = False, compile: bool = False):
+                 impl: str | None = None, channels_last: bool = False, compile: bool = False,
+                 cuda_graph: bool = False):
+        if cuda_graph and compile:
+            raise BackendError("choose CUDA graphs or torch.compile, not both: on CUDA the "
+                               "compiled frame is already replayed as a CUDA graph")
+        if cuda_graph and torch.device(device).type != "cuda":
+            raise BackendError(f"CUDA graphs need a CUDA device, not {device!r}")
+        self.cuda_graph = cuda_graph
+        self._cuda = torch.cuda  # what captures and replays (a stand-in in the CPU tests)
+        self._graph = None  # (graph, static expr, static camera, static outputs)
         self.device = torch.device(device)
         self.dtype = dtype
         self.impl = impl
@@ -81,7 +95,7 @@ class TorchBackend(_ContextMixin):
         image = image.contiguous(memory_format=self.memory_format)
         with torch.inference_mode():
             source = self.model.encode_source(image)
-            if self.compiled and self._source is not None:
+            if (self.compiled or self.cuda_graph) and self._source is not None:
                 # A new portrait goes into the tensors the compiled frame was traced with:
                 # same object, same addresses, no re-trace on a swap.
                 self._source.high.copy_(source.high)
@@ -94,7 +108,36 @@ class TorchBackend(_ContextMixin):
         [1, 64]`` in the backend's dtype and ``camera [1, 25]`` float32, on its device."""
         if self._source is None:
             raise BackendError("call encode_source(image) before frame()")
-        return self._synthesize(self._source, expr, camera, impl=self.impl)
+        if not self.cuda_graph:
+            return self._synthesize(self._source, expr, camera, impl=self.impl)
+        if self._graph is None:
+            self._graph = self._capture(expr, camera)
+        graph, static_expr, static_camera, outputs = self._graph
+        static_expr.copy_(expr)
+        static_camera.copy_(camera)
+        graph.replay()
+        return outputs
+
+    def _capture(self, expr: torch.Tensor, camera: torch.Tensor):
+        """The frame on static input buffers, run three times on a side stream (cuDNN's
+        algorithm search, the kernel's first load and the allocator's first blocks happen
+        there, outside the capture), then captured."""
+        cuda = self._cuda
+        static_expr, static_camera = expr.clone(), camera.clone()
+
+        def run():
+            return self._synthesize(self._source, static_expr, static_camera, impl=self.impl)
+
+        side = cuda.Stream(self.device)
+        side.wait_stream(cuda.current_stream(self.device))
+        with cuda.stream(side):
+            for _ in range(3):
+                run()
+        cuda.current_stream(self.device).wait_stream(side)
+        graph = cuda.CUDAGraph()
+        with cuda.graph(graph):
+            outputs = run()
+        return graph, static_expr, static_camera, outputs
 
     def frame(self, expr, camera) -> dict[str, np.ndarray]:
         expr = torch.as_tensor(np.asarray(expr, dtype=np.float32)).reshape(1, -1)
@@ -105,6 +148,7 @@ class TorchBackend(_ContextMixin):
 
     def close(self) -> None:
         self._source = None
+        self._graph = None
 
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")

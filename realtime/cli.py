@@ -61,6 +61,7 @@ def build_config(args):
                       "rebuild": False if args.no_rebuild else None,
                       "allow_other_gpu": True if args.allow_other_gpu else None,
                       "compile": True if args.compile else None,
+                      "cuda_graph": True if args.cuda_graph else None,
                       "source": _sources(args.source)},
         "sink": {"sink": args.sink, "hud": False if args.no_hud else None, "size": args.size,
                  "side_by_side": True if args.side_by_side else None},
@@ -172,6 +173,9 @@ def register(subparsers) -> None:
                    "fp32 on the CPU), fp32, fp16 or bf16")
     p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the "
                    "frame (with CUDA graphs on CUDA); compiles once at start, a minute or more")
+    p.add_argument("--cuda-graph", action="store_true", help="torch (CUDA) and tensorrt "
+                   "backends: capture the frame in a CUDA graph at start and replay it (no "
+                   "launch overhead, no compile)")
     p.add_argument("--sink", default=None,
                    help="auto, null, file:OUT.mp4|.mkv, window, virtualcam, preview[:PORT] "
                         "(default: auto: with a webcam the virtual camera, or the preview "

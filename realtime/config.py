@@ -75,6 +75,9 @@ class GeneratorConfig:
     # torch backend: torch.compile the per-frame path (CUDA graphs on CUDA); the first frame
     # waits for the compile
     compile: bool = False
+    # torch (CUDA) and tensorrt backends: capture the per-frame work in a CUDA graph at the
+    # first frame and replay it (no launch overhead; torch: the eager kernels, no compile)
+    cuda_graph: bool = False
     # source portrait(s): a photo, a folder or a list of either ('s' cycles through them);
     # default export3d.media.default_portrait()
     source: str | tuple[str, ...] | None = None

@@ -190,6 +190,12 @@ def _open(config: GeneratorConfig):
     if config.backend != "torch" and config.precision != "auto":
         raise UserError(f"--precision is the torch backend's; {config.backend} runs in the "
                         "precision its graphs or engines were exported with")
+    if config.backend == "onnxruntime" and config.cuda_graph:
+        raise UserError("--cuda-graph is the torch and tensorrt backends'; onnxruntime runs its "
+                        "graphs as its provider does")
+    if config.backend == "torch" and config.cuda_graph and not config.device.startswith("cuda"):
+        raise UserError(f"--cuda-graph needs a CUDA device (--device cuda), not "
+                        f"{config.device!r}")
     if config.backend != "torch" and config.compile:
         raise UserError(f"--compile is the torch backend's; {config.backend} runs its own "
                         "compiled graphs or engines")
@@ -225,7 +231,8 @@ def _open(config: GeneratorConfig):
         return backend, size
     if config.backend == "tensorrt":  # the engines hold the weights and fix the image size
         backend = open_backend("tensorrt", engines=config.engines, device=config.device,
-                               rebuild=config.rebuild, allow_other_gpu=config.allow_other_gpu)
+                               rebuild=config.rebuild, allow_other_gpu=config.allow_other_gpu,
+                               cuda_graph=config.cuda_graph)
         encoder_input = backend.encoder.buffers[backend.encoder.inputs[0]]
         return backend, int(encoder_input.shape[-1])
     if config.checkpoint:
@@ -246,5 +253,6 @@ def _open(config: GeneratorConfig):
         # (on the first frames) and keep the fastest, as the GPU suite does.
         torch.backends.cudnn.benchmark = True
     backend = open_backend(config.backend, model=model, device=config.device, dtype=dtype,
-                           channels_last=channels_last, compile=config.compile)
+                           channels_last=channels_last, compile=config.compile,
+                           cuda_graph=config.cuda_graph)
     return backend, model.config.image_size

@@ -221,6 +221,42 @@ def test_tensorrt_engines_are_rebuilt_unless_refused_and_other_gpus_allowed_on_r
             _open(build_config(parse(["--synthetic", flag])).generator)
 
 
+def test_cuda_graph_reaches_the_torch_and_tensorrt_backends_and_is_refused_elsewhere(
+        monkeypatch, tmp_path):
+    from export import backend as backend_mod
+    from export3d.errors import UserError
+    from realtime import generator
+    from realtime.generator import _open
+
+    opened = []
+
+    class Opened(Exception):
+        pass
+
+    def fake_open(name, **kwargs):
+        opened.append((name, kwargs))
+        raise Opened
+
+    monkeypatch.setattr(backend_mod, "open_backend", fake_open)
+    import torch
+
+    monkeypatch.setattr(generator, "resolve_device", lambda device: device)  # no GPU here
+    monkeypatch.setattr(generator, "torch_precision", lambda *a: (torch.float32, True))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    assert build_config(parse([])).generator.cuda_graph is False
+    for argv in (["--device", "cuda"], ["--backend", "tensorrt", "--engines", str(tmp_path)]):
+        cfg = build_config(parse(["--synthetic", "--cuda-graph", *argv])).generator
+        assert cfg.cuda_graph is True
+        with pytest.raises(Opened):
+            _open(cfg)
+        assert opened.pop()[1]["cuda_graph"] is True
+    with pytest.raises(UserError, match="--cuda-graph needs a CUDA device"):
+        _open(build_config(parse(["--synthetic", "--cuda-graph"])).generator)
+    with pytest.raises(UserError, match="--cuda-graph is the torch and tensorrt backends'"):
+        _open(build_config(parse(["--synthetic", "--cuda-graph", "--backend",
+                                  "onnxruntime"])).generator)
+
+
 def test_precision_picks_bf16_on_ampere_and_later_and_refuses_what_cannot_run():
     import torch
 

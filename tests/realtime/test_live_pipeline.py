@@ -179,10 +179,11 @@ def test_cuda_generator_double_buffer_matches_the_synchronous_backend():
 
 
 @pytest.mark.gpu
-def test_cuda_compiled_generator_with_cuda_graphs_matches_eager():
-    # --compile on CUDA: torch.compile with CUDA graphs ("reduce-overhead") replayed on the
-    # double buffer's compute stream; its frames must be the eager backend's, frame after frame
-    # (a graph replay reading a stale input or overwriting an output not yet read shows here).
+def test_cuda_compiled_and_captured_generators_match_eager():
+    # --compile on CUDA: torch.compile with CUDA graphs ("reduce-overhead"), and --cuda-graph:
+    # the eager frame captured, each replayed on the double buffer's compute stream; their
+    # frames must be the eager backend's, frame after frame (a graph replay reading a stale
+    # input or overwriting an output not yet read shows here).
     from export3d import demo
     from export3d.camera import orbit_camera
     from realtime.config import GeneratorConfig
@@ -192,23 +193,25 @@ def test_cuda_compiled_generator_with_cuda_graphs_matches_eager():
     drives = [(rng.normal(0, 0.5, 64).astype(np.float32), orbit_camera(0.1 * i).numpy()[0])
               for i in range(6)]
     outs = {}
-    for compiled in (False, True):
+    for mode in ("eager", "compile", "cuda_graph"):
         gen = Generator(GeneratorConfig(backend="torch", device="cuda",
                                         checkpoint=str(demo.checkpoint()), precision="fp32",
-                                        compile=compiled))
+                                        compile=mode == "compile",
+                                        cuda_graph=mode == "cuda_graph"))
         try:
-            outs[compiled] = []
+            outs[mode] = []
             for expr, cam in drives:
                 gen.push(expr, cam)
                 if gen.in_flight == 2:
-                    outs[compiled].append(gen.pop())
-            outs[compiled].append(gen.pop())
+                    outs[mode].append(gen.pop())
+            outs[mode].append(gen.pop())
         finally:
             gen.close()
-    assert len(outs[True]) == len(drives)
-    assert np.abs(outs[False][0].astype(int) - outs[False][1].astype(int)).max() > 0
-    for eager, compiled in zip(outs[False], outs[True]):
-        assert np.abs(eager.astype(int) - compiled.astype(int)).max() <= 1
+    assert np.abs(outs["eager"][0].astype(int) - outs["eager"][1].astype(int)).max() > 0
+    for mode in ("compile", "cuda_graph"):
+        assert len(outs[mode]) == len(drives)
+        for eager, other in zip(outs["eager"], outs[mode]):
+            assert np.abs(eager.astype(int) - other.astype(int)).max() <= 1, mode
 
 
 def test_a_webcam_run_says_how_far_to_delay_the_microphone():
