@@ -187,33 +187,42 @@ def test_tensorrt_backend_takes_an_engine_folder_and_fails_in_one_sentence(monke
             args.run(args)
 
 
-def test_tensorrt_engines_are_rebuilt_unless_refused_and_other_gpus_allowed_on_request(
-        monkeypatch, tmp_path):
-    # ARCHITECTURE.md: a mismatched engine "gives a clear message and rebuilds". The backend
-    # could (rebuild=True), but live never asked it to, nor let an engine from another GPU
-    # model of the same compute capability run.
+class Opened(Exception):
+    """Raised by :func:`recorded_open`'s stand-in once it has recorded the call."""
+
+
+@pytest.fixture
+def recorded_open(monkeypatch):
+    """export.backend.open_backend replaced: each call's (name, keywords) is appended to the
+    returned list, then Opened is raised (what _open asks for, without opening anything)."""
     from export import backend as backend_mod
-    from export3d.errors import UserError
-    from realtime.generator import _open
 
-    argv = ["--synthetic", "--backend", "tensorrt", "--engines", str(tmp_path)]
     opened = []
-
-    class Opened(Exception):
-        pass
 
     def fake_open(name, **kwargs):
         opened.append((name, kwargs))
         raise Opened
 
     monkeypatch.setattr(backend_mod, "open_backend", fake_open)
+    return opened
+
+
+def test_tensorrt_engines_are_rebuilt_unless_refused_and_other_gpus_allowed_on_request(
+        recorded_open, tmp_path):
+    # ARCHITECTURE.md: a mismatched engine "gives a clear message and rebuilds". The backend
+    # could (rebuild=True), but live never asked it to, nor let an engine from another GPU
+    # model of the same compute capability run.
+    from export3d.errors import UserError
+    from realtime.generator import _open
+
+    argv = ["--synthetic", "--backend", "tensorrt", "--engines", str(tmp_path)]
     for flags, rebuild, other in (([], True, False), (["--no-rebuild"], False, False),
                                   (["--allow-other-gpu"], True, True)):
         cfg = build_config(parse([*argv, *flags])).generator
         assert (cfg.rebuild, cfg.allow_other_gpu) == (rebuild, other)
         with pytest.raises(Opened):
             _open(cfg)
-        name, kwargs = opened.pop()
+        name, kwargs = recorded_open.pop()
         assert name == "tensorrt" and kwargs["engines"] == str(tmp_path)
         assert (kwargs["rebuild"], kwargs["allow_other_gpu"]) == (rebuild, other)
     for flag in ("--no-rebuild", "--allow-other-gpu"):
@@ -222,23 +231,12 @@ def test_tensorrt_engines_are_rebuilt_unless_refused_and_other_gpus_allowed_on_r
 
 
 def test_cuda_graph_reaches_the_torch_and_tensorrt_backends_and_is_refused_elsewhere(
-        monkeypatch, tmp_path):
-    from export import backend as backend_mod
+        recorded_open, monkeypatch, tmp_path):
+    import torch
+
     from export3d.errors import UserError
     from realtime import generator
     from realtime.generator import _open
-
-    opened = []
-
-    class Opened(Exception):
-        pass
-
-    def fake_open(name, **kwargs):
-        opened.append((name, kwargs))
-        raise Opened
-
-    monkeypatch.setattr(backend_mod, "open_backend", fake_open)
-    import torch
 
     monkeypatch.setattr(generator, "resolve_device", lambda device: device)  # no GPU here
     monkeypatch.setattr(generator, "torch_precision", lambda *a: (torch.float32, True))
@@ -249,7 +247,7 @@ def test_cuda_graph_reaches_the_torch_and_tensorrt_backends_and_is_refused_elsew
         assert cfg.cuda_graph is True
         with pytest.raises(Opened):
             _open(cfg)
-        assert opened.pop()[1]["cuda_graph"] is True
+        assert recorded_open.pop()[1]["cuda_graph"] is True
     with pytest.raises(UserError, match="--cuda-graph needs a CUDA device"):
         _open(build_config(parse(["--synthetic", "--cuda-graph"])).generator)
     with pytest.raises(UserError, match="--cuda-graph is the torch and tensorrt backends'"):
