@@ -1,5 +1,6 @@
-"""Built artefacts in the user's cache: the ONNX graphs a run needs, exported once and found
-again by every later run, so ``export3d live --backend onnxruntime`` needs no export step.
+"""Built artefacts in the user's cache: the ONNX graphs and TensorRT engines a run needs, made
+once and found again by every later run, so ``export3d live --backend onnxruntime`` (or
+``tensorrt``) needs no export or build step (:func:`cached_graphs`, :func:`cached_engines`).
 
 :func:`cached_graphs` returns ``<cache>/graphs/<key>`` (``<cache>``: ``$EXPORT3D_CACHE``, else
 ``~/.cache/export3d``, as the assets). The key hashes everything the graphs are a function of:
@@ -68,4 +69,40 @@ def cached_graphs(checkpoint: str | Path | None = None, preset: str = "tiny",
     model = load_model(None if checkpoint else preset, checkpoint)
     export_onnx(model, folder, variant=variant, precision=precision,
                 preset=model.config.preset, checkpoint=checkpoint, progress=progress)
+    return folder
+
+
+def cached_engines(checkpoint: str | Path | None = None, preset: str = "tiny",
+                   precision: str = "fp16", say=None, progress: bool = True) -> Path:
+    """TensorRT engines for these weights on this GPU and TensorRT, built into the cache on
+    first use: ``<cache>/engines/<key>``, the key hashing the plugin graphs' own key (which
+    are :func:`cached_graphs` of variant "plugin", in ``precision``), the GPU's name and compute
+    capability and TensorRT's version, so another card or TensorRT builds its own. A folder
+    holding both engines and their metadata is reused (the runtime checks them again when it
+    opens them). TensorRT missing or no GPU: :class:`export.backend.BackendError`, before any
+    export."""
+    from engines.trt import builder, import_tensorrt
+    from engines.trt.errors import TensorRTError
+    from export3d.assets import cache_dir
+
+    from .backend import BackendError
+
+    say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        trt = import_tensorrt()
+        gpu, capability = builder.gpu_info()
+    except TensorRTError as exc:
+        raise BackendError(str(exc)) from None
+    graphs = cached_graphs(checkpoint, preset, "plugin", precision, say=say, progress=progress)
+    key = hashlib.sha256(f"{graphs.name}\n{gpu}\n{capability}\n{trt.__version__}".encode())
+    folder = cache_dir() / "engines" / key.hexdigest()[:20]
+    if all(builder.engine_path(folder, stage).is_file() and
+           builder.meta_path(folder, stage).is_file() for stage in builder.STAGES):
+        return folder
+    say(f"building the TensorRT engines once into {folder} ({gpu}, TensorRT "
+        f"{trt.__version__}; minutes; later runs reuse them)")
+    try:
+        builder.build_engines(graphs, folder, report=lambda line: say(f"  {line}"))
+    except TensorRTError as exc:
+        raise BackendError(str(exc)) from None
     return folder

@@ -181,6 +181,13 @@ def torch_precision(precision: str, device: str, capability=None):
     return dtype, cuda
 
 
+def _warn_if_random(config: GeneratorConfig) -> None:
+    if not config.checkpoint:
+        from export3d.render import random_weights_warning
+
+        print(random_weights_warning(), file=sys.stderr)
+
+
 def _open(config: GeneratorConfig):
     from export.backend import open_backend
     from export3d.config import get_config
@@ -199,9 +206,9 @@ def _open(config: GeneratorConfig):
     if config.backend != "torch" and config.compile:
         raise UserError(f"--compile is the torch backend's; {config.backend} runs its own "
                         "compiled graphs or engines")
-    if config.backend == "tensorrt" and config.checkpoint:  # was silently ignored
-        raise UserError("--checkpoint is not the tensorrt backend's: it runs the weights its "
-                        "engines were exported with (export3d export engine --checkpoint C)")
+    if config.backend == "tensorrt" and config.checkpoint and config.engines:
+        raise UserError("give --engines or --checkpoint, not both: the engines in --engines "
+                        "carry the weights they were exported with")
     if config.backend == "onnxruntime" and config.checkpoint and config.graphs:
         raise UserError("give --graphs or --checkpoint, not both: the graphs in --graphs carry "
                         "the weights they were exported with")
@@ -219,10 +226,7 @@ def _open(config: GeneratorConfig):
         if graphs is None:  # exported once from --checkpoint (or the preset) into the cache
             from export.cache import cached_graphs
 
-            if not config.checkpoint:
-                from export3d.render import random_weights_warning
-
-                print(random_weights_warning(), file=sys.stderr)
+            _warn_if_random(config)
             graphs = cached_graphs(config.checkpoint, config.preset)
         backend = open_backend("onnxruntime", graphs=graphs, providers=providers)
         encoder_input = next(iter(getattr(backend, "enc_in", {}).values()), None)
@@ -230,7 +234,13 @@ def _open(config: GeneratorConfig):
             get_config(config.preset).image_size
         return backend, size
     if config.backend == "tensorrt":  # the engines hold the weights and fix the image size
-        backend = open_backend("tensorrt", engines=config.engines, device=config.device,
+        engines = config.engines
+        if engines is None:  # built once from --checkpoint (or the preset) into the cache
+            from export.cache import cached_engines
+
+            _warn_if_random(config)
+            engines = cached_engines(config.checkpoint, config.preset)
+        backend = open_backend("tensorrt", engines=engines, device=config.device,
                                rebuild=config.rebuild, allow_other_gpu=config.allow_other_gpu,
                                cuda_graph=config.cuda_graph)
         encoder_input = backend.encoder.buffers[backend.encoder.inputs[0]]
@@ -241,9 +251,8 @@ def _open(config: GeneratorConfig):
         model = load_checkpoint(config.checkpoint)
     else:
         from export3d.model import build_model
-        from export3d.render import random_weights_warning
 
-        print(random_weights_warning(), file=sys.stderr)
+        _warn_if_random(config)
         model = build_model(get_config(config.preset), seed=0)
     dtype, channels_last = torch_precision(config.precision, config.device)
     if config.device.startswith("cuda"):

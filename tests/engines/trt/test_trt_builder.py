@@ -5,6 +5,7 @@ plugin node, modified graph, parser failure, failed build). Proves our logic, no
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -329,6 +330,47 @@ def test_cli_goes_from_weights_to_engines_in_one_command(standin, cli, tmp_path,
         assert meta["onnx_dir"] == str((out / "onnx").resolve())  # what a rebuild reads
         assert meta["graph_sha256"] == manifest["graphs"][stage]["sha256"]
         assert meta["precision"] == "fp16" and (out / f"{stage}.engine").is_file()
+
+
+def test_live_without_engines_builds_them_once_per_gpu_into_the_cache(standin, monkeypatch,
+                                                                      tmp_path):
+    # 'live --backend tensorrt' without --engines: the plugin graphs exported and the engines
+    # built into the cache on first use, reused after, built again for another GPU.
+    from export import cache
+
+    monkeypatch.setenv("EXPORT3D_CACHE", str(tmp_path / "cache"))
+    builds, said = [], []
+    real = builder.build_engines
+
+    def counting(onnx_dir, out_dir, *args, **kwargs):
+        builds.append(out_dir)
+        return real(onnx_dir, out_dir, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "build_engines", counting)
+    folder = cache.cached_engines(preset="tiny", say=said.append, progress=False)
+    assert folder.parent == tmp_path / "cache" / "engines" and builds == [folder]
+    meta = json.loads((folder / "frame_generator.engine.json").read_text())
+    graphs = json.loads((tmp_path / "cache" / "graphs" / Path(meta["onnx_dir"]).name /
+                         "manifest.json").read_text())
+    assert (graphs["variant"], graphs["precision"]) == ("plugin", "fp16")
+    assert meta["precision"] == "fp16" and meta["gpu"] == GPU[0]
+    assert any("building the TensorRT engines once" in line for line in said)
+    assert cache.cached_engines(preset="tiny", say=said.append) == folder and len(builds) == 1
+    monkeypatch.setattr(builder, "gpu_info", lambda: ("NVIDIA GeForce RTX 4090", "8.9"))
+    other = cache.cached_engines(preset="tiny", say=said.append, progress=False)
+    assert other != folder and builds == [folder, other]
+
+
+def test_live_without_engines_and_without_tensorrt_is_one_sentence_before_any_export(
+        monkeypatch, tmp_path):
+    from export import cache
+    from export.backend import BackendError
+
+    trt_standin.uninstall(monkeypatch)
+    monkeypatch.setenv("EXPORT3D_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(BackendError, match=r"pip install export3d\[trt\]"):
+        cache.cached_engines(preset="tiny")
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("case", ["no-tensorrt", "no-gpu", "bad-opt-level"])
