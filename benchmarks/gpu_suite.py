@@ -460,7 +460,12 @@ def output_error(torch, got, ref, name: str, worst_bound: float | None = None) -
 
 
 def kernel_check(torch, config, device, dtypes, kinds=None) -> dict:
+    """The kernel against the reference on every output element (cases: the plan below), its
+    determinism, and, where it runs fp16 products, its distance from the reference's
+    counterpart of them (``vs_reference_counterpart``: what the kernel adds beyond the
+    rounding it names)."""
     from engines import raymarch as kernel
+    from engines.raymarch.op import launch_precision
     from export3d.renderer import RayMarchSettings, raymarch_reference
 
     settings = RayMarchSettings(config.ray_near, config.ray_far, config.samples_coarse,
@@ -552,6 +557,15 @@ def kernel_check(torch, config, device, dtypes, kinds=None) -> dict:
                                                    < FACE_FRACTION * model_error[name])
             ok &= case[name]["within_tolerance"] and case[name]["finite"]
         case["mean_opacity_reference"] = float(ref[2].mean())
+        dot, tap_sum = launch_precision(o.device, tp.dtype)
+        if dot == "fp16":  # the reference that rounds as the kernel does: what is left is
+            with torch.no_grad():  # the kernel's own (informational, not part of the verdict)
+                twin = raymarch_reference(tp, dec, o, d, case_settings, dot_precision=dot,
+                                          tap_sum=tap_sum)
+            case["vs_reference_counterpart"] = {
+                "dot_precision": dot, "tap_sum": tap_sum,
+                **{n: float((a - b).abs().max()) for n, a, b in
+                   zip(("features", "depth", "opacity"), out, twin)}}
         ok &= case["deterministic"]
         cases.append(case)
         print(f"  kernel vs reference {kind} b={batch} {case['triplane_dtype']}: "

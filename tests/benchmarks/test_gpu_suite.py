@@ -308,6 +308,36 @@ def test_kernel_check_runs_the_ball_in_every_half_precision_with_its_storage_bou
     assert check["all_passed"] is True
 
 
+COUNTERPART_SCRIPT = """
+import json, sys
+import torch
+from benchmarks.gpu_suite import kernel_check
+from engines.raymarch import op
+from export3d.config import PRESETS
+dtypes = (torch.float32, torch.float16, torch.bfloat16)
+with op.default_launch(dot_precision="fp16"):  # as sm_80+ runs half tri-planes
+    json.dump(kernel_check(torch, PRESETS["tiny"], torch.device("cpu"), dtypes, {"random"}),
+              sys.stdout)
+"""
+
+
+def test_kernel_check_reports_the_distance_from_the_reference_counterpart():
+    # With fp16 products (a GPU's default for half tri-planes; forced here) each case also
+    # says how far the kernel is from raymarch_reference(dot_precision="fp16"): within the
+    # fp32 kernel's tolerance under the interpreter, well under its distance from the fp32
+    # reference. Without fp16 products (the plain dry run) there is no such record.
+    check = interpreted_json(COUNTERPART_SCRIPT)
+    cases = [c for c in check["cases"] if c["kind"] == "random"]
+    assert [c["triplane_dtype"] for c in cases] == ["float32", "float32", "float16", "bfloat16"]
+    for case in cases:
+        twin = case["vs_reference_counterpart"]
+        assert (twin["dot_precision"], twin["tap_sum"]) == ("fp16", "fp16")
+        assert twin["features"] < 2e-5 and twin["depth"] < 2e-5 and twin["opacity"] < 2e-5
+        assert twin["features"] < case["features"]["max_abs_err"]
+    plain = interpreted_json(KERNEL_CHECK_SCRIPT.replace('dtypes)', 'dtypes, {"random"})'))
+    assert all("vs_reference_counterpart" not in c for c in plain["cases"])
+
+
 def test_the_face_case_runs_on_the_device_it_is_given():
     # face_case on PyTorch's meta device (shapes only, no data), standing in for a GPU: the
     # models, their tri-planes and decoders and the rays all on that device, in their dtypes.
