@@ -724,3 +724,23 @@ def test_peak_memory_is_the_timed_frames_with_the_first_calls_apart():
     assert result == [1.0, 2.0]
     assert peaks == {"peak_memory_mib": 400.0, "peak_memory_first_calls_mib": 5100.0}
     assert with_memory_peaks(fake, torch.device("cpu"), lambda: "cpu") == ("cpu", {})
+
+
+def test_the_table_shows_the_live_cuda_graph_run_or_why_it_did_not_run(capsys):
+    # live_section's second run (CUDA only: --cuda-graph on the double buffer) under the
+    # eager one's line; its failure or skip as its one line.
+    from benchmarks.gpu_suite import print_table
+
+    def summary(fps, p50):
+        return {"frames": 120, "fps": fps, "glass_to_glass": {"p50_ms": p50, "p95_ms": p50 + 1,
+                                                              "p99_ms": p50 + 2}}
+
+    live = {"preset": "paper512", "summary": summary(58.0, 40.0)}
+    print_table({"live": {**live, "cuda_graph": {"summary": summary(60.0, 31.5)}}})
+    out = capsys.readouterr().out
+    assert "live pipeline (paper512, torch): 120 frames, 58.0 fps" in out
+    assert "with --cuda-graph: 60.0 fps, glass-to-glass p50 31.5 / p95 32.5 / p99 33.5 ms" in out
+    print_table({"live": {**live, "cuda_graph": {"error": "RuntimeError: capture failed"}}})
+    assert "with --cuda-graph: RuntimeError: capture failed" in capsys.readouterr().out
+    print_table({"live": live})  # a CPU run: no second line
+    assert "cuda-graph" not in capsys.readouterr().out
