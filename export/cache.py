@@ -106,3 +106,62 @@ def cached_engines(checkpoint: str | Path | None = None, preset: str = "tiny",
     except TensorRTError as exc:
         raise BackendError(str(exc)) from None
     return folder
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def entries() -> list[dict]:
+    """What the cache holds of built artefacts: one dict per folder (kind, path, bytes, what)."""
+    import json
+
+    from export3d.assets import cache_dir
+
+    out = []
+    for kind, described in (("graphs", "manifest.json"),
+                            ("engines", "frame_generator.engine.json")):
+        root = cache_dir() / kind
+        for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else ():
+            try:
+                info = json.loads((folder / described).read_text())
+            except (OSError, ValueError):
+                what = "incomplete (an export or build that did not finish)"
+            else:
+                if kind == "graphs":
+                    weights = (info.get("checkpoint") or {}).get("file") or "random weights"
+                    what = (f"{info.get('preset')} {info.get('variant')} {info.get('precision')}"
+                            f", {weights}")
+                else:
+                    what = (f"{info.get('preset')} {info.get('precision')}, {info.get('gpu')}, "
+                            f"TensorRT {info.get('tensorrt')}")
+            out.append({"kind": kind, "path": folder, "bytes": _size(folder), "what": what})
+    return out
+
+
+def register(subparsers) -> None:
+    """``export3d cache``: list the built artefacts in the cache, or clear them."""
+    p = subparsers.add_parser("cache", help="list (or --clear) the ONNX graphs and TensorRT "
+                              "engines built into the cache")
+    p.add_argument("--clear", action="store_true", help="delete them (the assets stay)")
+    p.set_defaults(run=run)
+
+
+def run(args) -> None:
+    import shutil
+
+    from export3d.assets import cache_dir
+
+    found = entries()
+    for entry in found:
+        print(f"{entry['kind']:<8} {entry['bytes'] / 1e6:8.1f} MB  {entry['path']}  "
+              f"({entry['what']})")
+    total = sum(e["bytes"] for e in found)
+    if not args.clear:
+        print(f"{len(found)} built folder(s), {total / 1e6:.1f} MB in {cache_dir()} "
+              "(export3d cache --clear deletes them; the assets stay)")
+        return
+    for kind in ("graphs", "engines"):
+        shutil.rmtree(cache_dir() / kind, ignore_errors=True)
+    print(f"deleted {len(found)} built folder(s), {total / 1e6:.1f} MB; the assets stay in "
+          f"{cache_dir()}")

@@ -58,3 +58,30 @@ def test_one_export_per_key_and_again_when_the_folder_does_not_verify(cache_root
     from export import manifest as manifest_mod
 
     manifest_mod.verify(folder)  # whole again
+
+
+def test_the_cache_command_lists_and_clears_what_was_built_not_the_assets(cache_root,
+                                                                           monkeypatch, capsys):
+    import export3d.cli
+
+    monkeypatch.setitem(export3d.cli.BUILTIN, "cache", "export.cache:register")
+    graphs = cache.cached_graphs(preset="tiny", say=lambda line: None, progress=False)
+    (cache_root / "half-written").mkdir()
+    engines = cache_root.parent / "engines" / "k1"
+    engines.mkdir(parents=True)
+    (engines / "frame_generator.engine").write_bytes(b"E" * 1000)
+    (engines / "frame_generator.engine.json").write_text(json.dumps(
+        {"preset": "tiny", "precision": "fp16", "gpu": "NVIDIA H100", "tensorrt": "10.7.0"}))
+    asset = cache_root.parent / "face_landmarker.task"
+    asset.write_bytes(b"model")
+    assert export3d.cli.main(["cache"]) == 0
+    out = capsys.readouterr().out
+    assert f"{graphs}  (tiny portable fp32, random weights)" in out
+    assert "(incomplete (an export or build that did not finish))" in out
+    assert "(tiny fp16, NVIDIA H100, TensorRT 10.7.0)" in out and "3 built folder(s)" in out
+    assert graphs.is_dir()  # listing deletes nothing
+    assert export3d.cli.main(["cache", "--clear"]) == 0
+    assert "deleted 3 built folder(s)" in capsys.readouterr().out
+    assert not cache_root.exists() and not engines.exists() and asset.read_bytes() == b"model"
+    assert export3d.cli.main(["cache"]) == 0
+    assert "0 built folder(s)" in capsys.readouterr().out
