@@ -336,7 +336,13 @@ def check_cache() -> Check:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if os.access(parent, os.W_OK):
-        return Check("cache", "ok", f"{path} (writable)", required=True)
+        from export.cache import entries
+
+        built = entries()
+        held = (f"; {len(built)} built graph/engine folder(s), "
+                f"{sum(e['bytes'] for e in built) / 1e6:.0f} MB: 'export3d cache'" if built
+                else "")
+        return Check("cache", "ok", f"{path} (writable{held})", required=True)
     return Check("cache", "missing", f"{path} cannot be written",
                  "set EXPORT3D_CACHE to a writable folder", required=True)
 

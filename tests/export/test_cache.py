@@ -80,6 +80,9 @@ def test_the_cache_command_lists_and_clears_what_was_built_not_the_assets(cache_
     assert "(incomplete (an export or build that did not finish))" in out
     assert "(tiny fp16, NVIDIA H100, TensorRT 10.7.0)" in out and "3 built folder(s)" in out
     assert graphs.is_dir()  # listing deletes nothing
+    from realtime.doctor import check_cache
+
+    assert "3 built graph/engine folder(s)" in check_cache().detail  # doctor says so too
     assert export3d.cli.main(["cache", "--clear"]) == 0
     assert "deleted 3 built folder(s)" in capsys.readouterr().out
     assert not cache_root.exists() and not engines.exists() and asset.read_bytes() == b"model"
