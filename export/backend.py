@@ -128,15 +128,16 @@ class TorchBackend(_ContextMixin):
         def run():
             return self._synthesize(self._source, static_expr, static_camera, impl=self.impl)
 
-        side = cuda.Stream(self.device)
-        side.wait_stream(cuda.current_stream(self.device))
-        with cuda.stream(side):
-            for _ in range(3):
-                run()
-        cuda.current_stream(self.device).wait_stream(side)
-        graph = cuda.CUDAGraph()
-        with cuda.graph(graph):
-            outputs = run()
+        with cuda.device(self.device):  # the capture stream is the current device's
+            side = cuda.Stream(self.device)
+            side.wait_stream(cuda.current_stream(self.device))
+            with cuda.stream(side):
+                for _ in range(3):
+                    run()
+            cuda.current_stream(self.device).wait_stream(side)
+            graph = cuda.CUDAGraph()
+            with cuda.graph(graph):
+                outputs = run()
         return graph, static_expr, static_camera, outputs
 
     def frame(self, expr, camera) -> dict[str, np.ndarray]:

@@ -160,7 +160,7 @@ def register(subparsers) -> None:
                    "coreml,cpu (macOS), dml,cpu (DirectML, Windows), cuda,cpu; default cuda,cpu "
                    "with --device cuda, else cpu ('export3d doctor' lists this machine's)")
     p.add_argument("--engines", help="tensorrt: the folder 'export3d export engine' wrote "
-                   "(the weights are in the engines; no --checkpoint)")
+                   "(default: built once into the cache from --checkpoint, or the preset)")
     p.add_argument("--no-rebuild", action="store_true", help="tensorrt: refuse engines built "
                    "for another GPU or TensorRT (default: rebuild them here, from the graphs "
                    "their metadata names; minutes)")

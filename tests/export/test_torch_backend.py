@@ -47,6 +47,11 @@ class FakeCuda:
         self.log.append("wait")
 
     @contextlib.contextmanager
+    def device(self, device):
+        self.log.append(f"device {device}")
+        yield
+
+    @contextlib.contextmanager
     def stream(self, stream):
         self.log.append("side stream")
         yield
@@ -93,8 +98,8 @@ def test_cuda_graph_mode_captures_once_and_replays_new_inputs_and_sources():
             np.testing.assert_array_equal(backend._graph[1].numpy(), np.reshape(expr, (1, -1)))
             np.testing.assert_array_equal(backend._graph[2].numpy(), np.reshape(camera, (1, 25)))
     # three warm-up frames on a side stream, one under capture, then only replays
-    assert backend._cuda.log[:3] == ["wait", "side stream", "wait"]
-    assert backend._cuda.log[3:] == ["capture"] + ["replay"] * 3
+    assert backend._cuda.log[:4] == ["device cpu", "wait", "side stream", "wait"]
+    assert backend._cuda.log[4:] == ["capture"] + ["replay"] * 3
     assert len(calls) == 4 and all(c is backend._graph[1] for c in calls)  # static buffers
     for (expr, camera), got in zip(frames, outputs):
         want = eager.frame(expr, camera)
