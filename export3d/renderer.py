@@ -252,6 +252,14 @@ def raymarch_reference(triplane: torch.Tensor, decoder: Decoder, origins: torch.
     4. Final composite of the merged samples -> features x2 - 1, depth, opacity.
     With ``jitter`` (training) the coarse bins and the u grid are stratified-random instead.
     """
+    device_type = origins.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        # Mixed-precision training (bf16 autocast around the model) keeps the renderer in
+        # fp32 (paper-spec 6.3): autocast would run the decoder's products in bf16 whatever
+        # its inputs' dtype, moving the raw density by ~2e-2.
+        with torch.autocast(device_type, enabled=False):
+            return raymarch_reference(triplane, decoder, origins, directions, settings, jitter,
+                                      dot_precision, tap_sum)
     if dot_precision not in DOT_PRECISIONS:
         raise ValueError(f"dot_precision must be one of {', '.join(DOT_PRECISIONS)}, got "
                          f"{dot_precision!r}")

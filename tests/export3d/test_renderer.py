@@ -250,3 +250,27 @@ def test_fp16_products_option_rounds_and_checks_its_names():
         raymarch_reference(triplane, decoder, origins, directions, settings, dot_precision="tf32")
     with pytest.raises(ValueError, match="tap_sum must be one of fp16, fp32"):
         raymarch_reference(triplane, decoder, origins, directions, settings, tap_sum="bf16")
+
+
+def test_the_renderer_stays_fp32_under_mixed_precision_autocast():
+    # paper-spec 6.3: mixed precision for the CNN/ViT only, the renderer in fp32. Training
+    # wraps the model in bf16 autocast, which ran the decoder's matmuls in bf16 (the raw
+    # density moved by ~2e-2); the reference now turns autocast off for itself.
+    from export3d.renderer import Decoder, decode
+
+    g = torch.Generator().manual_seed(5)
+    triplane = torch.randn(1, 3, 8, 16, 16, generator=g)
+    decoder = Decoder(torch.randn(8, 32, generator=g), torch.randn(32, generator=g),
+                      torch.randn(32, 9, generator=g), torch.randn(9, generator=g))
+    origins, directions = rays(orbit_path("circle", 2)[:1].float(), 8)
+    settings = RayMarchSettings(near=2.25, far=3.3, samples_coarse=8, samples_fine=8)
+    plain = raymarch_reference(triplane, decoder, origins, directions, settings)
+    features = torch.randn(64, 8, generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = raymarch_reference(triplane, decoder, origins, directions, settings)
+        moved = decode(features, decoder)[0]  # what autocast does to the bare decoder
+    for a, b in zip(plain, mixed):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a, atol=0, rtol=0)
+    # so the check above is not vacuous: autocast does move the decoder here
+    assert (moved.float() - decode(features, decoder)[0]).abs().max() > 1e-3
