@@ -15,7 +15,8 @@ Expression and pose fidelity: every generated frame and every driving frame is r
 the project's own tracker (mediapipe on the crop up-scaled to 256 px, image mode): AED-mp is
 the mean L1 distance between their MPX-64 codes (each sequence relative to its own neutral,
 the calmest 20 % of its frames, as in training), APD-mp the mean geodesic angle in degrees
-between their head rotations. These are the project's measures, not the paper's BFM-based
+between their head rotations, and APD-mp L1 tracking.md's definition, the mean of |d pitch| +
+|d yaw| + |d roll| in degrees. These are the project's measures, not the paper's BFM-based
 AED/APD. Cross identity (``--drive VIDEO`` of another person): the same source driven by
 that video's codes and cameras; no ground truth, so AED-mp / APD-mp only, with the
 ``copy_source`` baseline.
@@ -83,17 +84,26 @@ class Retracker:
 
 
 def fidelity(retracked_out, retracked_ref) -> dict:
-    """AED-mp, APD-mp over frames where both were tracked, and that count."""
+    """AED-mp, APD-mp over frames where both were tracked, and that count. Two pose errors:
+    ``apd_mp_euler_l1_deg`` is tracking.md's APD-mp, the mean over frames of
+    |d pitch| + |d yaw| + |d roll| (Deep3D's angles, degrees); ``apd_mp_deg`` the mean geodesic
+    angle between the two rotations (one number per frame however the error splits over the
+    axes, and free of Euler angles' wrap-around: this project's headline pose error)."""
     from ..tracking.extractor import rotation_angle_deg
+    from ..tracking.pose import euler_from_rotation
 
     f_out, c_out, r_out = retracked_out
     f_ref, c_ref, r_ref = retracked_ref
     both = f_out & f_ref
     if not both.any():
-        return {"aed_mp": None, "apd_mp_deg": None, "tracked": 0}
+        return {"aed_mp": None, "apd_mp_deg": None, "apd_mp_euler_l1_deg": None, "tracked": 0}
     aed = float(np.mean(np.abs(c_out[both] - c_ref[both])))
     apd = float(np.mean([rotation_angle_deg(a, b) for a, b in zip(r_out[both], r_ref[both])]))
-    return {"aed_mp": aed, "apd_mp_deg": apd, "tracked": int(both.sum())}
+    l1 = float(np.mean([np.degrees(np.abs(np.subtract(euler_from_rotation(a),
+                                                      euler_from_rotation(b)))).sum()
+                        for a, b in zip(r_out[both], r_ref[both])]))
+    return {"aed_mp": aed, "apd_mp_deg": apd, "apd_mp_euler_l1_deg": l1,
+            "tracked": int(both.sum())}
 
 
 @torch.no_grad()
@@ -213,7 +223,7 @@ def format_table(report: dict) -> str:
              + (f" ({others} other clip(s) not scored; --clip NAME scores another)"
                 if others else ""),
              f"{'set':8s} {'method':14s} {'PSNR dB':>8s} {'SSIM':>6s} {'AED-mp':>7s} "
-             f"{'APD-mp':>7s}"]
+             f"{'APD-mp':>7s} {'APD L1':>7s}"]
     for part, entry in report["sets"].items():
         for name in ("model", "copy_source", "nearest_train"):
             if name not in entry:
@@ -221,5 +231,6 @@ def format_table(report: dict) -> str:
             s = entry[name]
             lines.append(f"{part:8s} {name:14s} {f(s.get('psnr'), '8.2f'):>8s} "
                          f"{f(s.get('ssim'), '6.3f'):>6s} {f(s.get('aed_mp'), '7.3f'):>7s} "
-                         f"{f(s.get('apd_mp_deg'), '7.2f'):>7s}")
+                         f"{f(s.get('apd_mp_deg'), '7.2f'):>7s} "
+                         f"{f(s.get('apd_mp_euler_l1_deg'), '7.2f'):>7s}")
     return "\n".join(lines)

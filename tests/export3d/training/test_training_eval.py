@@ -57,5 +57,23 @@ def test_retracked_fidelity_is_zero_against_itself_and_not_against_others(datase
     assert real[0].all(), "the tracker must find the face in every 64 px crop (up-scaled)"
     same = fidelity(real, real)
     assert same["aed_mp"] == 0 and same["apd_mp_deg"] < 1e-3 and same["tracked"] == len(crops)
+    assert same["apd_mp_euler_l1_deg"] < 1e-3
     other = fidelity(real, reversed_)
     assert other["aed_mp"] > 0.005 and other["apd_mp_deg"] > 0.5
+    # tracking.md's APD-mp, the L1 of the Euler-angle differences, is at least the geodesic
+    # angle (per frame the geodesic is at most the sum of the three axis angles)
+    assert other["apd_mp_euler_l1_deg"] >= other["apd_mp_deg"] - 1e-6
+
+
+def test_the_euler_l1_pose_error_is_tracking_mds_apd():
+    # Known rotations: yaw 10 deg against pitch 5 + roll 5 deg -> |d pitch| + |d yaw| +
+    # |d roll| = 20 deg (each rotation's angles come back exactly from its matrix).
+    from scipy.spatial.transform import Rotation
+
+    def rot(pitch, yaw, roll):  # Deep3D's R = Rz(roll) Ry(yaw) Rx(pitch)
+        return Rotation.from_euler("ZYX", [roll, yaw, pitch], degrees=True).as_matrix()
+
+    found = np.ones(1, bool)
+    codes = np.zeros((1, 64), np.float32)
+    out = fidelity((found, codes, rot(0, 10, 0)[None]), (found, codes, rot(5, 0, 5)[None]))
+    assert abs(out["apd_mp_euler_l1_deg"] - 20.0) < 1e-6
