@@ -75,8 +75,9 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0,
 def reconstruction_loss(out: dict, target: torch.Tensor, ssim_weight: float = 1.0,
                         perceptual=None, perceptual_weight: float = 1.0) -> dict:
     """L1 + (1 - MS-SSIM) on the final image and on the raw render against the down-sampled
-    target (images in [-1, 1]), plus ``perceptual`` (a :class:`PerceptualLoss`) on the final
-    image when given. Returns the terms and their sum under ``"total"``."""
+    target (images in [-1, 1]), plus ``perceptual`` (a :class:`PerceptualLoss`) on both when
+    given, as paper-spec 6.2's LPIPS and LPIPS(raw). Returns the terms and their sum under
+    ``"total"``."""
     raw = out["image_raw"].float()
     small = F.interpolate(target, size=raw.shape[-2:], mode="area")
     image = out["image"].float()
@@ -90,7 +91,9 @@ def reconstruction_loss(out: dict, target: torch.Tensor, ssim_weight: float = 1.
                                                                      + terms["ssim_raw"])
     if perceptual is not None:
         terms["perceptual"] = perceptual(image, target)
-        terms["total"] = terms["total"] + perceptual_weight * terms["perceptual"]
+        terms["perceptual_raw"] = perceptual(raw, small)
+        terms["total"] = terms["total"] + perceptual_weight * (terms["perceptual"]
+                                                               + terms["perceptual_raw"])
     return terms
 
 

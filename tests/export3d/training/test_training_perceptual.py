@@ -54,6 +54,8 @@ def test_trainer_adds_the_term_only_when_given_weights(dataset, vgg_file, tmp_pa
     with_vgg = Trainer(get_config("tiny"), dataset, tmp_path / "b", config, progress=False,
                        perceptual=str(vgg_file))
     terms = with_vgg.train_step(batch)
-    assert terms["perceptual"] > 0
+    # on the final image and, as paper-spec 6.2's LPIPS(raw), on the raw render
+    assert terms["perceptual"] > 0 and terms["perceptual_raw"] > 0
     assert terms["total"] == pytest.approx(terms["l1"] + terms["l1_raw"] + terms["ssim"]
-                                           + terms["ssim_raw"] + terms["perceptual"], rel=1e-5)
+                                           + terms["ssim_raw"] + terms["perceptual"]
+                                           + terms["perceptual_raw"], rel=1e-5)
