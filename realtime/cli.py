@@ -83,8 +83,10 @@ def _run(args) -> None:
 
         output_path(args.stats_json)  # before the run, not after it
     pipeline = Pipeline(config)
+    from .sinks import VirtualCamOrPreview
+
     url = getattr(pipeline.sink, "url", None)
-    if url:
+    if url and not isinstance(pipeline.sink, VirtualCamOrPreview):  # that one said where
         print(f"preview: {url}", file=sys.stderr)
     providers = getattr(pipeline.generator.backend, "providers", None)  # onnxruntime's
     runs_on = (",".join(p.removesuffix("ExecutionProvider") for p in providers) if providers

@@ -186,10 +186,19 @@ class VirtualCamOrPreview:
     is taken), with one line on stderr saying why, the fix and the page's address, rather than
     the run ending after its start-up."""
 
-    def __init__(self, fps: float, stats=None, port: int = 8765, say=None):
+    def __init__(self, fps: float, stats=None, port: int = 8765, say=None,
+                 platform: str = sys.platform, video4linux=None):
         self.stats, self.port = stats, port
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self.url = None  # the preview's, once it serves
+        if platform.startswith("linux"):
+            # Linux lists v4l2loopback's devices in sysfs (doctor reads them the same way):
+            # without one, fall back now, so the page's address is known before the first frame
+            from .doctor import SYSFS_VIDEO, video_devices
+
+            if not video_devices(video4linux or SYSFS_VIDEO)[0]:
+                self._fall_back(SinkError(f"{VIRTUALCAM_HELP} (no v4l2loopback device)"))
+                return
         try:
             self.sink = VirtualCamSink(fps)
         except SinkError as exc:

@@ -59,7 +59,22 @@ def test_virtualcam_without_a_driver_says_what_to_do():
     assert "v4l2loopback" in msg and "OBS" in msg and "--sink preview" in msg
 
 
-def test_auto_is_the_virtual_camera_with_a_webcam_and_null_otherwise(monkeypatch):
+def loopback_sysfs(root, devices: dict):
+    """A stand-in of /sys/class/video4linux: ``{"video10": "virtual"}`` links videoN under
+    devices/virtual (v4l2loopback), anything else under a USB bus (a webcam)."""
+    import os
+
+    cls = root / "class" / "video4linux"
+    cls.mkdir(parents=True)
+    for node, bus in devices.items():
+        target = root / "devices" / (bus if bus == "virtual" else "usb1/1-6") / "video4linux"
+        (target / node).mkdir(parents=True)
+        (target / node / "name").write_text(node + "\n")
+        os.symlink(target / node, cls / node)
+    return cls
+
+
+def test_auto_is_the_virtual_camera_with_a_webcam_and_null_otherwise(monkeypatch, tmp_path):
     import pyvirtualcam.camera
 
     assert SinkConfig().sink == "auto"
@@ -69,7 +84,8 @@ def test_auto_is_the_virtual_camera_with_a_webcam_and_null_otherwise(monkeypatch
     pyvirtualcam.register_backend("fake", FakeCam)
     monkeypatch.setattr(VirtualCamSink, "__init__", _fake_backend(VirtualCamSink.__init__))
     said = []
-    sink = VirtualCamOrPreview(fps=20, say=said.append)
+    sysfs = loopback_sysfs(tmp_path, {"video0": "usb", "video10": "virtual"})
+    sink = VirtualCamOrPreview(fps=20, say=said.append, platform="linux", video4linux=sysfs)
     try:
         for i in range(2):
             sink.write(np.full((24, 32, 3), i, np.uint8))
@@ -98,9 +114,9 @@ def test_auto_without_a_driver_serves_the_preview_and_says_where(monkeypatch):
 
     monkeypatch.setattr(pyvirtualcam, "Camera", no_device)
     said = []
-    sink = open_sink(SinkConfig(sink="auto"), capture="webcam:0")
-    sink.say = said.append
-    sink.port = 0  # any free port, not 8765 (another test, or a running app)
+    # macOS or Windows: no sysfs to read first, so the driver is found missing at the first
+    # frame; port 0: any free port, not 8765 (another test, or a running app)
+    sink = VirtualCamOrPreview(fps=30, say=said.append, port=0, platform="darwin")
     try:
         assert isinstance(sink, VirtualCamOrPreview) and sink.url is None
         sink.write(np.full((24, 32, 3), 200, np.uint8))
@@ -111,6 +127,21 @@ def test_auto_without_a_driver_serves_the_preview_and_says_where(monkeypatch):
         status, ctype, body = _get(sink.url + "frame.jpg")
         assert ctype == "image/jpeg" and body[:2] == b"\xff\xd8" and sink.frames == 2
         assert len(said) == 1
+    finally:
+        sink.close()
+
+
+def test_auto_on_linux_without_a_loopback_device_serves_the_preview_from_the_start(tmp_path):
+    # sysfs lists no v4l2loopback device (only a webcam): the preview serves before the
+    # first frame, so its address is on the terminal at once.
+    said = []
+    sysfs = loopback_sysfs(tmp_path, {"video0": "usb"})
+    sink = VirtualCamOrPreview(fps=30, say=said.append, port=0, platform="linux",
+                               video4linux=sysfs)
+    try:
+        assert isinstance(sink.sink, PreviewSink) and sink.url.startswith("http://127.0.0.1:")
+        assert len(said) == 1 and sink.url in said[0] and "no v4l2loopback device" in said[0]
+        assert _get(sink.url)[0] == 200
     finally:
         sink.close()
 
