@@ -25,22 +25,20 @@ from .media import (MAX_FPS, MediaError, VideoWriter, center_crop, default_portr
                     load_image, to_model_input, to_uint8_rgb)
 from .renderer import kernel_interpreted
 
-RANDOM_WEIGHTS_WARNING = (
-    "WARNING: no --checkpoint given: the model's weights are RANDOM, so every frame is noise. "
-    "Pass --checkpoint FILE.safetensors for real output (the one trained model shipped is the "
-    "demo's, 64 px and one identity: --checkpoint {demo}).")
-
-
 def random_weights_warning() -> str:
-    """:data:`RANDOM_WEIGHTS_WARNING`, naming the demo checkpoint where it is installed."""
+    """What render and live print without a checkpoint, naming the demo checkpoint where this
+    install has it."""
     from . import demo
     from .errors import UserError
 
+    text = ("WARNING: no --checkpoint given: the model's weights are RANDOM, so every frame is "
+            "noise. Pass --checkpoint FILE.safetensors for real output")
     try:
-        where = str(demo.checkpoint())
+        where = demo.checkpoint()
     except UserError:
-        return RANDOM_WEIGHTS_WARNING.partition(" (the one trained")[0] + "."
-    return RANDOM_WEIGHTS_WARNING.format(demo=where)
+        return text + "."
+    return (f"{text} (the one trained model shipped is the demo's, 64 px and one identity: "
+            f"--checkpoint {where}).")
 
 
 @dataclass

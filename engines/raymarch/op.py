@@ -107,11 +107,13 @@ def default_dot_precision(device, triplane_dtype=torch.float32) -> str:
 
 def launch_precision(device, triplane_dtype) -> tuple[str, str]:
     """(dot_precision, tap_sum) a launch that names neither takes here: a
-    :func:`default_launch` block's, else this device's default products and fp16 tap sums
-    (what ``raymarch_reference(dot_precision=, tap_sum=)`` mirrors when the products are
-    "fp16")."""
+    :func:`default_launch` block's, else this device's default products and the kernel's
+    default tap sums (what ``raymarch_reference(dot_precision=, tap_sum=)`` mirrors when the
+    products are "fp16")."""
+    from . import kernel
+
     dot = _launch_override.get("dot_precision") or default_dot_precision(device, triplane_dtype)
-    return dot, _launch_override.get("tap_sum") or "fp16"
+    return dot, kernel.check_tap_sum(_launch_override.get("tap_sum"))
 
 
 def dot_precision_for(major: int, triplane_dtype, fp32_matmul_precision: str = "highest"
