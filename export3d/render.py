@@ -238,7 +238,8 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", help="weights (.safetensors); without it they are random")
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny",
                    help="model preset when no checkpoint is given (default: tiny)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", help="auto (default: a CUDA GPU when PyTorch "
+                   "sees one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--impl", choices=("auto", "reference", "kernel"), default="auto",
                    help="ray marcher: the fused kernel on CUDA (auto) or the reference")
     p.add_argument("--batch", type=int, default=1, help="frames per forward pass")

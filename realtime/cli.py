@@ -75,6 +75,8 @@ def _sources(values):
 
 
 def _run(args) -> None:
+    from export3d.devices import resolve_device
+
     from .pipeline import Pipeline, format_summary, write_json
 
     config = build_config(args)
@@ -90,7 +92,7 @@ def _run(args) -> None:
         print(f"preview: {url}", file=sys.stderr)
     providers = getattr(pipeline.generator.backend, "providers", None)  # onnxruntime's
     runs_on = (",".join(p.removesuffix("ExecutionProvider") for p in providers) if providers
-               else config.generator.device)
+               else resolve_device(config.generator.device))
     print(f"live: {config.capture.source} -> {config.generator.backend}/{runs_on} -> "
           f"{_sink_shown(config.sink.sink, pipeline.sink)} (Ctrl-C to stop)", file=sys.stderr)
     with _stops_on_terminate(pipeline):
@@ -160,7 +162,8 @@ def register(subparsers) -> None:
                    "the cache)")
     p.add_argument("--providers", help="onnxruntime: execution providers in order, e.g. "
                    "coreml,cpu (macOS), dml,cpu (DirectML, Windows), cuda,cpu; default cuda,cpu "
-                   "with --device cuda, else cpu ('export3d doctor' lists this machine's)")
+                   "on a CUDA device (with --device auto, when this onnxruntime has CUDA), else "
+                   "cpu ('export3d doctor' lists this machine's)")
     p.add_argument("--engines", help="tensorrt: the folder 'export3d export engine' wrote "
                    "(default: built once into the cache from --checkpoint, or the preset)")
     p.add_argument("--no-rebuild", action="store_true", help="tensorrt: refuse engines built "
@@ -169,7 +172,8 @@ def register(subparsers) -> None:
     p.add_argument("--allow-other-gpu", action="store_true", help="tensorrt: run engines built "
                    "on another GPU model of the same compute capability and TensorRT (it may "
                    "run slower)")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
+    p.add_argument("--device", default=None, help="auto (default: a CUDA GPU when PyTorch "
+                   "sees one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="torch backend: auto (default: bf16 on GPUs from sm_80, fp16 before, "
                    "fp32 on the CPU), fp32, fp16 or bf16")

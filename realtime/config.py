@@ -55,7 +55,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # GeneratorConfig.precision (torc
 @dataclass(frozen=True)
 class GeneratorConfig:
     backend: str = "torch"
-    device: str = "cpu"
+    # auto: the first CUDA GPU when PyTorch sees one, else the CPU; cpu, cuda, cuda:N
+    device: str = "auto"
     preset: str = "tiny"
     checkpoint: str | None = None
     graphs: str | None = None  # onnxruntime: folder written by 'export3d export onnx'

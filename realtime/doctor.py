@@ -4,8 +4,8 @@ Each check is one line: a status (``ok``, ``missing``, ``warn`` or ``info``), wh
 and, where something is missing, the one thing to do about it. Nothing is downloaded, built or
 installed; cameras are opened only when asked (``--cameras N``). The checks:
 - Python, PyTorch (CPU or CUDA build), each CUDA GPU (name, compute capability, memory);
-- what ``export3d live --device auto`` would run here: device, precision, ray marcher (the
-  fused Triton kernel on a CUDA GPU, else the PyTorch reference);
+- what ``export3d live`` (its default ``--device auto``) would run here: device, precision,
+  ray marcher (the fused Triton kernel on a CUDA GPU, else the PyTorch reference);
 - ONNX Runtime and its execution providers; TensorRT and torch-tensorrt (optional); with
   ``--engines DIR``, each engine against this GPU and TensorRT, as the tensorrt backend will
   check it at start (so "built for another GPU" shows before a live run);
@@ -78,8 +78,9 @@ def check_gpus(torch) -> list[Check]:
 
 
 def check_live_device(torch) -> Check:
-    """What ``export3d live --device auto`` (torch backend) would run, by the live app's own
-    rules (``realtime.generator.torch_precision``, ``export3d.renderer``'s ``impl="auto"``)."""
+    """What ``export3d live`` (torch backend, its default ``--device auto``) would run, by the
+    live app's own rules (``realtime.generator.torch_precision``, ``export3d.renderer``'s
+    ``impl="auto"``)."""
     from export3d.devices import resolve_device
     from export3d.renderer import _kernel_available
 
@@ -90,14 +91,14 @@ def check_live_device(torch) -> Check:
     precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     detail = f"{device}, {precision}{', channels-last' if channels_last else ''}"
     if not device.startswith("cuda"):
-        return Check("live --device auto", "info", f"{detail}, the PyTorch reference ray "
+        return Check("live", "info", f"{detail}, the PyTorch reference ray "
                      "marcher", "fine for the demo's 64 x 64 model; paper512 in real time "
                      "needs a CUDA GPU")
     if not _kernel_available():
-        return Check("live --device auto", "warn", f"{detail}, the PyTorch reference ray "
+        return Check("live", "warn", f"{detail}, the PyTorch reference ray "
                      "marcher (no Triton)", f"pip install triton for the fused kernel "
                      f"({_triton_hint()})")
-    return Check("live --device auto", "ok", f"{detail}, the fused Triton ray-march kernel")
+    return Check("live", "ok", f"{detail}, the fused Triton ray-march kernel")
 
 
 def _triton_hint() -> str:

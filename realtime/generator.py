@@ -188,11 +188,27 @@ def _warn_if_random(config: GeneratorConfig) -> None:
         print(random_weights_warning(), file=sys.stderr)
 
 
+def default_providers(asked: str | None, device: str) -> tuple[str, ...]:
+    """onnxruntime's execution providers when ``--providers`` is not given: CUDA then the CPU
+    on a CUDA ``device``, else the CPU. Where the device was ``auto`` (the default), CUDA only
+    when the installed onnxruntime has it: PyPI's ``onnxruntime`` is a CPU build, and a GPU in
+    the machine must not stop a run that asked for no GPU."""
+    if not device.startswith("cuda"):
+        return ("cpu",)
+    if (asked or "auto").strip().lower() == "auto":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return ("cpu",)
+    return ("cuda", "cpu")
+
+
 def _open(config: GeneratorConfig):
     from export.backend import open_backend
     from export3d.config import get_config
     from export3d.errors import UserError
 
+    asked = config.device
     config = dataclasses.replace(config, device=resolve_device(config.device))
     if config.backend != "torch" and config.precision != "auto":
         raise UserError(f"--precision is the torch backend's; {config.backend} runs in the "
@@ -220,8 +236,7 @@ def _open(config: GeneratorConfig):
                         "--device")
 
     if config.backend == "onnxruntime":
-        providers = config.providers or (
-            ("cuda", "cpu") if config.device.startswith("cuda") else ("cpu",))
+        providers = config.providers or default_providers(asked, config.device)
         graphs = config.graphs
         if graphs is None:  # exported once from --checkpoint (or the preset) into the cache
             from export.cache import cached_graphs

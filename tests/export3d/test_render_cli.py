@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -330,3 +331,19 @@ def test_driving_file_takes_fps_and_refuses_frames(tmp_path, capsys):
                  "--quiet"]) == 0
     video = cv2.VideoCapture(str(out))
     assert video.get(cv2.CAP_PROP_FPS) == 10 and int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+def test_render_runs_on_a_gpu_by_default_when_there_is_one(monkeypatch, tmp_path):
+    """``--device`` defaults to ``auto``: the device render_video gets is resolve_device's
+    answer for ``auto`` (a stand-in machine with one GPU), and a named device is kept."""
+    import export3d.render as render
+
+    asked, used = [], []
+    monkeypatch.setattr(render, "resolve_device",
+                        lambda d: asked.append(d) or ("cuda" if d == "auto" else d))
+    monkeypatch.setattr(render, "render_video",
+                        lambda *a, device, **k: used.append(device) or Path(a[1]))
+    out = str(tmp_path / "x.mp4")
+    assert main(["render", "--frames", "1", "--out", out]) == 0
+    assert main(["render", "--frames", "1", "--out", out, "--device", "cpu"]) == 0
+    assert (asked, used) == (["auto", "cpu"], ["cuda", "cpu"])

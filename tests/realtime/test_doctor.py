@@ -46,7 +46,7 @@ def test_checks_report_what_the_libraries_report(demo_assets):
     for name in ("face model", "demo media", "demo checkpoint", "cache"):
         assert checks[name].status == "ok", checks[name]
     assert doctor.demo_ready(list(checks.values()))
-    live = checks["live --device auto"]
+    live = checks["live"]
     if not torch.cuda.is_available():
         assert live.status == "info" and live.detail.startswith("cpu, fp32, the PyTorch reference")
 

@@ -548,3 +548,39 @@ def test_terminate_and_hangup_finish_the_file_like_quitting(tmp_path, signame):
         count += 1
     cap.release()
     assert count >= frames >= 1
+
+
+def test_device_defaults_to_auto_a_gpu_when_there_is_one_and_onnxruntime_stays_on_what_it_has(
+        recorded_open, monkeypatch):
+    # The CUDA path is the fast one, so live takes a GPU without being told; an onnxruntime
+    # without CUDA (PyPI's onnxruntime) on that machine must still run, on the CPU, unless the
+    # user asked for CUDA by name.
+    import onnxruntime as ort
+    import torch
+
+    from realtime import generator
+    from realtime.generator import _open
+
+    def one_gpu(device):  # resolve_device on a machine with one CUDA GPU
+        return "cuda" if device == "auto" else device
+
+    monkeypatch.setattr(generator, "resolve_device", one_gpu)
+    monkeypatch.setattr(generator, "torch_precision", lambda p, d: (torch.bfloat16, True))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    assert build_config(parse(["--synthetic"])).generator.device == "auto"
+    with pytest.raises(Opened):
+        _open(build_config(parse(["--synthetic"])).generator)
+    name, kwargs = recorded_open.pop()
+    assert (name, kwargs["device"], kwargs["dtype"]) == ("torch", "cuda", torch.bfloat16)
+
+    for available, argv, providers in (
+            (["CPUExecutionProvider"], [], ("cpu",)),
+            (["CUDAExecutionProvider", "CPUExecutionProvider"], [], ("cuda", "cpu")),
+            (["CPUExecutionProvider"], ["--device", "cuda"], ("cuda", "cpu")),
+            (["CUDAExecutionProvider", "CPUExecutionProvider"], ["--device", "cpu"], ("cpu",))):
+        monkeypatch.setattr(ort, "get_available_providers", lambda a=available: list(a))
+        cfg = build_config(parse(["--synthetic", "--backend", "onnxruntime", "--graphs", "g",
+                                  *argv])).generator
+        with pytest.raises(Opened):
+            _open(cfg)
+        assert recorded_open.pop()[1]["providers"] == providers, (available, argv)
