@@ -50,12 +50,16 @@ class _ContextMixin:
 class TorchBackend(_ContextMixin):
     """The PyTorch reference behind the protocol: ``Export3D`` on ``device`` in ``dtype``
     (float16 keeps the ray march in float32, as the model itself does); ``channels_last``
-    runs the convolutions in that memory format (faster on CUDA); ``compile`` runs the
-    per-frame path through ``torch.compile`` (on CUDA with CUDA graphs, mode
-    "reduce-overhead": its outputs are overwritten by the next frame, so read them first);
-    ``cuda_graph`` (CUDA only) captures the eager per-frame path, kernels as they are, in one
-    CUDA graph at the first frame and replays it after (the same caveat), which removes the
-    launch overhead without a compile.
+    runs the convolutions in that memory format (faster on CUDA); ``cuda_graph`` (CUDA only)
+    captures the per-frame path in one CUDA graph at the first frame and replays it after
+    (no launch overhead; its outputs are overwritten by the next frame, so read them first);
+    ``compile`` runs the per-frame path through ``torch.compile``, on CUDA captured the same
+    way. There the compiled frame is captured here, not by Inductor's own CUDA graphs (mode
+    "reduce-overhead"): those keep their state in thread-local storage that only the thread
+    which first ran them has, and the live app compiles on its main thread (the warm-up) but
+    runs frames on its generator thread, where a graph they had not yet recorded stopped with
+    an AssertionError. Captured, the compiled frame is also only ever called on the same
+    static input buffers, so a caller's strided view cannot make it recompile.
     Either way the encoded source is replaced in place on a new photo, so what was compiled
     or captured keeps reading it."""
 
@@ -64,12 +68,9 @@ class TorchBackend(_ContextMixin):
     def __init__(self, model, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  impl: str | None = None, channels_last: bool = False, compile: bool = False,
                  cuda_graph: bool = False):
-        if cuda_graph and compile:
-            raise BackendError("choose CUDA graphs or torch.compile, not both: on CUDA the "
-                               "compiled frame is already replayed as a CUDA graph")
         if cuda_graph and torch.device(device).type != "cuda":
             raise BackendError(f"CUDA graphs need a CUDA device, not {device!r}")
-        self.cuda_graph = cuda_graph
+        self.cuda_graph = cuda_graph or (compile and torch.device(device).type == "cuda")
         self._cuda = torch.cuda  # what captures and replays (a stand-in in the CPU tests)
         self._graph = None  # (graph, static expr, static camera, static outputs)
         self.device = torch.device(device)
@@ -85,9 +86,7 @@ class TorchBackend(_ContextMixin):
         self.compiled = compile
         self._synthesize = self.model.synthesize
         if compile:
-            self._synthesize = torch.compile(
-                self.model.synthesize, dynamic=False,
-                mode="reduce-overhead" if self.device.type == "cuda" else None)
+            self._synthesize = torch.compile(self.model.synthesize, dynamic=False)
         self._source = None
 
     def encode_source(self, image) -> None:

@@ -122,5 +122,21 @@ def test_cuda_graph_mode_is_refused_where_it_cannot_run():
     model = build_model(get_config("tiny"), seed=0)
     with pytest.raises(BackendError, match="CUDA graphs need a CUDA device, not 'cpu'"):
         TorchBackend(model, cuda_graph=True)
-    with pytest.raises(BackendError, match="CUDA graphs or torch.compile, not both"):
-        TorchBackend(model, device="cuda", cuda_graph=True, compile=True)
+
+
+def test_compile_on_cuda_is_captured_by_the_backend_not_by_inductors_cuda_graphs(monkeypatch):
+    # Inductor's CUDA graphs ("reduce-overhead") keep their state per thread: compiled on the
+    # live app's main thread (the warm-up), a graph first recorded on its generator thread
+    # stops with an AssertionError. So on CUDA the compiled frame is captured by the backend
+    # (torch.cuda.graph, replayable from any thread), and Inductor is asked for no graphs.
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: modes.append(kwargs) or fn)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # no GPU here
+    gpu = TorchBackend(build_model(get_config("tiny"), seed=0), device="cuda", compile=True)
+    cpu = TorchBackend(build_model(get_config("tiny"), seed=0), compile=True)
+    assert (gpu.compiled, gpu.cuda_graph, cpu.compiled, cpu.cuda_graph) == (True, True, True,
+                                                                            False)
+    assert modes == [{"dynamic": False}] * 2
+    both = TorchBackend(build_model(get_config("tiny"), seed=0), device="cuda", compile=True,
+                        cuda_graph=True)  # the same thing asked twice, not an error
+    assert both.cuda_graph and len(modes) == 3
