@@ -394,6 +394,47 @@ def test_the_face_case_is_held_under_a_fraction_of_the_models_own_error():
     assert broken["error"] == "OSError: no astronaut here" and "features" not in broken
 
 
+KERNEL_FAILURE_SCRIPT = """
+import json, sys
+import torch
+import engines.raymarch as kernel
+from benchmarks import gpu_suite
+from export3d.config import PRESETS
+launch = kernel.raymarch
+def refuses_bf16(triplane, *args, **kwargs):
+    if triplane.dtype == torch.bfloat16:
+        raise RuntimeError("stand-in: the bf16 launch failed")
+    return launch(triplane, *args, **kwargs)
+kernel.raymarch = refuses_bf16
+run = lambda: gpu_suite.kernel_check(torch, PRESETS["tiny"], torch.device("cpu"),
+                                     (torch.float32, torch.bfloat16), {"random", "dense"})
+out = {"refused": run()}
+gpu_suite.context_lost = lambda torch: True  # as after an illegal address
+out["lost"] = run()
+json.dump(out, sys.stdout)
+"""
+
+
+def test_a_case_that_raises_is_that_cases_failure_and_the_measured_cases_are_kept():
+    # One launch failing (out of memory, a card refusing a launch) once turned the whole
+    # section into one error: the fp32 cases already measured were lost. Now it is the case's
+    # error and the later cases still run; after an error that lost the CUDA context the
+    # section stops there, saying so (the parent then runs later sections without the kernel).
+    out = interpreted_json(KERNEL_FAILURE_SCRIPT)
+    refused, lost = out["refused"], out["lost"]
+    kinds = [(c["kind"], c["batch"], c["triplane_dtype"]) for c in refused["cases"]]
+    assert kinds == [("random", 1, "float32"), ("random", 2, "float32"),
+                     ("random", 1, "bfloat16"), ("dense", 1, "float32")]
+    failed = refused["cases"][2]
+    assert failed["error"] == "RuntimeError: stand-in: the bf16 launch failed"
+    assert "features" not in failed and "cuda_context_lost" not in refused
+    for case in (refused["cases"][i] for i in (0, 1, 3)):
+        assert case["passed"] and case["features"]["max_abs_err"] < 1e-4
+    assert refused["all_passed"] is False
+    assert [c["triplane_dtype"] for c in lost["cases"]] == ["float32", "float32", "bfloat16"]
+    assert lost["cuda_context_lost"] is True and lost["all_passed"] is False
+
+
 def test_kernel_time_split_reads_the_ablations_against_their_launch():
     from benchmarks.gpu_suite import best_launch, half_precision_launch, kernel_time_split
 
