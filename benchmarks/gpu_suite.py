@@ -459,6 +459,15 @@ def output_error(torch, got, ref, name: str, worst_bound: float | None = None) -
     return out
 
 
+def case_failure(torch, label: str, **base) -> tuple[dict, bool]:
+    """The case being handled raised: its record (``base`` with the ``error``), printed under
+    ``label``, and whether the error lost the CUDA context (then nothing more can run)."""
+    exc = sys.exc_info()[1]
+    print(f"  {label}: {type(exc).__name__}: {exc}"[:300], flush=True)
+    return ({**base, "error": f"{type(exc).__name__}: {exc}"[:500],
+             "traceback": traceback.format_exc(limit=6)}, context_lost(torch))
+
+
 def kernel_check(torch, config, device, dtypes, kinds=None) -> dict:
     """The kernel against the reference on every output element (cases: the plan below), its
     determinism, and, where it runs fp16 products, its distance from the reference's
@@ -571,14 +580,12 @@ def kernel_check(torch, config, device, dtypes, kinds=None) -> dict:
         name = str(dtype).replace("torch.", "")
         try:
             case = check(i, batch, dtype, bias, kind)
-        except Exception as exc:  # noqa: BLE001 - reported in the case, the rest stands
-            cases.append({"kind": kind, "batch": batch, "triplane_dtype": name,
-                          "error": f"{type(exc).__name__}: {exc}"[:500],
-                          "traceback": traceback.format_exc(limit=6)})
+        except Exception:  # noqa: BLE001 - reported in the case, the rest stands
+            case, lost = case_failure(torch, f"kernel vs reference {kind} b={batch} {name}",
+                                      kind=kind, batch=batch, triplane_dtype=name)
+            cases.append(case)
             ok = False
-            print(f"  kernel vs reference {kind} b={batch} {name}: {type(exc).__name__}: "
-                  f"{exc}"[:300], flush=True)
-            if context_lost(torch):
+            if lost:
                 return {"tolerance_abs": KERNEL_TOLERANCE, "all_passed": False, "cases": cases,
                         "cuda_context_lost": True}
             continue
@@ -612,8 +619,8 @@ def tensorrt_kernel(torch, config, device, warmup, iters) -> dict:
     cuda = device.type == "cuda"
     arch = (10 * torch.cuda.get_device_capability(device)[0]
             + torch.cuda.get_device_capability(device)[1]) if cuda else 75
-    cases, ok = [], True
-    for i, dtype in enumerate((torch.float32, torch.float16)):
+
+    def check(i, dtype) -> dict:
         name = str(dtype).replace("torch.", "")
         tp, dec, o, d = random_case(torch, config, 1, dtype, 300 + i, 0.0, device)
         node_tp = tp.permute(0, 1, 3, 4, 2).contiguous()
@@ -660,24 +667,41 @@ def tensorrt_kernel(torch, config, device, warmup, iters) -> dict:
                     "block_rays": block_rays, "dot_precision":
                     kernel_abi.dot_precision(arch, name) if cuda else "ieee",
                     "workspace_rows_written": int((~outs[3].isnan()).any(1).sum())}
+            passed = True
             for key, got, want in zip(("features", "depth", "opacity"), outs, ref):
                 err = (got - want.float()).abs()
                 case[key] = {"max_abs_err": float(err.max()),
                              "finite": bool(torch.isfinite(got).all()),
                              "within_tolerance": float(err.max()) <= KERNEL_TOLERANCE[key]}
-                ok &= case[key]["within_tolerance"] and case[key]["finite"]
+                passed &= case[key]["within_tolerance"] and case[key]["finite"]
             args = (tp, dec.w1, dec.b1, dec.w2, dec.b2, o, d, settings.near, settings.far,
                     settings.samples_coarse, settings.samples_fine, settings.box_warp,
                     settings.plane_axes)
             case["engine_kernel"] = stats(time_cuda(run, warmup, iters, torch))
             case["torch_op"] = stats(time_cuda(lambda: op.launch(*args), warmup, iters, torch))
+        case["passed"] = bool(passed)
+        return case
+
+    cases, ok, lost = [], True, False
+    for i, dtype in enumerate((torch.float32, torch.float16)):
+        name = str(dtype).replace("torch.", "")
+        try:
+            case = check(i, dtype)
+        except Exception:  # noqa: BLE001 - reported in the case, the rest stands
+            case, lost = case_failure(torch, f"engine kernel {name}", triplane_dtype=name)
+            cases.append(case)
+            ok = False
+            if lost:  # nothing more can run in this process
+                break
+            continue
+        ok &= case["passed"]
         cases.append(case)
         print(f"  engine kernel {name}: features {case['features']['max_abs_err']:.2e}, "
               f"{case['engine_kernel']['p50_ms']:.3f} ms (torch op "
               f"{case['torch_op']['p50_ms']:.3f} ms)", flush=True)
     return {"what": "the TensorRT engine's ray-march kernel, compiled and launched as TensorRT "
             "would, without TensorRT", "tolerance_abs": KERNEL_TOLERANCE, "all_passed": ok,
-            "cases": cases}
+            "cases": cases, **({"cuda_context_lost": True} if lost else {})}
 
 
 # Seconds of the budget the launch sweep leaves to the model, TensorRT and live sections.

@@ -409,6 +409,17 @@ kernel.raymarch = refuses_bf16
 run = lambda: gpu_suite.kernel_check(torch, PRESETS["tiny"], torch.device("cpu"),
                                      (torch.float32, torch.bfloat16), {"random", "dense"})
 out = {"refused": run()}
+from engines.trt import kernel_abi
+entry = kernel_abi.raymarch_trt_kernel
+class RefusesHalf:  # the TensorRT entry point, refusing an fp16 tri-plane
+    def __getitem__(self, grid):
+        def launch(triplane, *args, **kwargs):
+            if triplane.dtype == torch.float16:
+                raise RuntimeError("stand-in: the fp16 entry failed")
+            return entry[grid](triplane, *args, **kwargs)
+        return launch
+kernel_abi.raymarch_trt_kernel = RefusesHalf()
+out["engine"] = gpu_suite.tensorrt_kernel(torch, PRESETS["tiny"], torch.device("cpu"), 0, 1)
 gpu_suite.context_lost = lambda torch: True  # as after an illegal address
 out["lost"] = run()
 json.dump(out, sys.stdout)
@@ -433,6 +444,12 @@ def test_a_case_that_raises_is_that_cases_failure_and_the_measured_cases_are_kep
     assert refused["all_passed"] is False
     assert [c["triplane_dtype"] for c in lost["cases"]] == ["float32", "float32", "bfloat16"]
     assert lost["cuda_context_lost"] is True and lost["all_passed"] is False
+    # the same for the TensorRT entry point's two cases: the fp32 one kept
+    engine = out["engine"]
+    assert [c["triplane_dtype"] for c in engine["cases"]] == ["float32", "float16"]
+    assert engine["cases"][0]["passed"] and engine["cases"][0]["features"]["max_abs_err"] < 1e-4
+    assert engine["cases"][1]["error"] == "RuntimeError: stand-in: the fp16 entry failed"
+    assert engine["all_passed"] is False and "cuda_context_lost" not in engine
 
 
 def test_kernel_time_split_reads_the_ablations_against_their_launch():
