@@ -139,9 +139,10 @@ class Generator:
 def warm_up(backend, compiled: bool) -> None:
     """Frames before the first real one, so that the call's first frames do not stall.
     ``compiled``: trace and compile the torch backend's frame (a minute or more at paper512
-    size), saying so, so that the pipeline does not look hung, then one more frame, which on
-    CUDA records the CUDA graph. Else (eager on CUDA) one frame: cuDNN picks its convolution
-    algorithms and the ray-march kernel loads on its first call."""
+    size), saying so, so that the pipeline does not look hung (on CUDA that first frame also
+    records the CUDA graph), then one more frame. Else (eager on CUDA) one frame: cuDNN picks
+    its convolution algorithms and the ray-march kernel loads on its first call (with
+    ``--cuda-graph`` the graph is recorded there too)."""
     import time
 
     from export3d.camera import orbit_camera
