@@ -69,7 +69,8 @@ Sections:
    importable"}``): the plugin graphs exported, engines built (build seconds) and per-frame
    latency through the ``tensorrt`` backend, fp32 and fp16, next to the PyTorch p50s.
 8. ``live``: the live pipeline (``realtime``) end to end on the torch backend, a scripted
-   head at 60 fps, random source, null sink: glass-to-glass p50/p95/p99 and per stage.
+   head at 60 fps, random source, null sink: glass-to-glass p50/p95/p99 and per stage; on
+   CUDA again with ``--cuda-graph`` and, as the budget allows, ``--compile``.
 9. ``summary``: the targets (kernel >= 10x the reference; per-frame p50 <= 5 ms on an H100)
    against the numbers measured.
 """
@@ -1286,11 +1287,14 @@ def tensorrt_section(torch, config, device, warmup, iters, budget: Budget, data:
     return out
 
 
-def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -> dict:
+def live_section(preset: str, device, frames: int, fps: float, budget: Budget,
+                 report: Report | None = None, compile_ok: bool = True) -> dict:
     """The live pipeline end to end (``realtime.Pipeline``: capture -> generator double buffer
     -> sink) on the torch backend, with a scripted head at webcam pace instead of a webcam and
     tracking (no camera and no mediapipe on a GPU machine), a random source image and a null
-    sink: glass-to-glass latency and per-stage percentiles. Random weights: timing only."""
+    sink: glass-to-glass latency and per-stage percentiles. Random weights: timing only.
+    Each finished run goes into ``report`` at once (the section marked ``incomplete``), so a
+    later run that hangs or is killed past the budget loses only itself."""
     if budget.left() < 30:
         return {"skipped": "time budget spent"}
     import numpy as np
@@ -1305,12 +1309,13 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
         image = rng.uniform(-1, 1, (1, 3, image_size, image_size)).astype(np.float32)
         return (image, None) if with_pose else image
 
-    def run(cuda_graph: bool):
+    def run(cuda_graph: bool = False, compile: bool = False):
         config = PipelineConfig(
             capture=CaptureConfig(source="synthetic", fps=fps, frames=frames, width=640,
                                   height=480),
             generator=GeneratorConfig(backend="torch", device=str(device), preset=preset,
-                                      source="random-source.png", cuda_graph=cuda_graph),
+                                      source="random-source.png", cuda_graph=cuda_graph,
+                                      compile=compile),
             sink=SinkConfig(sink="null", hud=False))
         original = live_generator.prepare_source
         live_generator.prepare_source = random_source  # no photo, no face model needed
@@ -1320,22 +1325,33 @@ def live_section(preset: str, device, frames: int, fps: float, budget: Budget) -
         finally:
             live_generator.prepare_source = original
 
-    pipeline, summary = run(cuda_graph=False)
+    pipeline, summary = run()
     backend = pipeline.generator.backend  # what ran (--precision auto's choice)
     out = {"preset": preset, "capture_fps": fps, "backend": "torch",
            "dtype": str(backend.dtype).replace("torch.", ""),
            "channels_last": backend.memory_format == torch.channels_last,
            "summary": summary}
+    if report is not None:
+        report.put("live", {**out, "incomplete": True})
     if str(device).startswith("cuda"):
         # export3d live --cuda-graph: the eager frame captured once, replayed on the double
-        # buffer's compute stream (its pytest GPU test has never run: this is its first GPU).
-        if budget.left() < 30:
-            out["cuda_graph"] = {"skipped": "time budget spent"}
-        else:
+        # buffer's compute stream; then --compile: the compiled frame captured the same way
+        # (compiled on this thread, replayed on the generator thread). Neither pytest GPU test
+        # has run: this is their first GPU.
+        for key, needs_s, flags in (("cuda_graph", 30, {"cuda_graph": True}),
+                                    ("compile", COMPILE_RESERVE_S, {"compile": True})):
+            if key == "compile" and not compile_ok:
+                out[key] = {"skipped": "--no-compile"}
+                continue
+            if budget.left() < needs_s:
+                out[key] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
+                continue
             try:
-                out["cuda_graph"] = {"summary": run(cuda_graph=True)[1]}
+                out[key] = {"summary": run(**flags)[1]}
             except Exception as exc:  # noqa: BLE001 - recorded; the eager run above stands
-                out["cuda_graph"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                out[key] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            if report is not None:
+                report.put("live", {**out, "incomplete": True})
     return out
 
 
@@ -1558,13 +1574,14 @@ def print_table(data: dict) -> None:
         print(f"\nlive pipeline ({data['live']['preset']}, torch): {live['frames']} frames, "
               f"{live['fps']:.1f} fps, glass-to-glass p50 {g['p50_ms']:.1f} / p95 "
               f"{g['p95_ms']:.1f} / p99 {g['p99_ms']:.1f} ms")
-        graph = data["live"].get("cuda_graph", {})
-        if "summary" in graph:
-            g = graph["summary"]["glass_to_glass"]
-            print(f"  with --cuda-graph: {graph['summary']['fps']:.1f} fps, glass-to-glass p50 "
-                  f"{g['p50_ms']:.1f} / p95 {g['p95_ms']:.1f} / p99 {g['p99_ms']:.1f} ms")
-        elif graph:
-            print(f"  with --cuda-graph: {graph.get('error') or graph.get('skipped')}")
+        for key, flag in (("cuda_graph", "--cuda-graph"), ("compile", "--compile")):
+            other = data["live"].get(key, {})
+            if "summary" in other:
+                g = other["summary"]["glass_to_glass"]
+                print(f"  with {flag}: {other['summary']['fps']:.1f} fps, glass-to-glass p50 "
+                      f"{g['p50_ms']:.1f} / p95 {g['p95_ms']:.1f} / p99 {g['p99_ms']:.1f} ms")
+            elif other:
+                print(f"  with {flag}: {other.get('error') or other.get('skipped')}")
     s = data.get("summary", {})
     print(f"\nsummary: {json.dumps({k: v for k, v in s.items() if k != 'seconds'})}")
 
@@ -1684,7 +1701,8 @@ def run_section(key: str, run, report: Report, isolated: bool = False, failure=N
                                              run.budget, report.data),
         "live": lambda: live_section("tiny" if run.dry_run else "paper512", device,
                                      8 if run.dry_run else 300,
-                                     30.0 if run.dry_run else 60.0, run.budget),
+                                     30.0 if run.dry_run else 60.0, run.budget, report,
+                                     run.compile_ok),
     }
     return section(report, key, calls[key], isolated=isolated)
 

@@ -784,9 +784,9 @@ def test_peak_memory_is_the_timed_frames_with_the_first_calls_apart():
     assert with_memory_peaks(fake, torch.device("cpu"), lambda: "cpu") == ("cpu", {})
 
 
-def test_the_table_shows_the_live_cuda_graph_run_or_why_it_did_not_run(capsys):
-    # live_section's second run (CUDA only: --cuda-graph on the double buffer) under the
-    # eager one's line; its failure or skip as its one line.
+def test_the_table_shows_the_live_cuda_graph_and_compile_runs_or_why_they_did_not_run(capsys):
+    # live_section's second and third runs (CUDA only: --cuda-graph, then --compile, on the
+    # double buffer) under the eager one's line; a failure or skip as its one line.
     from benchmarks.gpu_suite import print_table
 
     def summary(fps, p50):
@@ -798,7 +798,60 @@ def test_the_table_shows_the_live_cuda_graph_run_or_why_it_did_not_run(capsys):
     out = capsys.readouterr().out
     assert "live pipeline (paper512, torch): 120 frames, 58.0 fps" in out
     assert "with --cuda-graph: 60.0 fps, glass-to-glass p50 31.5 / p95 32.5 / p99 33.5 ms" in out
-    print_table({"live": {**live, "cuda_graph": {"error": "RuntimeError: capture failed"}}})
-    assert "with --cuda-graph: RuntimeError: capture failed" in capsys.readouterr().out
+    print_table({"live": {**live, "cuda_graph": {"error": "RuntimeError: capture failed"},
+                          "compile": {"summary": summary(61.0, 30.0)}}})
+    out = capsys.readouterr().out
+    assert "with --cuda-graph: RuntimeError: capture failed" in out
+    assert "with --compile: 61.0 fps, glass-to-glass p50 30.0 / p95 31.0 / p99 32.0 ms" in out
+    print_table({"live": {**live, "compile": {"skipped": "time budget (20 s left)"}}})
+    assert "with --compile: time budget (20 s left)" in capsys.readouterr().out
     print_table({"live": live})  # a CPU run: no second line
-    assert "cuda-graph" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cuda-graph" not in out and "--compile" not in out
+
+
+def test_the_live_section_runs_cuda_graph_and_compile_on_cuda_and_saves_each_run_at_once(
+        monkeypatch, tmp_path):
+    # On CUDA: the eager pipeline, then --cuda-graph, then --compile (the live app's compiled
+    # frame, first run on a GPU there). Each finished run is in the report before the next
+    # starts, so a compile killed past the budget loses only itself; a failing run is its own
+    # error; --no-compile or too little budget skips the compile, saying which.
+    import torch
+
+    import realtime.pipeline as pipeline_mod
+    from benchmarks.gpu_suite import Budget, Report, live_section
+
+    report = Report(tmp_path / "r.json")
+    seen = []
+
+    class FakePipeline:
+        def __init__(self, config):
+            g = config.generator
+            seen.append((g.device, g.cuda_graph, g.compile,
+                         json.loads(report.path.read_text()).get("live")
+                         if report.path.exists() else None))
+            if g.compile:
+                raise RuntimeError("stand-in: compile failed")
+            self.generator = type("G", (), {"backend": type("B", (), {
+                "dtype": torch.bfloat16, "memory_format": torch.channels_last})()})()
+
+        def run(self):
+            return {"frames": 3, "fps": 50.0 + len(seen)}
+
+    monkeypatch.setattr(pipeline_mod, "Pipeline", FakePipeline)
+    out = live_section("tiny", torch.device("cuda"), 3, 30.0, Budget(600), report)
+    assert [s[:3] for s in seen] == [("cuda", False, False), ("cuda", True, False),
+                                     ("cuda", False, True)]
+    assert seen[1][3] == {"preset": "tiny", "capture_fps": 30.0, "backend": "torch",
+                          "dtype": "bfloat16", "channels_last": True,
+                          "summary": {"frames": 3, "fps": 51.0}, "incomplete": True}
+    assert seen[2][3]["cuda_graph"] == {"summary": {"frames": 3, "fps": 52.0}}
+    assert out["compile"] == {"error": "RuntimeError: stand-in: compile failed"}
+    assert "incomplete" not in out
+    seen.clear()
+    out = live_section("tiny", torch.device("cuda"), 3, 30.0, Budget(600), report,
+                       compile_ok=False)
+    assert out["compile"] == {"skipped": "--no-compile"} and len(seen) == 2
+    seen.clear()
+    out = live_section("tiny", torch.device("cuda"), 3, 30.0, Budget(45), report)
+    assert out["compile"]["skipped"].startswith("time budget (") and len(seen) == 2
