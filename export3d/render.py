@@ -205,6 +205,10 @@ def _run(args) -> None:
         raise MediaError(f"--fps must be more than 0 and at most {MAX_FPS:g}")
     device = resolve_device(args.device)
     if args.impl == "kernel" and not device.startswith("cuda") and not kernel_interpreted():
+        if args.device.strip().lower() == "auto":
+            raise MediaError("--impl kernel runs the fused kernel on a CUDA GPU and PyTorch sees "
+                             "none here (--device auto chose the CPU); use --impl auto or "
+                             "reference")
         raise MediaError(f"--impl kernel runs the fused kernel on a CUDA GPU, not on {device}; "
                          "use --device cuda, or --impl auto or reference")
     if args.driving:

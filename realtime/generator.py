@@ -218,6 +218,9 @@ def _open(config: GeneratorConfig):
         raise UserError("--cuda-graph is the torch and tensorrt backends'; onnxruntime runs its "
                         "graphs as its provider does")
     if config.backend == "torch" and config.cuda_graph and not config.device.startswith("cuda"):
+        if (asked or "auto").strip().lower() == "auto":
+            raise UserError("--cuda-graph needs a CUDA GPU and PyTorch sees none here (--device "
+                            "auto chose the CPU); leave --cuda-graph out")
         raise UserError(f"--cuda-graph needs a CUDA device (--device cuda), not "
                         f"{config.device!r}")
     if config.backend != "torch" and config.compile:

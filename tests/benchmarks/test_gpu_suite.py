@@ -521,6 +521,22 @@ def test_summary_says_what_the_fastest_forms_saved_on_the_frame():
         "bf16-kernel-best-forms": 1.5}
 
 
+def test_summary_on_a_gpu_reads_the_cases_that_raised_as_failures_not_as_timings():
+    # kernel_check and tensorrt_kernel keep a case that raised as its error (no timings, no
+    # errors per output): the summary on CUDA must still be written, the verdicts false.
+    import types
+
+    from benchmarks.gpu_suite import summary
+
+    timed = {"triplane_dtype": "float32", "engine_kernel": {"p50_ms": 0.5}, "passed": True}
+    raised = {"triplane_dtype": "float16", "error": "RuntimeError: x", "traceback": "..."}
+    data = {"kernel_check": {"all_passed": False, "cases": [raised]},
+            "tensorrt_kernel": {"all_passed": False, "cases": [timed, raised]}}
+    out = summary(data, types.SimpleNamespace(type="cuda"))
+    assert out["kernel_check_passed"] is False and out["tensorrt_kernel_passed"] is False
+    assert out["tensorrt_kernel_p50_ms"] == {"float32": 0.5}
+
+
 def faulty_run(tmp_path, faults: str, sections: str, silence_s: int):
     """The suite's dry run over ``sections`` with its section processes failing as
     tests/benchmarks/faulty_suite.py is told by ``faults``: (the parent's output, the report)."""

@@ -687,7 +687,14 @@ def test_render_impl_kernel_without_a_gpu_is_one_sentence_before_the_work(capsys
     out = tmp_path / "x.mp4"
     assert main(["render", "--preset", "tiny", "--impl", "kernel", "--device", "cpu",
                  "--frames", "2", "--out", str(out), "--quiet"]) == 2
-    assert "--impl kernel runs the fused kernel on a CUDA GPU" in capsys.readouterr().err
+    assert ("--impl kernel runs the fused kernel on a CUDA GPU, not on cpu; use --device cuda"
+            in capsys.readouterr().err)
+    # without --device (auto, no GPU here) it does not send the user to --device cuda
+    assert main(["render", "--preset", "tiny", "--impl", "kernel", "--frames", "2",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "PyTorch sees none here (--device auto chose the CPU)" in err
+    assert "--device cuda" not in err
     assert not out.exists()
 
 

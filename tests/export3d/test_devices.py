@@ -48,3 +48,19 @@ def test_commands_refuse_a_missing_gpu_in_one_line(argv, tmp_path, capsys, monke
     err = [line for line in capsys.readouterr().err.splitlines()
            if line.strip() and not line.startswith("WARNING: no --checkpoint given")]
     assert len(err) == 1 and err[0].startswith("export3d: error: --device cuda: "), err
+
+
+def test_tests_not_marked_gpu_run_auto_on_the_cpu_where_a_gpu_is(monkeypatch):
+    # conftest's _auto_device_is_the_cpu: on a GPU machine the CPU tests stay on the CPU
+    # (the module-level resolve_device above is the real one, as the tests above need).
+    import export3d.devices
+    import export3d.render
+    import realtime.generator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto") == "cuda"  # the real one, on this stand-in GPU machine
+    for module in (export3d.devices, export3d.render, realtime.generator):
+        assert module.resolve_device("auto") == "cpu", module.__name__
+        assert module.resolve_device(None, default="auto") == "cpu"
+        assert module.resolve_device("cuda:0") == "cuda:0"

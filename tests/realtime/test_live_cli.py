@@ -239,7 +239,9 @@ def test_cuda_graph_reaches_the_torch_and_tensorrt_backends_and_is_refused_elsew
     from realtime import generator
     from realtime.generator import _open
 
-    monkeypatch.setattr(generator, "resolve_device", lambda device: device)  # no GPU here
+    # no GPU here: a named device stands, auto is the CPU
+    monkeypatch.setattr(generator, "resolve_device",
+                        lambda device: "cpu" if device == "auto" else device)
     monkeypatch.setattr(generator, "torch_precision", lambda *a: (torch.float32, True))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
     assert build_config(parse([])).generator.cuda_graph is False
@@ -249,8 +251,12 @@ def test_cuda_graph_reaches_the_torch_and_tensorrt_backends_and_is_refused_elsew
         with pytest.raises(Opened):
             _open(cfg)
         assert recorded_open.pop()[1]["cuda_graph"] is True
-    with pytest.raises(UserError, match="--cuda-graph needs a CUDA device"):
+    with pytest.raises(UserError, match=r"needs a CUDA GPU and PyTorch sees none here "
+                       r"\(--device auto chose the CPU\); leave --cuda-graph out"):
         _open(build_config(parse(["--synthetic", "--cuda-graph"])).generator)
+    with pytest.raises(UserError, match="--cuda-graph needs a CUDA device .--device cuda., "
+                       "not 'cpu'"):
+        _open(build_config(parse(["--synthetic", "--cuda-graph", "--device", "cpu"])).generator)
     with pytest.raises(UserError, match="--cuda-graph is the torch and tensorrt backends'"):
         _open(build_config(parse(["--synthetic", "--cuda-graph", "--backend",
                                   "onnxruntime"])).generator)
