@@ -178,10 +178,11 @@ def register(subparsers) -> None:
                    help="torch backend: auto (default: bf16 on GPUs from sm_80, fp16 before, "
                    "fp32 on the CPU), fp32, fp16 or bf16")
     p.add_argument("--compile", action="store_true", help="torch backend: torch.compile the "
-                   "frame (with CUDA graphs on CUDA); compiles once at start, a minute or more")
+                   "frame (on CUDA captured in a CUDA graph, as --cuda-graph does); compiles "
+                   "once at start, a minute or more")
     p.add_argument("--cuda-graph", action="store_true", help="torch (CUDA) and tensorrt "
                    "backends: capture the frame in a CUDA graph at start and replay it (no "
-                   "launch overhead, no compile)")
+                   "launch overhead; the eager frame, or with --compile the compiled one)")
     p.add_argument("--sink", default=None,
                    help="auto, null, file:OUT.mp4|.mkv, window, virtualcam, preview[:PORT] "
                         "(default: auto: with a webcam the virtual camera, or the preview "
