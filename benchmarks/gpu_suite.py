@@ -1582,6 +1582,8 @@ def print_table(data: dict) -> None:
                       f"{g['p50_ms']:.1f} / p95 {g['p95_ms']:.1f} / p99 {g['p99_ms']:.1f} ms")
             elif other:
                 print(f"  with {flag}: {other.get('error') or other.get('skipped')}")
+        if data["live"].get("error"):  # its process killed or dead after the runs above
+            print(f"  then: {data['live']['error']}")
     s = data.get("summary", {})
     print(f"\nsummary: {json.dumps({k: v for k, v in s.items() if k != 'seconds'})}")
 

@@ -821,9 +821,12 @@ def test_the_table_shows_the_live_cuda_graph_and_compile_runs_or_why_they_did_no
     assert "with --compile: 61.0 fps, glass-to-glass p50 30.0 / p95 31.0 / p99 32.0 ms" in out
     print_table({"live": {**live, "compile": {"skipped": "time budget (20 s left)"}}})
     assert "with --compile: time budget (20 s left)" in capsys.readouterr().out
+    killed = "the section's process ran past the time budget and was killed"
+    print_table({"live": {**live, "incomplete": True, "error": killed}})  # during --compile
+    assert f"  then: {killed}" in capsys.readouterr().out
     print_table({"live": live})  # a CPU run: no second line
     out = capsys.readouterr().out
-    assert "cuda-graph" not in out and "--compile" not in out
+    assert "cuda-graph" not in out and "--compile" not in out and "then:" not in out
 
 
 def test_the_live_section_runs_cuda_graph_and_compile_on_cuda_and_saves_each_run_at_once(
