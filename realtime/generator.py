@@ -189,14 +189,14 @@ def _warn_if_random(config: GeneratorConfig) -> None:
         print(random_weights_warning(), file=sys.stderr)
 
 
-def default_providers(asked: str | None, device: str) -> tuple[str, ...]:
+def default_providers(device: str, auto: bool) -> tuple[str, ...]:
     """onnxruntime's execution providers when ``--providers`` is not given: CUDA then the CPU
-    on a CUDA ``device``, else the CPU. Where the device was ``auto`` (the default), CUDA only
-    when the installed onnxruntime has it: PyPI's ``onnxruntime`` is a CPU build, and a GPU in
-    the machine must not stop a run that asked for no GPU."""
+    on a CUDA ``device``, else the CPU. Where ``auto`` chose the device (the default), CUDA
+    only when the installed onnxruntime has it: PyPI's ``onnxruntime`` is a CPU build, and a
+    GPU in the machine must not stop a run that asked for no GPU."""
     if not device.startswith("cuda"):
         return ("cpu",)
-    if (asked or "auto").strip().lower() == "auto":
+    if auto:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -209,7 +209,7 @@ def _open(config: GeneratorConfig):
     from export3d.config import get_config
     from export3d.errors import UserError
 
-    asked = config.device
+    auto = (config.device or "auto").strip().lower() == "auto"  # not a device the user named
     config = dataclasses.replace(config, device=resolve_device(config.device))
     if config.backend != "torch" and config.precision != "auto":
         raise UserError(f"--precision is the torch backend's; {config.backend} runs in the "
@@ -218,7 +218,7 @@ def _open(config: GeneratorConfig):
         raise UserError("--cuda-graph is the torch and tensorrt backends'; onnxruntime runs its "
                         "graphs as its provider does")
     if config.backend == "torch" and config.cuda_graph and not config.device.startswith("cuda"):
-        if (asked or "auto").strip().lower() == "auto":
+        if auto:
             raise UserError("--cuda-graph needs a CUDA GPU and PyTorch sees none here (--device "
                             "auto chose the CPU); leave --cuda-graph out")
         raise UserError(f"--cuda-graph needs a CUDA device (--device cuda), not "
@@ -240,7 +240,7 @@ def _open(config: GeneratorConfig):
                         "--device")
 
     if config.backend == "onnxruntime":
-        providers = config.providers or default_providers(asked, config.device)
+        providers = config.providers or default_providers(config.device, auto)
         graphs = config.graphs
         if graphs is None:  # exported once from --checkpoint (or the preset) into the cache
             from export.cache import cached_graphs
