@@ -52,7 +52,7 @@ def test_commands_refuse_a_missing_gpu_in_one_line(argv, tmp_path, capsys, monke
 
 def test_tests_not_marked_gpu_run_auto_on_the_cpu_where_a_gpu_is(monkeypatch):
     # conftest's _auto_device_is_the_cpu: on a GPU machine the CPU tests stay on the CPU
-    # (the module-level resolve_device above is the real one, as the tests above need).
+    # where a model runs; export3d.devices itself stays real (doctor's GPU tests need it).
     import export3d.devices
     import export3d.render
     import realtime.generator
@@ -60,7 +60,8 @@ def test_tests_not_marked_gpu_run_auto_on_the_cpu_where_a_gpu_is(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_device("auto") == "cuda"  # the real one, on this stand-in GPU machine
-    for module in (export3d.devices, export3d.render, realtime.generator):
+    assert export3d.devices.resolve_device("auto") == "cuda"
+    for module in (export3d.render, realtime.generator):
         assert module.resolve_device("auto") == "cpu", module.__name__
         assert module.resolve_device(None, default="auto") == "cpu"
         assert module.resolve_device("cuda:0") == "cuda:0"
