@@ -201,6 +201,7 @@ def test_cuda_compiled_and_captured_generators_match_eager():
                                         checkpoint=str(demo.checkpoint()), precision="fp32",
                                         compile=mode == "compile",
                                         cuda_graph=mode == "cuda_graph"))
+
         def drive(gen=gen, out=outs.setdefault(mode, [])):
             for expr, cam in drives:
                 gen.push(expr, cam)
