@@ -68,12 +68,12 @@ class TorchBackend(_ContextMixin):
     def __init__(self, model, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  impl: str | None = None, channels_last: bool = False, compile: bool = False,
                  cuda_graph: bool = False):
-        if cuda_graph and torch.device(device).type != "cuda":
+        self.device = torch.device(device)
+        if cuda_graph and self.device.type != "cuda":
             raise BackendError(f"CUDA graphs need a CUDA device, not {device!r}")
-        self.cuda_graph = cuda_graph or (compile and torch.device(device).type == "cuda")
+        self.cuda_graph = cuda_graph or (compile and self.device.type == "cuda")
         self._cuda = torch.cuda  # what captures and replays (a stand-in in the CPU tests)
         self._graph = None  # (graph, static expr, static camera, static outputs)
-        self.device = torch.device(device)
         self.dtype = dtype
         self.impl = impl
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

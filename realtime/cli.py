@@ -75,8 +75,6 @@ def _sources(values):
 
 
 def _run(args) -> None:
-    from export3d.devices import resolve_device
-
     from .pipeline import Pipeline, format_summary, write_json
 
     config = build_config(args)
@@ -90,9 +88,10 @@ def _run(args) -> None:
     url = getattr(pipeline.sink, "url", None)
     if url and not isinstance(pipeline.sink, VirtualCamOrPreview):  # that one said where
         print(f"preview: {url}", file=sys.stderr)
-    providers = getattr(pipeline.generator.backend, "providers", None)  # onnxruntime's
+    backend = pipeline.generator.backend
+    providers = getattr(backend, "providers", None)  # onnxruntime's
     runs_on = (",".join(p.removesuffix("ExecutionProvider") for p in providers) if providers
-               else resolve_device(config.generator.device))
+               else str(getattr(backend, "device", config.generator.device)))  # what it chose
     print(f"live: {config.capture.source} -> {config.generator.backend}/{runs_on} -> "
           f"{_sink_shown(config.sink.sink, pipeline.sink)} (Ctrl-C to stop)", file=sys.stderr)
     with _stops_on_terminate(pipeline):

@@ -35,7 +35,10 @@ def test_live_synthetic_to_a_file_with_stats_json(tmp_path, capsys):
     args.run(args)
     summary = json.loads(stats.read_text())
     assert summary["frames"] == 5 and out.stat().st_size > 0
-    assert "glass-to-glass" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "glass-to-glass" in printed.out
+    # the start line names the device the backend runs on (--device auto resolved), not "auto"
+    assert f"-> torch/cpu -> file:{out}" in printed.err
 
 
 def test_missing_camera_is_one_user_error():
