@@ -95,6 +95,7 @@ import types
 from pathlib import Path
 
 from benchmarks import check_output
+from export3d import jsonfile
 from export3d.cli import at_least
 
 # Tolerances of the kernel against the reference (absolute), by output. Both compute in fp32
@@ -134,14 +135,14 @@ class Report:
     def reload(self) -> Report:
         """Take what the file holds (another process may have written it)."""
         if self.path.exists():
-            self.data = json.loads(self.path.read_text())
+            self.data = jsonfile.loads(self.path.read_text())
         return self
 
     def put(self, key: str, value) -> None:
         self.data[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str))
+        tmp.write_text(jsonfile.dumps(self.data, indent=2, default=str))
         tmp.replace(self.path)
 
 
@@ -1585,7 +1586,7 @@ def print_table(data: dict) -> None:
         if data["live"].get("error"):  # its process killed or dead after the runs above
             print(f"  then: {data['live']['error']}")
     s = data.get("summary", {})
-    print(f"\nsummary: {json.dumps({k: v for k, v in s.items() if k != 'seconds'})}")
+    print(f"\nsummary: {jsonfile.dumps({k: v for k, v in s.items() if k != 'seconds'})}")
 
 
 SECTIONS = ("kernel_check", "raymarch_timing", "tensorrt_kernel", "ops", "model", "roofline",
@@ -1881,7 +1882,7 @@ def main(argv=None) -> int:
     machine = machine_info(torch, device)
     if args.resume:
         try:
-            earlier = json.loads(Path(args.resume).read_text())
+            earlier = jsonfile.loads(Path(args.resume).read_text())
         except (OSError, ValueError) as exc:
             print(f"gpu_suite: error: cannot read the report {args.resume} ({exc})",
                   file=sys.stderr)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
 import os
 import re
 import subprocess
@@ -52,6 +51,7 @@ if str(ROOT) not in sys.path:
 from engines.raymarch import aot  # noqa: E402
 
 from benchmarks import check_output  # noqa: E402
+from export3d import jsonfile  # noqa: E402
 
 # An H100 SXM: 132 SMs, 4 warp schedulers each issuing one instruction per clock, 1.98 GHz;
 # per SM 64 K registers, 228 KB of shared memory (227 KB per block), 64 warps, 32 blocks.
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
                                "warp instruction per scheduler)",
                   "configs": results}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        args.out.write_text(jsonfile.dumps(report, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
 

@@ -11,7 +11,6 @@ x C channels x 2 flops per sample), and says so in ``notes``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -21,7 +20,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from export3d import PRESETS, get_config
+from export3d import PRESETS, get_config, jsonfile
 from export3d.camera import orbit_path
 from export3d.generator import count_parameters
 from export3d.model import build_model
@@ -133,7 +132,7 @@ def main(argv=None) -> int:
               f"{'':>12}   params {r['parameters_total'] / 1e6:.2f} M")
     print(f"peak RSS {report['peak_rss_mib']:.0f} MiB")
     with open(args.json, "w") as f:
-        json.dump(report, f, indent=2)
+        jsonfile.dump(report, f, indent=2)
     print(f"wrote {args.json}")
     return 0
 

@@ -15,7 +15,6 @@ a GPU. ``paper512`` is accepted but slow on a CPU; the default is ``tiny``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import check_output
+from export3d import jsonfile
 from export3d.cli import at_least
 from export3d.config import PRESETS
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     check_output(p, args.json)
     report = run(args.presets, args.precisions, args.variants, args.frames, args.threads)
-    text = json.dumps(report, indent=2)
+    text = jsonfile.dumps(report, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
     else:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import weakref
 from pathlib import Path
@@ -58,6 +57,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import check_output  # noqa: E402
+from export3d import jsonfile  # noqa: E402
 from export3d.config import PRESETS  # noqa: E402
 from export3d.devices import resolve_device  # noqa: E402
 
@@ -550,7 +550,7 @@ def main(argv=None) -> int:
     print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        args.json.write_text(jsonfile.dumps(result, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
 

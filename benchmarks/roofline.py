@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from export3d import get_config  # noqa: E402
+from export3d import get_config, jsonfile  # noqa: E402
 from export3d.model import build_model  # noqa: E402
 
 from benchmarks import check_output  # noqa: E402
@@ -196,7 +195,7 @@ def main(argv=None) -> int:
     print(f"{'both':<14}{'':>9}{'':>6}{'':>12}{report['eager_ms']:>10.3f}"
           f"{report['fused_ms']:>10.3f}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(jsonfile.dumps(report, indent=2))
         print(f"wrote {args.json}")
     return 0
 

@@ -13,7 +13,6 @@ running beside it. Reports mean / p50 / p95 ms per frame and the targets of issu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -21,6 +20,7 @@ import time
 import numpy as np
 
 from benchmarks import check_output
+from export3d import jsonfile
 from export3d.cli import at_least
 
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
               f"{result['targets_ms'][stage]:9.1f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+            jsonfile.dump(result, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import signal
 import sys
 import threading
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from export3d import jsonfile
 from export3d.errors import UserError
 
 from .capture import CaptureError, open_capture
@@ -525,4 +525,4 @@ def _explained(exc: BaseException, stage: str) -> BaseException:
 
 def write_json(summary: dict, path) -> None:
     with open(path, "w") as f:
-        json.dump(summary, f, indent=2)
+        jsonfile.dump(summary, f, indent=2)

@@ -14,8 +14,8 @@ trains data-parallel (NCCL on GPUs, Gloo on CPU).
 from __future__ import annotations
 
 import dataclasses
-import json
 
+from .. import jsonfile
 from ..cli import at_least, minutes
 from ..devices import resolve_device
 
@@ -94,7 +94,7 @@ def run_eval(args) -> None:
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+            jsonfile.dump(report, f, indent=2)
         print(f"wrote {args.json}")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -874,3 +875,34 @@ def test_the_live_section_runs_cuda_graph_and_compile_on_cuda_and_saves_each_run
     seen.clear()
     out = live_section("tiny", torch.device("cuda"), 3, 30.0, Budget(45), report)
     assert out["compile"]["skipped"].startswith("time budget (") and len(seen) == 2
+
+
+def test_a_report_with_nan_errors_is_strict_json_and_reloads_as_numbers(tmp_path, capsys):
+    # A kernel writing NaNs is when the report matters most: it must still open in jq or a
+    # browser (no bare NaN), and the suite's summary and table, which read it back from the
+    # file after every section, must still see numbers.
+    import types
+
+    from benchmarks.gpu_suite import Report, print_table, summary
+
+    def refuse(token):
+        raise ValueError(token)
+
+    nan_case = {"triplane_dtype": "float16", "passed": False,
+                "features": {"max_abs_err": float("nan"), "p99_abs_err": float("inf")}}
+    report = Report(tmp_path / "r.json")
+    report.put("kernel_check", {"all_passed": False, "cases": [nan_case]})
+    report.put("tensorrt_kernel", {"all_passed": False, "cases": [
+        {"triplane_dtype": "float32", "engine_kernel": {"p50_ms": float("nan")},
+         "passed": False}]})
+    text = (tmp_path / "r.json").read_text()
+    assert "NaN" in text and json.loads(text, parse_constant=refuse)
+    data = Report(tmp_path / "r.json").reload().data
+    features = data["kernel_check"]["cases"][0]["features"]
+    assert math.isnan(features["max_abs_err"]) and features["p99_abs_err"] == math.inf
+    out = summary(data, types.SimpleNamespace(type="cuda"))
+    assert out["kernel_check_passed"] is False
+    assert math.isnan(out["tensorrt_kernel_p50_ms"]["float32"])
+    report.put("summary", out)
+    print_table(Report(tmp_path / "r.json").reload().data)
+    assert "nan" in capsys.readouterr().out.lower()
