@@ -101,6 +101,9 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # CPU; the PTX ones are checked on a GPU (benchmarks.gpu_suite's kernel_check). Read when this
 # module is imported, so TRITON_INTERPRET must be set before that (as Triton itself requires).
 FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+# An fp32's sign, exponent and the top 10 of its 23 stored significand bits: the part of an
+# fp32 operand a TF32 tensor-core product reads (_tf32_split).
+TF32_HEAD_MASK = tl.constexpr(0xFFFFE000)
 
 
 @triton.jit
@@ -310,11 +313,34 @@ def _load_decoder(w1_ptr, b1_ptr, w2_ptr, b2_ptr, stride_w1c, stride_w1h, stride
 @triton.jit
 def _matmul(a, b, DOT_PRECISION: tl.constexpr):
     """a [M, K] fp32 @ b [K, N] -> fp32. "fp16": a rounded to fp16 (b already is), fp16
-    products with fp32 accumulation; otherwise tl.dot's input_precision."""
+    products with fp32 accumulation; "tf32x3": three TF32 tensor-core products of each
+    operand's TF32 head and tail (_tf32_split), fp32-accurate; otherwise tl.dot's
+    input_precision ("ieee", "tf32")."""
     if DOT_PRECISION == "fp16":
         return tl.dot(a.to(tl.float16), b, out_dtype=tl.float32)
+    elif DOT_PRECISION == "tf32x3":
+        # a b = (a_hi + a_lo)(b_hi + b_lo), less a_lo b_lo (2^-20 of a b), the small terms
+        # accumulated first. Written out rather than tl.dot's own "tf32x3" (benchmarks.
+        # kernel_sass at paper512, 64 x 4: its dot line alone 0.155 M instructions per ray):
+        # here b's split (the weights) is loop-invariant and hoisted out of the loops, and the
+        # kernel went from 0.455 M to 0.399 M per ray. The tensor cores read the tails' top 10
+        # bits only: 2^-20 of a b again.
+        a_hi, a_lo = _tf32_split(a)
+        b_hi, b_lo = _tf32_split(b)
+        acc = tl.dot(a_lo, b_hi, input_precision="tf32")
+        acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+        return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
     else:
         return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _tf32_split(x):
+    """fp32 x = hi + lo exactly: hi is x with its significand cut to TF32's 10 stored bits
+    (one AND; an operand a tensor core reads whole), lo = x - hi the 13 bits cut off, exact in
+    fp32 (same exponent), |lo| < 2^-10 |x|."""
+    hi = (x.to(tl.uint32, bitcast=True) & TF32_HEAD_MASK).to(tl.float32, bitcast=True)
+    return hi, x - hi
 
 
 @triton.jit

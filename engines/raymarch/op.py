@@ -127,14 +127,15 @@ def dot_precision_for(major: int, triplane_dtype, fp32_matmul_precision: str = "
     (benchmarks/results/kernel_sweep-NVIDIA_H200-2026-11-28.json, before the instruction diet):
     32 rays x 4 warps, "tf32x3" 3.07 ms and 4.4e-6 from the reference, "tf32" 2.58 ms and
     9e-5 off (the kernel tolerance is 2e-3); in SASS now (benchmarks.kernel_sass, 64 x 4):
-    0.45 M instructions per ray and 272 bytes of spills against 0.32 M and none.
+    0.40 M instructions per ray and 272 bytes of spills against 0.33 M and none ("tf32x3" is
+    written out in the kernel, kernel._matmul: 0.455 M with tl.dot's own).
     fp16 / bf16 tri-planes (the model in half precision): "fp16" tensor-core products with fp32
     accumulation on sm_80 and newer (Triton emits no fp16 MMA for sm_75: "ieee" there). Their
     operands keep 11 significant bits, more than a bf16 tri-plane's 8 (the fp32 reference
     computes in fp32 from the same values; its counterpart ``raymarch_reference(...,
     dot_precision="fp16", tap_sum=)`` rounds as the kernel does and meets it at the fp32
     kernel's tolerance), and they are the fewest instructions (benchmarks.kernel_sass,
-    32 rays x 4 warps: 0.44 M per ray against 0.83 M for "tf32x3"). On the trained demo64 face
+    32 rays x 4 warps: 0.44 M per ray against 0.76 M for "tf32x3"). On the trained demo64 face
     in bf16 (interpreter) their error was 18-33x under what running the model in bf16 moves
     its output from the fp32 model's (tests/engines/test_raymarch_kernel.py).
     Their one risk is range: a feature or hidden value beyond 65504 would overflow fp16, far

@@ -291,6 +291,54 @@ def test_padded_channels_and_hidden_units(variant):
 
 @interpreted
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_tf32x3_products_are_the_fp32_products(variant):
+    # dot_precision="tf32x3" (the op's default for fp32 tri-planes on sm_80+) is written out
+    # in the kernel: each operand split into its TF32 head and tail, three products. The
+    # interpreter's dot is exact fp32, so this checks the split and the three terms (one
+    # dropped or doubled moves the output by ~1e-3 of it); what a tensor core reads of them:
+    # test_tf32x3_split_is_fp32_accurate_on_tensor_cores.
+    inputs = make_inputs(seed=17)
+    settings = settings_for()
+    got = run_kernel(inputs, settings, variant, dot_precision="tf32x3")
+    assert_matches(got, run_reference(inputs, settings), TOLERANCE[torch.float32])
+    full = run_kernel(inputs, settings, variant, dot_precision="ieee")
+    assert max((a - b).abs().max().item() for a, b in zip(got, full)) < 2e-6
+
+
+def test_tf32x3_split_is_fp32_accurate_on_tensor_cores():
+    # The kernel's "tf32x3" products as a tensor core computes them: it reads only the head
+    # (kernel.TF32_HEAD_MASK) of each fp32 operand, multiplies exactly and accumulates in fp32.
+    # At the decoder's sizes and ranges (tap sums into 32 -> 64, softplus hidden units into
+    # 64 -> 33), the three products of heads and tails land as close to the float64 truth as
+    # fp32 products do (within 2x of fp32's worst error), and one TF32 product 100x farther.
+    from engines.raymarch.kernel import TF32_HEAD_MASK
+
+    mask = torch.tensor(TF32_HEAD_MASK.value - (1 << 32), dtype=torch.int32)  # as int32 bits
+
+    def head(x):
+        return (x.view(torch.int32) & mask).view(torch.float32)
+
+    def tensor_core(a, b):  # the products of the heads are exact in fp32 (11 x 11 bits)
+        return head(a) @ head(b)
+
+    g = torch.Generator().manual_seed(3)
+    for k, n, a in ((32, 64, torch.randn(4096, 32, generator=g) * 1.5),
+                    (64, 33, torch.nn.functional.softplus(torch.randn(4096, 64, generator=g)))):
+        b = (torch.rand(k, n, generator=g) * 2 - 1) / k ** 0.5
+        truth = a.double() @ b.double()
+        a_hi, b_hi = head(a), head(b)
+        a_lo, b_lo = a - a_hi, b - b_hi
+        assert torch.equal(a_hi + a_lo, a) and torch.equal(b_hi + b_lo, b)  # the split is exact
+        three = tensor_core(a_lo, b_hi) + tensor_core(a_hi, b_lo) + tensor_core(a_hi, b_hi)
+        error = (three.double() - truth).abs().max().item()
+        fp32 = ((a @ b).double() - truth).abs().max().item()
+        tf32 = (tensor_core(a, b).double() - truth).abs().max().item()
+        assert error <= 2 * fp32, (k, error, fp32)
+        assert tf32 >= 100 * error, (k, tf32, error)
+
+
+@interpreted
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_fp16_tensor_core_products(variant, dtype):
     # dot_precision="fp16": MLP operands rounded to fp16, fp32 accumulation. Within the GPU
