@@ -782,9 +782,11 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # informative first (the budget may stop the sweep early; the H200's second run took ~10 s a
 # row; --resume goes on): the fp16-product launches kernel_sass ranks best on fp16
 # tri-planes, then the two fp32 defaults (TF32x3, TF32 when allowed), so each tri-plane dtype
-# has a best launch, then the latency options, the other fp32 rows and the baselines last
-# measured on the H200. Tiled rows (engines/raymarch/tiled.py: rays x samples = rows per MLP
-# product) come last: each compiles for tens of seconds.
+# has a best launch, and TF32x3 as tl.dot computes it ("tl-tf32x3": the kernel's own, written
+# out, is 12% fewer instructions in kernel_sass; this says whether it is faster), then the
+# latency options, the other fp32 rows and the baselines last measured on the H200. Tiled rows
+# (engines/raymarch/tiled.py: rays x samples = rows per MLP product) come last: each compiles
+# for tens of seconds.
 # The three ablations after them (engines.raymarch.kernel.ABLATIONS: timing diagnostics whose
 # outputs are not the renderer's, never a best launch) split the half-precision default's time
 # into what the gathers' memory traffic, the MLP and the rest cost (summary
@@ -796,7 +798,7 @@ def _tiled(block_rays, sample_tile, num_warps, dot_precision, triplane_dtype="fl
 # sums' under the interpreter (neither keeps every element within the tolerance: kernel_check),
 # so only a near-zero cost would make them the half-precision default.
 SWEEP = (_serial(32, 4, "fp16", "float16"), _serial(64, 4, "fp16", "float16"),
-         _serial(64, 4, "tf32x3"), _serial(64, 4, "tf32"),
+         _serial(64, 4, "tf32x3"), _serial(64, 4, "tf32"), _serial(64, 4, "tl-tf32x3"),
          _serial(64, 4, "fp16", "float16", ablate="gathers"),
          _serial(64, 4, "fp16", "float16", ablate="mlp"),
          _serial(64, 4, "fp16", "float16", ablate="gathers+mlp"),

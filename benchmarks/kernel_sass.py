@@ -82,6 +82,7 @@ CONFIGS = (
     ("serial 32x4 ieee", dict()),
     ("serial 32x4 tf32x3", dict(dot_precision="tf32x3")),
     ("serial 64x4 tf32x3", dict(dot_precision="tf32x3", block_rays=64)),  # fp32 default
+    ("serial 64x4 tl-tf32x3", dict(dot_precision="tl-tf32x3", block_rays=64)),  # tl.dot's own
     ("serial 32x4 tf32", dict(dot_precision="tf32")),
     ("serial 64x4 tf32", dict(dot_precision="tf32", block_rays=64)),
     ("serial 32x4 fp16", dict(dot_precision="fp16")),

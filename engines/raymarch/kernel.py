@@ -52,14 +52,15 @@ only + 96 full), each 3 planes x 4 taps x 32 channels = 384 gathered values (12 
 so ~8 GMAC and ~3.6 GB of L2 traffic for 128 x 128 rays.
 
 The MLP runs on ``tl.dot`` (DOT_PRECISION, one of DOT_PRECISIONS): "ieee" fp32 FMAs, as the
-reference; "tf32x3" (three TF32 tensor-core products, fp32-accurate; the op's default on sm_80+);
-"tf32" (one, ~1e-4 off on an H200); "fp16" (operands rounded to fp16, fp32 accumulation;
-tensor cores from sm_80, FMAs on sm_75; fp16 has TF32's 11-bit significand). ``tl.dot`` needs
-every dim >= 16 and powers of two, so C, Hd and F are padded in-kernel by masked loads of the
-weights (zeros outside; padded hidden units give softplus(0) = ln 2 but meet zero rows of w2,
-padded feature columns are never stored). A broadcast-multiply-sum would materialise
-[BLOCK_R, C, Hd] = 64K values per program, far beyond the register file, so the dot is the
-better choice. The density column of w2 is a separate vector (a row sum), so 1 + F = 33 need
+reference; "tf32x3" (three TF32 tensor-core products, fp32-accurate; the op's default on sm_80+;
+written out in _matmul, "tl-tf32x3" is tl.dot's own, kept for the GPU suite's sweep to time
+against it); "tf32" (one, ~1e-4 off on an H200); "fp16" (operands rounded to fp16, fp32
+accumulation; tensor cores from sm_80, FMAs on sm_75; fp16 has TF32's 11-bit significand).
+``tl.dot`` needs every dim >= 16 and powers of two, so C, Hd and F are padded in-kernel by
+masked loads of the weights (zeros outside; padded hidden units give softplus(0) = ln 2 but
+meet zero rows of w2, padded feature columns are never stored). A broadcast-multiply-sum would
+materialise [BLOCK_R, C, Hd] = 64K values per program, far beyond the register file, so the dot
+is the better choice. The density column of w2 is a separate vector (a row sum), so 1 + F = 33 need
 not pad to 64.
 
 Instruction diet (``python -m benchmarks.kernel_sass`` counts the SASS a paper512 launch runs,
@@ -330,6 +331,8 @@ def _matmul(a, b, DOT_PRECISION: tl.constexpr):
         acc = tl.dot(a_lo, b_hi, input_precision="tf32")
         acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
         return tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+    elif DOT_PRECISION == "tl-tf32x3":
+        return tl.dot(a, b, input_precision="tf32x3")
     else:
         return tl.dot(a, b, input_precision=DOT_PRECISION)
 
@@ -693,8 +696,9 @@ def raymarch_kernel(
 
 
 # The MLP products: fp32 FMAs; TF32 tensor cores (sm_80+), one product or three (fp32-accurate);
-# fp16 operands with fp32 accumulation (tensor cores from sm_80; Triton uses FMAs on sm_75).
-DOT_PRECISIONS = ("ieee", "tf32", "tf32x3", "fp16")
+# fp16 operands with fp32 accumulation (tensor cores from sm_80; Triton uses FMAs on sm_75);
+# last, the three TF32 products as tl.dot computes them, for the GPU suite's sweep only.
+DOT_PRECISIONS = ("ieee", "tf32", "tf32x3", "fp16", "tl-tf32x3")
 
 
 def check_dot_precision(dot_precision: str) -> str:

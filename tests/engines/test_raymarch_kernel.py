@@ -303,6 +303,9 @@ def test_tf32x3_products_are_the_fp32_products(variant):
     assert_matches(got, run_reference(inputs, settings), TOLERANCE[torch.float32])
     full = run_kernel(inputs, settings, variant, dot_precision="ieee")
     assert max((a - b).abs().max().item() for a, b in zip(got, full)) < 2e-6
+    # tl.dot's own TF32x3, which the GPU suite's sweep times against it
+    own = run_kernel(inputs, settings, variant, dot_precision="tl-tf32x3")
+    assert_matches(own, got, TOLERANCE[torch.float32])
 
 
 def test_tf32x3_split_is_fp32_accurate_on_tensor_cores():
