@@ -324,8 +324,8 @@ def _matmul(a, b, DOT_PRECISION: tl.constexpr):
         # accumulated first. Written out rather than tl.dot's own "tf32x3" (benchmarks.
         # kernel_sass at paper512, 64 x 4: its dot line alone 0.155 M instructions per ray):
         # here b's split (the weights) is loop-invariant and hoisted out of the loops, and the
-        # kernel went from 0.455 M to 0.399 M per ray. The tensor cores read the tails' top 10
-        # bits only: 2^-20 of a b again.
+        # kernel went from 0.455 M to 0.399 M per ray. A tensor core reads each tail to TF32's
+        # precision (its top 10 bits, cut or rounded): another 2^-20 of a b at most.
         a_hi, a_lo = _tf32_split(a)
         b_hi, b_lo = _tf32_split(b)
         acc = tl.dot(a_lo, b_hi, input_precision="tf32")
