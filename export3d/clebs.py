@@ -1,8 +1,10 @@
 """CLeBS, Contrastive Learned Basis Scaling (paper-spec 3): expression ``[B, 64]`` -> ``[B, d]``.
 
-``lambda = MLP(beta)`` ``[B, n]``; a learnable ``[d, n]`` matrix is orthonormalised by QR at every
-forward, ``beta' = Q lambda``. Pre-trained contrastively against an image encoder on frames of
-one video (negatives share appearance), then frozen; :func:`contrastive_loss` is that objective.
+The code is first divided by its per-channel spread when the config has one (tracking.md
+4.4), then ``lambda = MLP(beta)`` ``[B, n]``; a learnable ``[d, n]`` matrix is orthonormalised
+by QR at every forward, ``beta' = Q lambda``. Pre-trained contrastively against an image
+encoder on frames of one video (negatives share appearance), then frozen;
+:func:`contrastive_loss` is that objective.
 """
 from __future__ import annotations
 
@@ -12,8 +14,13 @@ from torch import nn
 
 
 class CLeBS(nn.Module):
-    def __init__(self, expr_dim: int, hidden: tuple[int, ...], basis: int, dim: int):
+    def __init__(self, expr_dim: int, hidden: tuple[int, ...], basis: int, dim: int,
+                 spread: tuple[float, ...] | None = None):
         super().__init__()
+        # 1 / sigma_k, from the config (which the checkpoint carries), so not a saved weight;
+        # empty: the code goes in as it is.
+        inv = 1.0 / torch.tensor(spread, dtype=torch.float64) if spread else torch.empty(0)
+        self.register_buffer("inv_spread", inv.float(), persistent=False)
         layers: list[nn.Module] = []
         width = expr_dim
         for h in hidden:
@@ -51,6 +58,8 @@ class CLeBS(nn.Module):
         return q * signs
 
     def coefficients(self, expr: torch.Tensor) -> torch.Tensor:
+        if self.inv_spread.numel():
+            expr = expr * self.inv_spread.to(expr.dtype)
         return self.mlp(expr)
 
     def forward(self, expr: torch.Tensor) -> torch.Tensor:

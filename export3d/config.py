@@ -7,6 +7,7 @@ round-trips through JSON (``to_dict`` / ``from_dict``) so a checkpoint can carry
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 # Version of the expression code the model is conditioned on (tracking.md 4.4, MPX-64).
@@ -26,6 +27,11 @@ class ModelConfig:
     clebs_dim: int = 512
     clebs_loss: str = "decoupled"  # "decoupled" (paper transcription) or "infonce"
     clebs_temperature: float = 0.07  # learnable, initial value
+    # sigma_k of tracking.md 4.4: each expression channel's spread over the training frames.
+    # CLeBS divides the code by it, so its input has unit spread whatever the channel's units.
+    # Training measures it (export3d.training.data.expression_spread) and the checkpoint's
+    # config carries it; None: the code as the extractor gives it (how demo64 was trained).
+    expr_spread: tuple[float, ...] | None = None
 
     # Generator (Live3DPortrait-style hybrid, paper-spec 4.4).
     token_dim: int = 1024  # width of the low-res ViT on the H/16 token grid
@@ -89,6 +95,13 @@ class ModelConfig:
             raise ValueError("the super-resolution is x4: image_size must be 4 * render_size")
         if self.token_dim % 4 or self.fusion_dim % 4:
             raise ValueError("token widths must be divisible by 4 (PixelShuffle(2))")
+        if self.expr_spread is not None:
+            if len(self.expr_spread) != self.expr_dim:
+                raise ValueError(f"expr_spread needs {self.expr_dim} values (one per expression "
+                                 f"channel), got {len(self.expr_spread)}")
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0
+                       for v in self.expr_spread):
+                raise ValueError("expr_spread values must be finite and positive")
 
 
 PRESETS: dict[str, ModelConfig] = {

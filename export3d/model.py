@@ -24,7 +24,7 @@ class Export3D(nn.Module):
         super().__init__()
         self.config = config
         self.clebs = CLeBS(config.expr_dim, config.clebs_hidden, config.clebs_basis,
-                           config.clebs_dim)
+                           config.clebs_dim, config.expr_spread)
         self.generator = TriplaneGenerator(config)
         self.renderer = TriplaneRenderer(config, impl=render_impl)
         self.superres = SuperResolution(config)

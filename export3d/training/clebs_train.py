@@ -46,13 +46,19 @@ class ImageEncoder(nn.Module):
 
 def train_clebs(model_config: ModelConfig, dataset: Dataset, out, steps: int = 400,
                 frames: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "cpu",
-                progress: bool = True, log=print) -> dict:
-    """Pre-train CLeBS; writes ``out`` (safetensors) and returns the loss history."""
+                progress: bool = True, log=print, unit_spread: bool = False) -> dict:
+    """Pre-train CLeBS; writes ``out`` (safetensors) and returns the loss history.
+
+    The expression code is standardised by the dataset's spread (tracking.md 4.4), which the
+    checkpoint's config carries on to ``train generator --init`` and to inference, unless
+    ``unit_spread`` (the code as it is: how demo64 was trained) or the config has one already."""
     from tqdm import tqdm
 
     clips = [c for c in dataset.clips if len(dataset.positions(c, "train")) >= 2]
     if not clips:
         raise UserError("the dataset has no clip with two training frames")
+    if model_config.expr_spread is None and not unit_spread:
+        model_config = model_config.replace(expr_spread=dataset.expression_spread())
     torch.manual_seed(seed)
     model = build_model(model_config, seed=seed).to(device)
     clebs = model.clebs.train()
@@ -93,8 +99,11 @@ def train_clebs(model_config: ModelConfig, dataset: Dataset, out, steps: int = 4
     first = float(np.mean(history[: max(1, steps // 10)]))
     final = float(np.mean(history[-max(1, steps // 10):]))
     temperature = float(log_temp.detach().exp())
+    spread = model_config.expr_spread
     log(f"wrote {path}: contrastive loss {first:.3f} -> {final:.3f} "
-        f"(temperature {temperature:.3f})")
+        f"(temperature {temperature:.3f}; expression code "
+        + (f"standardised, channel spreads {min(spread):.3g} to {max(spread):.3g})" if spread
+           else "as extracted, not standardised)"))
     return {"history": history, "first": first, "final": final,
-            "temperature": temperature, "path": str(Path(path))}
+            "temperature": temperature, "path": str(Path(path)), "expr_spread": spread}
 

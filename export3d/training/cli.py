@@ -49,7 +49,8 @@ def run_train(args) -> None:
         dataset = Dataset(args.data, config.image_size)
         train_clebs(config, dataset, args.out,
                     steps=args.steps if args.steps is not None else 400, frames=args.frames,
-                    seed=args.seed, device=resolve_device(args.device), progress=not args.quiet)
+                    seed=args.seed, device=resolve_device(args.device), progress=not args.quiet,
+                    unit_spread=args.unit_spread)
         return
     from .trainer import TrainConfig, Trainer
 
@@ -61,7 +62,8 @@ def run_train(args) -> None:
         tc = dataclasses.replace(tc, adv_start=args.adv_start)
     dataset = Dataset(args.data, config.image_size, tc.holdout_every, tc.holdout_tail)
     trainer = Trainer(config, dataset, args.out, tc, device=resolve_device(args.device),
-                      init=args.init, progress=not args.quiet, perceptual=args.perceptual)
+                      init=args.init, progress=not args.quiet, perceptual=args.perceptual,
+                      unit_spread=args.unit_spread)
     if trainer.resume():
         if trainer.step >= tc.steps:
             if trainer.dist.main:
@@ -126,6 +128,10 @@ def register(subparsers) -> None:
     t.add_argument("--adv-start", type=at_least(0),
                    help="generator: step where the GAN loss starts")
     t.add_argument("--time-limit", type=minutes, help="generator: save and stop after N minutes")
+    t.add_argument("--unit-spread", action="store_true",
+                   help="feed the expression code to CLeBS as extracted, not divided by each "
+                   "channel's spread over the training frames (how demo64 was trained); "
+                   "generator: only without --init, whose CLeBS decides")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     t.add_argument("--threads", type=at_least(1), help="CPU threads for PyTorch")

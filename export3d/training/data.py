@@ -17,6 +17,9 @@ memory.
 Held-out frames (:func:`holdout_split`): every ``every``-th frame (interpolation) and the last
 ``tail`` fraction of the clip as one block (new poses and expressions). Training never draws
 them; ``export3d eval`` scores them.
+
+:meth:`Dataset.expression_spread` is tracking.md 4.4's sigma_k, which training puts in the
+model's config (``expr_spread``) so that CLeBS sees every expression channel at unit spread.
 """
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ from ..config import EXPRESSION_CODE_VERSION
 from ..errors import UserError
 
 FORMAT = "export3d-dataset-v1"
+# A channel's spread is taken as at least this fraction of the median channel's, and at least
+# SPREAD_MIN: a channel that barely moves in the training frames (or not at all) would otherwise
+# be scaled up without bound, and a webcam's noise on it with it.
+SPREAD_FLOOR = 0.25
+SPREAD_MIN = 1e-3
 
 
 class DatasetError(UserError):
@@ -220,6 +228,20 @@ class Dataset:
         if part == "all":
             return np.arange(len(clip))
         return holdout_split(len(clip), self.every, self.tail)[part]
+
+    def expression_spread(self) -> tuple[float, ...]:
+        """sigma_k (tracking.md 4.4): each expression channel's standard deviation over the
+        training frames of all clips together (codes are relative to each clip's neutral),
+        floored (``SPREAD_FLOOR`` of the median channel's, ``SPREAD_MIN``), to 4 significant
+        digits so that the config in a checkpoint reads as it is used."""
+        codes = [c.expr[self.positions(c, "train")] for c in self.clips]
+        codes = [e for e in codes if len(e)]
+        if not codes:
+            raise DatasetError(f"{self.root} has no training frames (all are held out)")
+        codes = np.concatenate(codes).astype(np.float64)
+        std = codes.std(axis=0)
+        floor = max(SPREAD_FLOOR * float(np.median(std)), SPREAD_MIN)
+        return tuple(float(f"{v:.4g}") for v in np.maximum(std, floor))
 
     def split_summary(self) -> dict:
         return {c.name: {p: int(len(self.positions(c, p))) for p in ("train", "interp", "extrap")}

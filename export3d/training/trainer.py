@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, read_config, save_checkpoint
 from ..config import ModelConfig
 from ..errors import UserError
 from ..model import Export3D
@@ -189,7 +189,7 @@ def load_batch(pairs, device) -> dict[str, torch.Tensor]:
 class Trainer:
     def __init__(self, model_config: ModelConfig, dataset: Dataset, out, config: TrainConfig,
                  device: str = "cpu", init: str | None = None, progress: bool = True,
-                 perceptual: str | None = None):
+                 perceptual: str | None = None, unit_spread: bool = False):
         self.device = torch.device(device)
         if self.device.type == "cuda" and self.device.index is None:
             # under torchrun each process takes the GPU of its local rank
@@ -198,6 +198,16 @@ class Trainer:
         self.dist = Distributed(self.device)
         self.cfg, self.dataset, self.out = config, dataset, Path(out)
         self.progress = progress and self.dist.main
+        # The expression code's spread (tracking.md 4.4) belongs to CLeBS: --init's, else this
+        # dataset's (or none: --unit-spread). Only the config is read here, so the random
+        # initial weights below are those of a run without it.
+        if init is not None:
+            if unit_spread:
+                raise UserError("--unit-spread cannot go with --init: the expression code's "
+                                f"spread is the one {init} was trained with")
+            model_config = model_config.replace(expr_spread=read_config(init)[0].expr_spread)
+        elif not unit_spread:
+            model_config = model_config.replace(expr_spread=dataset.expression_spread())
         torch.manual_seed(config.seed)
         self.model = Export3D(model_config, render_impl="reference").to(self.device)
         self.clebs_frozen = False
@@ -293,11 +303,17 @@ class Trainer:
             run = json.loads(state["run"])
         except Exception as exc:  # noqa: BLE001 - a cut file, another file, missing keys
             raise UserError(f"{damaged} ({type(exc).__name__})") from None
-        if saved != self.model.config:
+        if saved.replace(expr_spread=None) != self.model.config.replace(expr_spread=None):
             raise UserError(f"{self.state_path} is a {saved.preset!r} run; resume it with the "
                             "same --preset or use a new --out")
         if run is not None:
             self._check_same_run(run)
+        if saved.expr_spread != self.model.config.expr_spread:
+            raise UserError(f"{self.state_path} was started with "
+                            + ("another expression-code spread" if saved.expr_spread else
+                               "the expression code not standardised (--unit-spread)")
+                            + "; resume it with the --init or --unit-spread that started it, "
+                            "or use a new --out")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.disc.load_state_dict(state["disc"])

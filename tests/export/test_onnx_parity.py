@@ -20,11 +20,13 @@ from export3d.model import build_model
 
 def reduced_paper512():
     """paper512's structure (5 ViT blocks, 1 fusion block, 4 heads, 32-channel tri-plane,
-    48 + 48 samples per ray, x4 SR) at 128 px with narrower layers, to keep CI fast."""
+    48 + 48 samples per ray, x4 SR) at 128 px with narrower layers, to keep CI fast; with an
+    expression spread, as a model trained by 'export3d train' has (the graph divides by it)."""
     return get_config("paper512", image_size=128, render_size=32, token_dim=256,
                       fusion_dim=256, clebs_hidden=(128, 128, 128), clebs_dim=128,
                       stem_channels=(32, 64, 128), high_channels=48, low_up_channels=(64, 64),
-                      fusion_channels=(128, 64), sr_channels=(64, 32))
+                      fusion_channels=(128, 64), sr_channels=(64, 32),
+                      expr_spread=tuple(float(v) for v in np.geomspace(0.25, 4.0, 64)))
 
 
 CONFIGS = {"tiny": lambda: get_config("tiny"), "paper512-reduced": reduced_paper512}

@@ -15,14 +15,16 @@ from export3d.model import build_model
 
 
 def test_round_trip_reproduces_outputs(tmp_path):
-    model = build_model(get_config("tiny"), seed=5)
+    # With an expression spread, which the config (not the weight table) carries.
+    spread = tuple(float(v) for v in torch.linspace(0.05, 0.5, 64))
+    model = build_model(get_config("tiny", expr_spread=spread), seed=5)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.01)
     model.generator.triplane_ema.normal_()
     path = save_checkpoint(model, tmp_path / "m.safetensors")
     loaded = load_checkpoint(path)
-    assert loaded.config == model.config
+    assert loaded.config == model.config and loaded.config.expr_spread == spread
     image, expr, cam = torch.rand(1, 3, 64, 64) * 2 - 1, torch.randn(1, 64), orbit_path("yaw", 1)
     with torch.no_grad():
         a, b = model(image, expr, cam), loaded(image, expr, cam)

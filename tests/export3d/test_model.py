@@ -1,6 +1,8 @@
 """Shapes of every stage, the source/frame split, EAdaLN and CLeBS properties."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,6 +177,40 @@ def test_clebs_basis_is_orthonormal_and_output_in_its_span():
     assert torch.equal(clebs(expr), out)  # frozen: the parameter change is not seen
     clebs.unfreeze_basis()
     assert not torch.allclose(clebs(expr), out)
+
+
+def test_the_expression_spread_divides_the_code_before_clebs():
+    """tracking.md 4.4: a model whose config has spreads sigma_k sees code / sigma, so with the
+    same weights it turns code * sigma into what the model without spreads turns code into."""
+    spread = tuple(float(v) for v in torch.linspace(0.01, 0.4, 64))
+    plain = build_model(get_config("tiny"), seed=3)
+    scaled = build_model(get_config("tiny", expr_spread=spread), seed=3)
+    scaled.load_state_dict(plain.state_dict())  # the spread is not a weight: same table
+    sigma = torch.tensor(spread)
+    expr = torch.randn(3, 64)
+    source = plain.encode_source(torch.rand(3, 3, 64, 64) * 2 - 1)
+    with torch.no_grad():
+        assert_close(scaled.expression_code(expr * sigma), plain.expression_code(expr),
+                     atol=1e-6, rtol=1e-5)
+        assert not torch.allclose(scaled.expression_code(expr), plain.expression_code(expr),
+                                  atol=1e-3)
+        # through generate (CLeBS inside): the same tri-plane
+        assert_close(scaled.generate(source, expr * sigma), plain.generate(source, expr),
+                     atol=1e-5, rtol=1e-4)
+        # and in bfloat16, as the half-precision backends run it (the spread is a buffer that
+        # .to(dtype) converts with the weights)
+        half = copy.deepcopy(scaled).to(torch.bfloat16).clebs
+        assert half.inv_spread.dtype == torch.bfloat16
+        assert_close(half(expr.bfloat16() * sigma.bfloat16()).float(),
+                     plain.expression_code(expr), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("spread,message", [((1.0,) * 63, "needs 64 values"),
+                                            ((0.0,) + (1.0,) * 63, "finite and positive"),
+                                            ((float("nan"),) + (1.0,) * 63, "finite and positive")])
+def test_a_bad_expression_spread_is_refused(spread, message):
+    with pytest.raises(ValueError, match=message):
+        get_config("tiny", expr_spread=spread)
 
 
 def test_contrastive_loss_hand_computed():
