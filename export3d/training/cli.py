@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from .. import jsonfile
-from ..cli import at_least, minutes
+from ..cli import at_least, minutes, non_negative
 from ..devices import resolve_device
 
 
@@ -60,6 +60,10 @@ def run_train(args) -> None:
         tc = dataclasses.replace(tc, steps=args.steps)
     if args.adv_start is not None:
         tc = dataclasses.replace(tc, adv_start=args.adv_start)
+    if args.d_blur is not None:
+        tc = dataclasses.replace(tc, d_blur_sigma=args.d_blur)
+    if args.d_blur_fade_kimg is not None:
+        tc = dataclasses.replace(tc, d_blur_fade_kimg=args.d_blur_fade_kimg)
     dataset = Dataset(args.data, config.image_size, tc.holdout_every, tc.holdout_tail)
     trainer = Trainer(config, dataset, args.out, tc, device=resolve_device(args.device),
                       init=args.init, progress=not args.quiet, perceptual=args.perceptual,
@@ -127,6 +131,13 @@ def register(subparsers) -> None:
                    "vgg16 'features') for a perceptual loss; without it there is none")
     t.add_argument("--adv-start", type=at_least(0),
                    help="generator: step where the GAN loss starts")
+    t.add_argument("--d-blur", type=non_negative, metavar="SIGMA",
+                   help="generator: std in pixels at 512 px (scaled to the preset's size) of the "
+                   "Gaussian blur on the images the discriminator is shown at its start, fading "
+                   "out (EG3D; default 10, 0: none)")
+    t.add_argument("--d-blur-fade-kimg", type=non_negative, metavar="K",
+                   help="generator: thousands of images the discriminator sees until its blur "
+                   "is gone (default 200)")
     t.add_argument("--time-limit", type=minutes, help="generator: save and stop after N minutes")
     t.add_argument("--unit-spread", action="store_true",
                    help="feed the expression code to CLeBS as extracted, not divided by each "

@@ -8,6 +8,10 @@
 - :class:`DualDiscriminator`: EG3D's dual discrimination on 6 channels (final image and the
   raw neural render up-sampled to the same size), a small residual CNN whose logit is
   conditioned on the camera label by projection (``<phi(x), embed(c)>`` added to the logit).
+- :func:`d_blur_sigma`, :func:`gaussian_blur`: EG3D's blur of the final images D is shown
+  (real and generated alike), a Gaussian whose sigma starts at 10 px at 512 px (scaled to the
+  image size) and fades linearly to 0 over the first 200 k images D sees; the raw render goes
+  to D unblurred, as in EG3D.
 - :func:`generator_adv_loss`, :func:`discriminator_loss` (non-saturating logistic),
   :func:`r1_penalty`, :func:`density_regularisation` (L1 between densities at random points
   and at jittered points, EG3D's ``density_reg``).
@@ -137,6 +141,31 @@ class DualDiscriminator(nn.Module):
         h = self.head(self.blocks(x))
         projection = (h * self.embed(camera.float())).sum(1) / math.sqrt(h.shape[1])
         return self.out(h).squeeze(1) + projection
+
+
+def d_blur_sigma(images_seen: int, sigma: float, fade_kimg: float, image_size: int) -> float:
+    """The blur (std in pixels of ``image_size`` px images) after D has seen ``images_seen``
+    images: ``sigma`` (stated at 512 px) fading linearly to 0 at ``fade_kimg`` thousand."""
+    if sigma <= 0 or fade_kimg <= 0:
+        return 0.0
+    return max(1.0 - images_seen / (fade_kimg * 1000.0), 0.0) * sigma * image_size / 512.0
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``image [B, C, H, W]`` convolved with a normalised Gaussian of std ``sigma`` pixels,
+    separably, over ``ceil(3 sigma)`` taps each side, borders replicated (a blur that pulled
+    the border towards 0 would give D a frame to tell real from fake by); ``sigma <= 0``: the
+    image itself."""
+    if sigma <= 0:
+        return image
+    radius = math.ceil(3 * sigma)
+    x = torch.arange(-radius, radius + 1, device=image.device, dtype=torch.float32)
+    taps = torch.exp(-x * x / (2 * sigma * sigma))
+    taps = (taps / taps.sum()).to(image.dtype)
+    c = image.shape[1]
+    out = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+    out = F.conv2d(out, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(out, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def generator_adv_loss(fake_logits: torch.Tensor) -> torch.Tensor:

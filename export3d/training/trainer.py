@@ -7,9 +7,11 @@ feature distance when the user gives VGG-16 weights (``--perceptual``; none can 
 here), plus,
 after ``adv_start`` steps, the dual discriminator's non-saturating loss (weight
 ``adv_weight``), with a lazy R1 penalty on real images every ``r1_every`` steps and the
-density regulariser every ``density_every`` steps. An EMA copy of the weights is kept and is
-what the checkpoints hold. CLeBS comes from ``export3d train clebs`` and stays frozen (paper),
-unless none is given, when it trains jointly (the paper's "E2E LeBS" ablation).
+density regulariser every ``density_every`` steps. D is shown the final images blurred, the
+blur fading out over its first ``d_blur_fade_kimg`` thousand images (EG3D; ``d_blur_sigma``).
+An EMA copy of the weights is kept and is what the checkpoints hold. CLeBS comes from
+``export3d train clebs`` and stays frozen (paper), unless none is given, when it trains jointly
+(the paper's "E2E LeBS" ablation).
 
 Determinism and exact resume: everything random in step ``k`` (which frames, the renderer's
 jitter, the density points) is drawn from generators seeded by ``(seed, k, rank)``, and the
@@ -50,8 +52,9 @@ from ..config import ModelConfig
 from ..errors import UserError
 from ..model import Export3D
 from .data import Dataset, to_tensor
-from .losses import (DualDiscriminator, PerceptualLoss, density_regularisation,
-                     discriminator_loss, generator_adv_loss, r1_penalty, reconstruction_loss)
+from .losses import (DualDiscriminator, PerceptualLoss, d_blur_sigma, density_regularisation,
+                     discriminator_loss, gaussian_blur, generator_adv_loss, r1_penalty,
+                     reconstruction_loss)
 from .state import load_state, save_state
 
 
@@ -68,6 +71,8 @@ class TrainConfig:
     adv_start: int = 4000  # warm-up without the adversarial term
     r1_gamma: float = 1.0
     r1_every: int = 16
+    d_blur_sigma: float = 10.0  # px at 512 px (scaled to the image size); 0: no blur
+    d_blur_fade_kimg: float = 200.0  # images D sees (all processes) until the blur is gone
     density_weight: float = 0.25
     density_every: int = 4
     ema_decay: float = 0.999
@@ -273,7 +278,11 @@ class Trainer:
     # the uninterrupted run computes: every training setting but the length (steps, time
     # limit), the frozen CLeBS (--init), the perceptual term and the data. The flag that sets
     # each, for the refusal.
-    RUN_FLAGS = {"batch": "--batch", "seed": "--seed", "adv_start": "--adv-start",
+    # Settings added since states were first written, at the value that reproduces the runs
+    # that wrote those states.
+    ADDED_SETTINGS = {"d_blur_sigma": 0.0, "d_blur_fade_kimg": 200.0}
+    RUN_FLAGS = {"d_blur_sigma": "--d-blur", "d_blur_fade_kimg": "--d-blur-fade-kimg",
+                 "batch": "--batch", "seed": "--seed", "adv_start": "--adv-start",
                  "clebs_frozen": "--init", "perceptual": "--perceptual", "dataset": "--data",
                  "world_size": "torchrun --nproc-per-node"}
 
@@ -324,6 +333,7 @@ class Trainer:
         return True
 
     def _check_same_run(self, saved: dict) -> None:
+        saved = {**self.ADDED_SETTINGS, **saved}
         now = self.run_settings()
         for key in sorted(set(saved) | set(now)):
             if saved.get(key) != now.get(key):
@@ -360,6 +370,10 @@ class Trainer:
         self.model.train()
         use_adv = cfg.adv_weight > 0 and step >= cfg.adv_start
         amp = cfg.amp and self.device.type == "cuda"
+        blur = self.d_blur(step)
+
+        def disc(image, image_raw, camera):  # D as it is shown images at this step
+            return self.disc(gaussian_blur(image, blur), image_raw, camera)
 
         # generator
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -372,8 +386,8 @@ class Trainer:
         if use_adv:
             for p in self.disc.parameters():
                 p.requires_grad_(False)
-            terms["g_adv"] = generator_adv_loss(self.disc(image, out["image_raw"],
-                                                          batch["camera"]))
+            terms["g_adv"] = generator_adv_loss(disc(image, out["image_raw"],
+                                                     batch["camera"]))
             loss = loss + cfg.adv_weight * terms["g_adv"]
             for p in self.disc.parameters():
                 p.requires_grad_(True)
@@ -390,11 +404,12 @@ class Trainer:
             real_raw = torch.nn.functional.interpolate(batch["driving"],
                                                        size=out["image_raw"].shape[-2:],
                                                        mode="area")
-            fake = self.disc(image.detach(), out["image_raw"].detach(), batch["camera"])
-            real = self.disc(batch["driving"], real_raw, batch["camera"])
+            fake = disc(image.detach(), out["image_raw"].detach(), batch["camera"])
+            real = disc(batch["driving"], real_raw, batch["camera"])
             d_loss = discriminator_loss(real, fake)
             if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
-                terms["r1"] = r1_penalty(self.disc, batch["driving"], real_raw, batch["camera"])
+                # the gradient of D's logit with respect to the image before its blur, as in EG3D
+                terms["r1"] = r1_penalty(disc, batch["driving"], real_raw, batch["camera"])
                 d_loss = d_loss + 0.5 * cfg.r1_gamma * cfg.r1_every * terms["r1"]
             terms["d"] = d_loss
             self.opt_d.zero_grad(set_to_none=True)
@@ -407,6 +422,13 @@ class Trainer:
         values = {k: float(v.detach()) for k, v in terms.items()}
         values["loss"] = float(loss.detach())
         return values
+
+    def d_blur(self, step: int) -> float:
+        """The std (px) of the blur on the images D is shown at ``step``: it fades with the
+        images D has seen since ``adv_start``, counted over every process."""
+        seen = max(step - self.cfg.adv_start, 0) * self.cfg.batch * self.dist.world
+        return d_blur_sigma(seen, self.cfg.d_blur_sigma, self.cfg.d_blur_fade_kimg,
+                            self.model.config.image_size)
 
     @torch.no_grad()
     def update_ema(self) -> None:

@@ -8,6 +8,8 @@
 - Density regularisation: a tri-plane whose density is a pyramid with gradient of known norm,
   so E|sigma(x) - sigma(x + eps)| = jitter * |grad sigma| * sqrt(2 / pi).
 - SSIM / MS-SSIM: scikit-image's structural_similarity with the project's parameters.
+- D's blur: a direct 2-D convolution in numpy with edge padding; an impulse's spread is
+  sigma; the fade's schedule; the images the trainer's D is shown.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from skimage.transform import downscale_local_mean
 
 from export3d.config import get_config
 from export3d.renderer import OSGDecoder, RayMarchSettings
-from export3d.training.losses import (MS_SSIM_WEIGHTS, density_regularisation,
-                                      discriminator_loss, generator_adv_loss, ms_ssim,
-                                      r1_penalty, ssim)
+from export3d.training.losses import (MS_SSIM_WEIGHTS, d_blur_sigma, density_regularisation,
+                                      discriminator_loss, gaussian_blur, generator_adv_loss,
+                                      ms_ssim, r1_penalty, ssim)
 from export3d.training.trainer import TrainConfig, Trainer, load_batch
 
 
@@ -149,6 +151,86 @@ def test_trainer_weights_r1_by_half_gamma_times_its_interval(dataset, tmp_path):
     assert with_r1["g_adv"] == pytest.approx(without["g_adv"], rel=1e-6)  # same state
     assert with_r1["d"] - without["d"] == pytest.approx(0.5 * gamma * every * with_r1["r1"],
                                                         rel=1e-4, abs=1e-6)
+
+
+# -- the blur of D's images --------------------------------------------------------------------
+
+def numpy_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A direct (non-separable) 2-D convolution with the outer product of the sampled Gaussian,
+    edge-padded, in float64."""
+    r = math.ceil(3 * sigma)
+    g = np.exp(-np.arange(-r, r + 1) ** 2 / (2 * sigma ** 2))
+    kernel = np.outer(g, g) / g.sum() ** 2
+    padded = np.pad(image, ((0, 0), (0, 0), (r, r), (r, r)), mode="edge")
+    h, w = image.shape[-2:]
+    out = np.zeros(image.shape)
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            out += kernel[dy, dx] * padded[..., dy:dy + h, dx:dx + w]
+    return out
+
+
+@pytest.mark.parametrize("sigma", [0.4, 1.25, 3.0])
+def test_d_blur_is_the_2d_gaussian_convolution_with_edges_replicated(sigma):
+    image = torch.rand(2, 3, 24, 20, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    got = gaussian_blur(image, sigma)
+    np.testing.assert_allclose(got.numpy(), numpy_blur(image.double().numpy(), sigma),
+                               atol=2e-6, rtol=0)
+    assert torch.equal(gaussian_blur(image, 0.0), image)
+    flat = torch.full((1, 3, 16, 16), -0.3)
+    assert torch.allclose(gaussian_blur(flat, sigma), flat, atol=1e-6)  # borders included
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.5])
+def test_d_blur_spreads_an_impulse_by_sigma(sigma):
+    size = 64
+    impulse = torch.zeros(1, 1, size, size, dtype=torch.float64)
+    impulse[0, 0, size // 2, size // 2] = 1.0
+    out = gaussian_blur(impulse, sigma)[0, 0]
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-6)  # taps computed in float32
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    var_x = (out.sum(0) * x * x).sum().item()
+    var_y = (out.sum(1) * x * x).sum().item()
+    # 3-sigma truncation keeps ~97.3 % of a continuous Gaussian's variance
+    assert var_x == pytest.approx(sigma ** 2, rel=0.04) and var_y == pytest.approx(var_x)
+
+
+def test_d_blur_fades_linearly_over_its_images_and_scales_with_the_image():
+    assert d_blur_sigma(0, 10.0, 200.0, 512) == 10.0
+    assert d_blur_sigma(0, 10.0, 200.0, 64) == 1.25
+    assert d_blur_sigma(50_000, 10.0, 200.0, 512) == pytest.approx(7.5)
+    assert d_blur_sigma(200_000, 10.0, 200.0, 512) == 0.0
+    assert d_blur_sigma(10 ** 9, 10.0, 200.0, 512) == 0.0
+    assert d_blur_sigma(0, 0.0, 200.0, 512) == 0.0 and d_blur_sigma(0, 10.0, 0.0, 512) == 0.0
+
+
+def test_trainer_shows_d_blurred_final_images_from_adv_start(dataset, tmp_path):
+    config = TrainConfig(steps=10, batch=2, log_every=10 ** 6, sample_every=10 ** 6,
+                         save_every=10 ** 6, adv_start=3, density_weight=0.0, r1_gamma=0.0,
+                         d_blur_sigma=8.0, d_blur_fade_kimg=0.01)  # gone after 10 images
+    trainer = Trainer(get_config("tiny"), dataset, tmp_path, config, progress=False)
+    # 64 px: 8 px at 512 px is 1 px; D has seen (step - adv_start) * batch images
+    assert [trainer.d_blur(k) for k in (0, 3, 4, 7, 8)] == pytest.approx([1.0, 1.0, 0.8, 0.2, 0])
+    seen = []
+    forward = trainer.disc.forward
+    trainer.disc.forward = lambda image, raw, camera: seen.append((image, raw)) or \
+        forward(image, raw, camera)
+    clip = dataset.clips[0]
+    batch = load_batch([(clip, 0, 10), (clip, 3, 20)], "cpu")
+    trainer.step = 4  # blur 0.8 px
+    trainer.train_step(batch)
+    # D's calls: G's adversarial term (fake), then D's fake and real
+    assert len(seen) == 3
+    real_image, real_raw = seen[2]
+    assert torch.allclose(real_image, gaussian_blur(batch["driving"], 0.8), atol=1e-6)
+    assert not torch.allclose(real_image, batch["driving"], atol=1e-2)
+    assert real_raw.shape[-1] == 16  # the raw render's counterpart goes in unblurred
+    assert torch.allclose(real_raw, torch.nn.functional.interpolate(
+        batch["driving"], size=16, mode="area"))
+    seen.clear()
+    trainer.step = 8  # faded out: D sees the images themselves
+    trainer.train_step(batch)
+    assert torch.equal(seen[2][0], batch["driving"])
 
 
 # -- density regularisation -------------------------------------------------------------------

@@ -17,7 +17,7 @@ from export3d.config import get_config
 from export3d.errors import UserError
 from export3d.model import build_model
 from export3d.training.data import Dataset, DatasetError, prepare
-from export3d.training.state import load_state
+from export3d.training.state import load_state, save_state
 from export3d.training.trainer import TrainConfig, Trainer
 
 
@@ -193,6 +193,16 @@ def test_a_resume_with_other_settings_is_refused(dataset, tmp_path):
     longer = Trainer(config, dataset, tmp_path, quiet(steps=5, time_limit_min=3.0),
                      progress=False)
     assert longer.resume() and longer.step == 1
+    # A state written before D's blur existed holds no blur settings: it was a run without.
+    state_path = tmp_path / "state.safetensors"
+    state = load_state(state_path)
+    run = json.loads(state["run"])
+    del run["d_blur_sigma"], run["d_blur_fade_kimg"]
+    save_state({**state, "run": json.dumps(run)}, state_path)
+    with pytest.raises(UserError, match=r"d_blur_sigma = 0.0, not 10.0 \(--d-blur\)"):
+        Trainer(config, dataset, tmp_path, quiet(steps=2), progress=False).resume()
+    assert Trainer(config, dataset, tmp_path, quiet(steps=2, d_blur_sigma=0.0),
+                   progress=False).resume()
 
 
 def test_a_damaged_state_file_is_one_sentence(dataset, tmp_path):
@@ -211,6 +221,8 @@ def test_a_damaged_state_file_is_one_sentence(dataset, tmp_path):
     (["--frames", "1"], "argument --frames: must be at least 2"),
     (["--time-limit", "nan"], "argument --time-limit: must be a positive number"),
     (["--adv-start", "x"], "argument --adv-start: 'x' is not a whole number"),
+    (["--d-blur", "-1"], "argument --d-blur: must be a number >= 0, got -1"),
+    (["--d-blur-fade-kimg", "inf"], "argument --d-blur-fade-kimg: must be a number >= 0"),
 ])
 def test_bad_numbers_are_refused_before_any_work(flags, message, capsys):
     from export3d.cli import main
