@@ -13,7 +13,9 @@ per-dimension median of b and per-vertex median of q over ~1.5 s) or, until then
 automatic fallback: the median over the 20 % least active frames (lowest sum of b) of a 10 s
 buffer, re-estimated once a second; offline, the same rule over a whole clip
 (:func:`robust_neutral`). Training data and the webcam use the same rule and code version
-(:data:`export3d.config.EXPRESSION_CODE_VERSION`).
+(:data:`export3d.config.EXPRESSION_CODE_VERSION`). 4.4's last step, dividing each channel by
+its training-set spread sigma_k, is the model's (``ModelConfig.expr_spread``, applied by
+CLeBS), so the code here is the same for every checkpoint.
 """
 from __future__ import annotations
 
