@@ -176,9 +176,11 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
     return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
 
 
-def r1_penalty(discriminator: DualDiscriminator, image: torch.Tensor, image_raw: torch.Tensor,
+def r1_penalty(discriminator, image: torch.Tensor, image_raw: torch.Tensor,
                camera: torch.Tensor) -> torch.Tensor:
-    """``mean |grad_x D(x)|^2`` over real images (both inputs of the dual discriminator)."""
+    """``mean |grad_x D(x)|^2`` over real images (both inputs of the dual discriminator);
+    ``discriminator``: a :class:`DualDiscriminator` or any function of the same three inputs
+    (the trainer's blurs the image first)."""
     image = image.detach().requires_grad_(True)
     image_raw = image_raw.detach().requires_grad_(True)
     logits = discriminator(image, image_raw, camera)
