@@ -56,14 +56,21 @@ def read_header(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     with open(path, "rb") as f:
-        head = f.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = f.read(9)
+        size = struct.unpack("<Q", head[:8])[0] if len(head) == 9 else 0
+        # A safetensors file is its header's length (8 bytes, little-endian) and the header's
+        # JSON object. That length's first byte may be 0x80, or its first two "PK", like a
+        # pickle's or a torch.save zip's start, so those are recognised only in a file that is
+        # not laid out as safetensors (header lengths are multiples of 8, so one checkpoint in 32
+        # was refused as a pickle).
+        laid_out = len(head) == 9 and head[8:9] == b"{" and 8 + size <= path.stat().st_size
+        if not laid_out and (head[:2] == b"PK" or head[:1] == b"\x80"):
             raise CheckpointError(
                 f"{path} is a pickle/torch.save file, which is never loaded (it can run code); "
                 "convert it to safetensors with export3d's save_checkpoint")
-        if len(head) < 8:
+        if len(head) < 9:
             raise CheckpointError(f"{path} is not a safetensors checkpoint (file too short)")
-        (size,) = struct.unpack("<Q", head)
+        f.seek(8)
         if size > 100_000_000:
             raise CheckpointError(f"{path} is not a safetensors checkpoint (bad header size)")
         raw = f.read(size)

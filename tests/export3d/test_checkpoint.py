@@ -78,6 +78,30 @@ def test_pickle_files_are_never_loaded(tmp_path):
         load_checkpoint(raw)
 
 
+@pytest.mark.parametrize("start", [b"\x80", b"PK"])
+def test_a_checkpoint_whose_header_length_starts_like_a_pickle_loads(tmp_path, start):
+    """The header's length comes first: one of 32 lengths (multiples of 8, as safetensors
+    pads) begins with byte 0x80, a pickle's first byte, and one of 8192 with "PK", a zip's.
+    Such checkpoints were refused as pickles (a CLeBS checkpoint of demo64 without a spread
+    was one). Padding the metadata finds a real one of each."""
+    model = build_model(get_config("tiny"))
+    path = tmp_path / "m.safetensors"
+
+    def first_bytes(pad: int) -> bytes:
+        save_checkpoint(model, path, extra={"pad": "x" * pad})
+        return path.read_bytes()[:2]
+
+    base = int.from_bytes(path.read_bytes()[:2], "little") if first_bytes(0) else 0
+    target = int.from_bytes(start.ljust(2, b"\x00"), "little")
+    mask = 0xFF if len(start) == 1 else 0xFFFF
+    pad = (target - base) % (mask + 1)  # the length grows with the padding, 8 at a time
+    while first_bytes(pad)[:len(start)] != start:
+        pad += 1
+        assert pad < 70_000
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.config and path.read_bytes()[8:9] == b"{"
+
+
 def test_corrupt_and_foreign_files(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
