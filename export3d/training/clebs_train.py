@@ -8,9 +8,15 @@ pulls each pair together against the other frames. The image encoder is a small 
 trained alongside and then dropped; CLeBS's basis is frozen into the checkpoint written at
 the end (a full model checkpoint whose other weights are still their initial values, with
 ``stage = clebs`` in its metadata), which ``export3d train generator --init`` takes.
+
+Before the encoder is dropped it scores what was learnt on frames never trained on
+(:func:`heldout_retrieval`): for each held-out frame of a clip, the rank of its own crop among
+the clip's held-out crops when they are ordered by cosine similarity to its expression
+embedding (0 = its own crop comes first; chance is (n - 1) / 2).
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -42,6 +48,44 @@ class ImageEncoder(nn.Module):
 
     def forward(self, x):
         return self.project(self.features(x).mean((2, 3)))
+
+
+def retrieval_ranks(similarity: torch.Tensor) -> torch.Tensor:
+    """``similarity [n codes, n crops]``, pair k on the diagonal -> for each code, how many
+    crops score strictly higher than its own (0: retrieved first)."""
+    own = torch.diagonal(similarity)
+    return (similarity > own[:, None]).sum(1)
+
+
+@torch.no_grad()
+def heldout_retrieval(encoder: nn.Module, clebs: nn.Module, dataset: Dataset,
+                      device: str = "cpu", chunk: int = 64) -> dict:
+    """Per clip with at least two held-out frames, and over all of them: ``frames``, ``top1``
+    (fraction retrieved first), ``mean_rank`` and ``chance_mean_rank`` ((n - 1) / 2 for a clip
+    of n held-out frames, frame-weighted over clips)."""
+    import torch.nn.functional as F
+
+    clips, ranks, chance = {}, [], []
+    for clip in dataset.clips:
+        pos = np.concatenate([dataset.positions(clip, "interp"),
+                              dataset.positions(clip, "extrap")])
+        if len(pos) < 2:
+            continue
+        crops = torch.cat([encoder(to_tensor([clip.image(k) for k in pos[i:i + chunk]])
+                                   .to(device)) for i in range(0, len(pos), chunk)])
+        codes = clebs(torch.from_numpy(clip.expr[pos]).to(device))
+        r = retrieval_ranks(F.normalize(codes, dim=-1) @ F.normalize(crops, dim=-1).t())
+        r = r.cpu().double()
+        clips[clip.name] = {"frames": len(pos), "top1": float((r == 0).double().mean()),
+                            "mean_rank": float(r.mean()), "chance_mean_rank": (len(pos) - 1) / 2}
+        ranks.append(r)
+        chance += [(len(pos) - 1) / 2] * len(pos)
+    if not ranks:
+        return {"frames": 0, "clips": {}}
+    every = torch.cat(ranks)
+    return {"frames": len(every), "top1": float((every == 0).double().mean()),
+            "mean_rank": float(every.mean()), "chance_mean_rank": float(np.mean(chance)),
+            "clips": clips}
 
 
 def train_clebs(model_config: ModelConfig, dataset: Dataset, out, steps: int = 400,
@@ -94,8 +138,10 @@ def train_clebs(model_config: ModelConfig, dataset: Dataset, out, steps: int = 4
     clebs.eval()
     clebs.freeze_basis()
     model.eval()
+    heldout = heldout_retrieval(encoder.eval(), clebs, dataset, device)
     path = save_checkpoint(model, out, extra={"stage": "clebs", "clebs_steps": str(steps),
-                                              "dataset": str(dataset.root)})
+                                              "dataset": str(dataset.root),
+                                              "clebs_heldout": json.dumps(heldout)})
     first = float(np.mean(history[: max(1, steps // 10)]))
     final = float(np.mean(history[-max(1, steps // 10):]))
     temperature = float(log_temp.detach().exp())
@@ -104,6 +150,12 @@ def train_clebs(model_config: ModelConfig, dataset: Dataset, out, steps: int = 4
         f"(temperature {temperature:.3f}; expression code "
         + (f"standardised, channel spreads {min(spread):.3g} to {max(spread):.3g})" if spread
            else "as extracted, not standardised)"))
+    if heldout["frames"]:
+        log(f"held-out frames matched to their own crop among their clip's: top-1 "
+            f"{heldout['top1']:.2f}, mean rank {heldout['mean_rank']:.1f} (chance "
+            f"{heldout['chance_mean_rank']:.1f}) over {heldout['frames']} frames of "
+            f"{len(heldout['clips'])} clip(s)")
     return {"history": history, "first": first, "final": final,
-            "temperature": temperature, "path": str(Path(path)), "expr_spread": spread}
+            "temperature": temperature, "path": str(Path(path)), "expr_spread": spread,
+            "heldout": heldout}
 
