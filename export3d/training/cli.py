@@ -60,6 +60,8 @@ def run_train(args) -> None:
         tc = dataclasses.replace(tc, steps=args.steps)
     if args.adv_start is not None:
         tc = dataclasses.replace(tc, adv_start=args.adv_start)
+    if args.density_weight is not None:
+        tc = dataclasses.replace(tc, density_weight=args.density_weight)
     if args.d_blur is not None:
         tc = dataclasses.replace(tc, d_blur_sigma=args.d_blur)
     if args.d_blur_fade_kimg is not None:
@@ -131,6 +133,9 @@ def register(subparsers) -> None:
                    "vgg16 'features') for a perceptual loss; without it there is none")
     t.add_argument("--adv-start", type=at_least(0),
                    help="generator: step where the GAN loss starts")
+    t.add_argument("--density-weight", type=non_negative, metavar="W",
+                   help="generator: weight of EG3D's density regulariser per step on average "
+                   "(it runs every 4 steps, weighted 4 W; default 0.25, 0: none)")
     t.add_argument("--d-blur", type=non_negative, metavar="SIGMA",
                    help="generator: std in pixels at 512 px (scaled to the preset's size) of the "
                    "Gaussian blur on the images the discriminator is shown at its start, fading "

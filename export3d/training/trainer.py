@@ -7,7 +7,8 @@ feature distance when the user gives VGG-16 weights (``--perceptual``; none can 
 here), plus,
 after ``adv_start`` steps, the dual discriminator's non-saturating loss (weight
 ``adv_weight``), with a lazy R1 penalty on real images every ``r1_every`` steps and the
-density regulariser every ``density_every`` steps. D is shown the final images blurred, the
+density regulariser every ``density_every`` steps (both weighted by their interval, lazy
+regularisation as in StyleGAN2 and EG3D). D is shown the final images blurred, the
 blur fading out over its first ``d_blur_fade_kimg`` thousand images (EG3D; ``d_blur_sigma``).
 An EMA copy of the weights is kept and is what the checkpoints hold. CLeBS comes from
 ``export3d train clebs`` and stays frozen (paper), unless none is given, when it trains jointly
@@ -73,7 +74,7 @@ class TrainConfig:
     r1_every: int = 16
     d_blur_sigma: float = 10.0  # px at 512 px (scaled to the image size); 0: no blur
     d_blur_fade_kimg: float = 200.0  # images D sees (all processes) until the blur is gone
-    density_weight: float = 0.25
+    density_weight: float = 0.25  # per step on average: x density_every on the steps it runs
     density_every: int = 4
     ema_decay: float = 0.999
     ema_warmup: int = 500  # plain average over the first steps (decay ramps up)
@@ -280,8 +281,11 @@ class Trainer:
     # each, for the refusal.
     # Settings added since states were first written, at the value that reproduces the runs
     # that wrote those states.
-    ADDED_SETTINGS = {"d_blur_sigma": 0.0, "d_blur_fade_kimg": 200.0}
+    ADDED_SETTINGS = {"d_blur_sigma": 0.0, "d_blur_fade_kimg": 200.0,
+                      "density_gain": "none"}
     RUN_FLAGS = {"d_blur_sigma": "--d-blur", "d_blur_fade_kimg": "--d-blur-fade-kimg",
+                 "density_weight": "--density-weight",
+                 "density_gain": "an export3d from before the density term's lazy weighting",
                  "batch": "--batch", "seed": "--seed", "adv_start": "--adv-start",
                  "clebs_frozen": "--init", "perceptual": "--perceptual", "dataset": "--data",
                  "world_size": "torchrun --nproc-per-node"}
@@ -292,7 +296,8 @@ class Trainer:
                                  "save_every")}
         settings["betas"] = list(settings["betas"])
         manifest = self.dataset.root / "dataset.json"
-        settings.update(clebs_frozen=self.clebs_frozen, perceptual=self.perceptual is not None,
+        settings.update(density_gain="interval",  # what ADDED_SETTINGS says older runs had
+                        clebs_frozen=self.clebs_frozen, perceptual=self.perceptual is not None,
                         dataset=hashlib.sha256(manifest.read_bytes()).hexdigest(),
                         world_size=self.dist.world)  # each rank draws its own batch
         return settings
@@ -393,7 +398,9 @@ class Trainer:
                 p.requires_grad_(True)
         if cfg.density_weight > 0 and step % cfg.density_every == 0:
             terms["density"] = density_regularisation(self.model, triplane.float())
-            loss = loss + cfg.density_weight * terms["density"]
+            # lazy regularisation (EG3D, like R1 above): the term runs every density_every
+            # steps and counts that many times when it does
+            loss = loss + cfg.density_weight * cfg.density_every * terms["density"]
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_g.step()  # under torchrun, DDP has averaged the gradients in backward()

@@ -235,6 +235,27 @@ def test_trainer_shows_d_blurred_final_images_from_adv_start(dataset, tmp_path):
 
 # -- density regularisation -------------------------------------------------------------------
 
+def test_trainer_weights_the_density_term_by_its_interval(dataset, tmp_path):
+    """Lazy regularisation (EG3D's Greg phase): on the steps it runs, the density term joins
+    G's loss weighted density_weight * density_every. Two runs from the same state differing
+    only in the weight: loss(w) - loss(0) is exactly that."""
+    weight, every = 0.3, 4
+
+    def g_step(density_weight):
+        config = TrainConfig(steps=10, batch=2, log_every=10 ** 6, sample_every=10 ** 6,
+                             save_every=10 ** 6, adv_start=10 ** 6,
+                             density_weight=density_weight, density_every=every)
+        trainer = Trainer(get_config("tiny"), dataset, tmp_path / str(density_weight), config,
+                          progress=False)
+        clip = dataset.clips[0]
+        return trainer.train_step(load_batch([(clip, 0, 10), (clip, 3, 20)], "cpu"))
+
+    with_term, without = g_step(weight), g_step(0.0)
+    assert "density" in with_term and "density" not in without and with_term["density"] > 0
+    assert with_term["loss"] - without["loss"] == pytest.approx(
+        weight * every * with_term["density"], rel=1e-4, abs=1e-7)
+
+
 def pyramid_model(a: float, box: float, planes: int = 512):
     """A stub model whose density is ``a * min(1 - |u|, 1 - |v|)`` (u, v = 2x/box, 2y/box).
 

@@ -203,6 +203,12 @@ def test_a_resume_with_other_settings_is_refused(dataset, tmp_path):
         Trainer(config, dataset, tmp_path, quiet(steps=2), progress=False).resume()
     assert Trainer(config, dataset, tmp_path, quiet(steps=2, d_blur_sigma=0.0),
                    progress=False).resume()
+    # One written before the density term was weighted by its interval cannot be resumed.
+    del run["density_gain"]
+    save_state({**state, "run": json.dumps(run)}, state_path)
+    with pytest.raises(UserError, match="from before the density term's lazy weighting"):
+        Trainer(config, dataset, tmp_path, quiet(steps=2, d_blur_sigma=0.0),
+                progress=False).resume()
 
 
 def test_a_damaged_state_file_is_one_sentence(dataset, tmp_path):
@@ -222,6 +228,7 @@ def test_a_damaged_state_file_is_one_sentence(dataset, tmp_path):
     (["--time-limit", "nan"], "argument --time-limit: must be a positive number"),
     (["--adv-start", "x"], "argument --adv-start: 'x' is not a whole number"),
     (["--d-blur", "-1"], "argument --d-blur: must be a number >= 0, got -1"),
+    (["--density-weight", "x"], "argument --density-weight: 'x' is not a number"),
     (["--d-blur-fade-kimg", "inf"], "argument --d-blur-fade-kimg: must be a number >= 0"),
 ])
 def test_bad_numbers_are_refused_before_any_work(flags, message, capsys):
