@@ -132,19 +132,25 @@ def test_r1_penalty_is_the_batch_mean_of_per_sample_squared_gradient_norms():
     assert penalty.item() == pytest.approx(per_sample.mean().item(), rel=1e-5)
 
 
+def step_on_a_fixed_batch(dataset, out, **changes) -> dict[str, float]:
+    """One step of a fresh tiny trainer (seed 0) with TrainConfig ``changes``, on two fixed
+    (source, driver) pairs of the fixture clip: its loss terms."""
+    base = TrainConfig(steps=10, batch=2, log_every=10 ** 6, sample_every=10 ** 6,
+                       save_every=10 ** 6)
+    trainer = Trainer(get_config("tiny"), dataset, out,
+                      TrainConfig(**{**base.to_dict(), **changes}), progress=False)
+    clip = dataset.clips[0]
+    return trainer.train_step(load_batch([(clip, 0, 10), (clip, 3, 20)], "cpu"))
+
+
 def test_trainer_weights_r1_by_half_gamma_times_its_interval(dataset, tmp_path):
     """StyleGAN2's lazy R1: every r1_every steps, gamma / 2 * r1_every * penalty joins D's loss.
     Two runs from the same state differing only in gamma: d(gamma) - d(0) is exactly that."""
     gamma, every = 3.0, 4
 
     def d_step(r1_gamma):
-        config = TrainConfig(steps=10, batch=2, log_every=10 ** 6, sample_every=10 ** 6,
-                             save_every=10 ** 6, adv_start=0, density_weight=0.0,
-                             r1_gamma=r1_gamma, r1_every=every)
-        trainer = Trainer(get_config("tiny"), dataset, tmp_path / str(r1_gamma), config,
-                          progress=False)
-        clip = dataset.clips[0]
-        return trainer.train_step(load_batch([(clip, 0, 10), (clip, 3, 20)], "cpu"))
+        return step_on_a_fixed_batch(dataset, tmp_path / str(r1_gamma), adv_start=0,
+                                     density_weight=0.0, r1_gamma=r1_gamma, r1_every=every)
 
     with_r1, without = d_step(gamma), d_step(0.0)
     assert "r1" in with_r1 and "r1" not in without and with_r1["r1"] > 0
@@ -242,13 +248,8 @@ def test_trainer_weights_the_density_term_by_its_interval(dataset, tmp_path):
     weight, every = 0.3, 4
 
     def g_step(density_weight):
-        config = TrainConfig(steps=10, batch=2, log_every=10 ** 6, sample_every=10 ** 6,
-                             save_every=10 ** 6, adv_start=10 ** 6,
-                             density_weight=density_weight, density_every=every)
-        trainer = Trainer(get_config("tiny"), dataset, tmp_path / str(density_weight), config,
-                          progress=False)
-        clip = dataset.clips[0]
-        return trainer.train_step(load_batch([(clip, 0, 10), (clip, 3, 20)], "cpu"))
+        return step_on_a_fixed_batch(dataset, tmp_path / str(density_weight), adv_start=10 ** 6,
+                                     density_weight=density_weight, density_every=every)
 
     with_term, without = g_step(weight), g_step(0.0)
     assert "density" in with_term and "density" not in without and with_term["density"] > 0
