@@ -171,13 +171,19 @@ def test_ctrl_c_finalises_the_file_sink(tmp_path):
     sink = CtrlC(str(out), 25)
     pipe = Pipeline(cfg, sink=sink)
     summary = pipe.run()  # returns the stats, like a normal end
-    assert pipe.hung == [] and summary["frames"] == 6
+    # On a busy machine the sink can fall behind and a frame is dropped on the way (latest
+    # frame wins); the file then repeats the previous picture to keep time, so the file's
+    # frames span the capture indices from the first frame shown to the last, and the
+    # summary counts the frames that arrived.
+    indices = pipe.stats.indices
+    assert pipe.hung == [] and summary["frames"] == len(indices) and sink.frames >= 6
+    assert indices[-1] - indices[0] + 1 == sink.frames
     cap = cv2.VideoCapture(str(out))
     count = 0
     while cap.read()[0]:
         count += 1
     cap.release()
-    assert count == 6  # closed properly: the container is playable to the last frame
+    assert count == sink.frames  # closed properly: the container is playable to the last frame
 
 
 def test_a_stage_that_cannot_open_closes_the_ones_already_made(monkeypatch):
