@@ -1,5 +1,6 @@
 """Faults the live pipeline must ride through: the face leaves the frame, the user quits from
 the preview page, the source ends or raises, the camera sends empty frames, Ctrl-C."""
+import re
 import threading
 import time
 import urllib.request
@@ -250,7 +251,6 @@ def test_a_second_ctrl_c_while_threads_stop_still_finishes_the_file(tmp_path):
     # Ctrl-C, then Ctrl-C again while the run waits for a stuck thread: the second one
     # skipped closing the stages, and the video was left unplayable (a 44-byte part file).
     # The run ends as a Ctrl-C does (stats returned), saying which thread it left behind.
-    import os
     import signal
 
     from realtime.capture import open_capture
@@ -259,7 +259,11 @@ def test_a_second_ctrl_c_while_threads_stop_still_finishes_the_file(tmp_path):
     class CtrlC(FileSink):
         def poll(self):
             if self.frames >= 1:
-                threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+                # To the main thread, as a terminal's Ctrl-C reaches a Python program: sent to
+                # the process, it once left the wait uninterrupted for the whole join timeout
+                # in the full suite (cause not pinned down; never seen alone).
+                threading.Timer(0.3, signal.pthread_kill,
+                                (threading.main_thread().ident, signal.SIGINT)).start()
                 raise KeyboardInterrupt
             return []
 
@@ -268,7 +272,7 @@ def test_a_second_ctrl_c_while_threads_stop_still_finishes_the_file(tmp_path):
     out = tmp_path / "live.mkv"
     sink = CtrlC(str(out), 25)
     pipe = Pipeline(PipelineConfig(capture=cfg, tracking=TrackingConfig(enabled=False),
-                                   join_timeout_s=3), capture=capture, sink=sink)
+                                   join_timeout_s=10), capture=capture, sink=sink)
     try:
         summary = pipe.run()
     except KeyboardInterrupt:
@@ -276,7 +280,8 @@ def test_a_second_ctrl_c_while_threads_stop_still_finishes_the_file(tmp_path):
     finally:
         capture.cap.release_event.set()
     assert pipe.hung == ["capture"] and not capture.cap.released
-    assert "the capture thread did not stop within 0." in pipe.message
+    waited = re.search(r"the capture thread did not stop within ([0-9.]+) s", pipe.message)
+    assert waited and float(waited.group(1)) < 5  # cut short by the second Ctrl-C, not 10 s
     cap = cv2.VideoCapture(str(out))
     count = 0
     while cap.read()[0]:
