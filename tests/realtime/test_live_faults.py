@@ -273,10 +273,12 @@ def test_a_second_ctrl_c_while_threads_stop_still_finishes_the_file(tmp_path):
     sink = CtrlC(str(out), 25)
     pipe = Pipeline(PipelineConfig(capture=cfg, tracking=TrackingConfig(enabled=False),
                                    join_timeout_s=10), capture=capture, sink=sink)
-    # Python's own Ctrl-C handler, as a program started from a terminal has it: in the full
-    # suite something before this test left SIGINT not raising (the wait ran its whole 10 s),
-    # though Python's view of the handler was unchanged after every realtime test.
+    # Python's own Ctrl-C handler, SIGINT not blocked, as a program started from a terminal
+    # has them: in the full suite something before this test left SIGINT not raising (the
+    # wait ran its whole 10 s), though Python's view of the handler was unchanged after every
+    # realtime test.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         summary = pipe.run()
     except KeyboardInterrupt:
@@ -284,6 +286,7 @@ def test_a_second_ctrl_c_while_threads_stop_still_finishes_the_file(tmp_path):
     finally:
         capture.cap.release_event.set()
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     assert pipe.hung == ["capture"] and not capture.cap.released
     waited = re.search(r"the capture thread did not stop within ([0-9.]+) s", pipe.message)
     assert waited and float(waited.group(1)) < 5  # cut short by the second Ctrl-C, not 10 s
